@@ -1,0 +1,5 @@
+import sys
+
+from tfimb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""Argument checks shared by the losses, metrics and helpers (NumPy only).
+
+Every error follows Keras' form: the argument, what is valid, what was received.
+"""
+
+import math
+
+import numpy as np
+
+
+def invalid_value(arg, expected, received):
+    """Return a ValueError in Keras' form for argument `arg`."""
+    return ValueError(
+        f"Invalid value for argument `{arg}`. Expected {expected}. "
+        f"Received: {arg}={received!r}"
+    )
+
+
+def _as_float(arg, value):
+    if isinstance(value, bool):
+        raise invalid_value(arg, "a real number", value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise invalid_value(arg, "a real number", value) from None
+
+
+def check_range(arg, value, low=None, high=None, low_inclusive=True, high_inclusive=True):
+    """Check `low <= value <= high` (bounds optional) and finiteness; return float(value)."""
+    x = _as_float(arg, value)
+    lo = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
+    hi = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
+    expected = f"{lo}{arg}{hi}" + ("" if high is not None else " (finite)")
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x >= low if low_inclusive else x > low
+    if ok and high is not None:
+        ok = x <= high if high_inclusive else x < high
+    if not ok:
+        raise invalid_value(arg, expected, value)
+    return x
+
+
+def check_beta(beta):
+    return check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+
+
+def check_gamma(gamma):
+    return check_range("gamma", gamma, 0.0)
+
+
+def check_label_smoothing(label_smoothing):
+    return check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
+
+
+NORMALIZATIONS = ("weighted_mean", "num_classes")
+
+
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise invalid_value(
+            "normalization", f"one of {NORMALIZATIONS}", normalization
+        )
+    return normalization
+
+
+def check_counts(counts, arg="counts"):
+    """Validate per-class training counts; return them as a float64 NumPy vector.
+
+    Counts must come from the whole training set (never from one batch): a 1-D sequence of
+    at least two positive, finite numbers, one per class.
+    """
+    try:
+        array = np.asarray(counts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise invalid_value(arg, "a 1-D sequence of positive numbers, one per class",
+                            counts) from None
+    if array.ndim != 1:
+        raise ValueError(
+            f"Invalid value for argument `{arg}`. Expected a 1-D sequence with one count "
+            f"per class. Received an array of shape {array.shape}: {arg}={counts!r}"
+        )
+    if array.size < 2:
+        raise invalid_value(
+            arg, "at least two classes (one training count per class)", counts
+        )
+    if not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array)).tolist()
+        raise invalid_value(arg, f"finite counts (classes {bad} are not finite)", counts)
+    if np.any(array <= 0):
+        bad = np.flatnonzero(array <= 0).tolist()
+        raise ValueError(
+            f"Invalid value for argument `{arg}`. Expected every count > 0. Classes {bad} "
+            f"have no (or a negative number of) training examples. Received: {arg}={counts!r}. "
+            "Count over the whole training set, not one batch. A class that truly has no "
+            "training examples cannot be re-weighted: drop it and relabel the remaining "
+            "classes 0..C-2, or give it a count of 1 if it should still be predictable."
+        )
+    return array
+
+
+def check_classes(arg, classes, num_classes=None, allow_empty=False):
+    """Validate a list of distinct class ids in [0, num_classes); return a sorted int list."""
+    try:
+        array = np.asarray(classes)
+    except (TypeError, ValueError):
+        raise invalid_value(arg, "a sequence of integer class ids", classes) from None
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise invalid_value(arg, "a 1-D sequence of integer class ids", classes)
+    if array.size == 0 and not allow_empty:
+        raise invalid_value(arg, "at least one class id", classes)
+    if len(set(array.tolist())) != array.size:
+        raise invalid_value(arg, "distinct class ids", classes)
+    if array.size and (array.min() < 0 or (num_classes is not None and array.max() >= num_classes)):
+        upper = "" if num_classes is None else f" < num_classes={num_classes}"
+        raise invalid_value(arg, f"class ids with 0 <= id{upper}", classes)
+    return sorted(int(c) for c in array.tolist())

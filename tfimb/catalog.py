@@ -1,0 +1,51 @@
+"""The loss catalogue: names and formulas, importable without Keras (used by `tfimb losses`).
+
+`tests/test_losses.py` checks that this table and the classes in `tfimb.losses` agree.
+Notation: z = logits, p = softmax(z), y = true class, n_c = training examples of class c,
+C = number of classes, w_c = class weight.
+"""
+
+import collections
+
+LossEntry = collections.namedtuple("LossEntry", ["name", "class_name", "formula", "arguments"])
+
+LOSSES = (
+    LossEntry("softmax_cross_entropy", "SoftmaxCrossEntropy",
+              "-log p_y", ""),
+    LossEntry("inverse_class_frequency", "InverseClassFrequency",
+              "-w_y log p_y,  w_c = 1/n_c", "counts"),
+    LossEntry("focal", "Focal",
+              "-(1 - p_y)^gamma log p_y", "gamma=2.0"),
+    LossEntry("class_balanced_softmax", "ClassBalancedSoftmax",
+              "-w_y log p_y,  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts"),
+    LossEntry("class_balanced_focal", "ClassBalancedFocal",
+              "-w_y (1 - p_y)^gamma log p_y,  w_c = (1 - beta)/(1 - beta^n_c)",
+              "beta, counts, gamma=1.0"),
+    LossEntry("balanced_softmax", "BalancedSoftmax",
+              "CE(z + log n)", "counts"),
+    LossEntry("logit_adjusted", "LogitAdjusted",
+              "CE(z + tau log pi),  pi_c = n_c / sum_k n_k", "counts, tau=1.0"),
+    LossEntry("ldam", "LDAM",
+              "CE(s (z - D_y onehot(y))),  D_c = m n_c^(-1/4) / max_k n_k^(-1/4)",
+              "counts, max_margin=0.5, scale=30.0"),
+)
+
+WEIGHTED = ("inverse_class_frequency", "class_balanced_softmax", "class_balanced_focal")
+
+NORMALIZATION_NOTE = (
+    "Weighted losses take normalization='weighted_mean' (default: batch loss = "
+    "sum_i w_yi l_i / sum_i w_yi, the imbalanced CIFAR-10 protocol) or 'num_classes' "
+    "(weights sum to C, plain batch mean, Cui et al.'s code and CIFAR-10-LT table)."
+)
+
+
+def format_table():
+    """The catalogue as aligned text lines."""
+    rows = [("name", "class", "arguments", "per-example loss")]
+    rows += [(e.name, e.class_name, e.arguments, e.formula) for e in LOSSES]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [
+        "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
+    ]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines) + "\n\n" + NORMALIZATION_NOTE

@@ -1,0 +1,690 @@
+"""Class-imbalance losses for Keras 3 (any backend: only `keras` and `keras.ops` are used).
+
+Every loss is a `keras.losses.Loss` subclass, registered for `.keras` serialization under the
+package "tfimb", paired with a function of the same name in snake case that returns the
+per-example values (the class's loss is their mean under the default reduction).
+
+Common behaviour:
+
+* `from_logits=True` by default: `y_pred` are logits. With `from_logits=False`, `y_pred` are
+  probabilities; they are turned into log-probabilities (clipped at the smallest normal float,
+  not at 1e-7) and renormalised, so prefer logits.
+* Labels may be sparse class ids (`(batch,)` or `(batch, 1)`) or one-hot / soft labels
+  (`(batch, C)`). `label_smoothing=e` trains against `(1 - e) * onehot + e / C`; class weights,
+  margins and group membership always use the unsmoothed label.
+* Computation runs in float32 at least: under `mixed_bfloat16` / `mixed_float16` the logits are
+  cast up before the softmax.
+* Numerics: log-probabilities come from a log-softmax, and the focal modulator
+  `(1 - p_y)^gamma = exp(gamma * log(1 - p_y))` is computed in log space with
+  `log(1 - p_y) = logsumexp_{j != y} z_j - logsumexp_j z_j` for the largest logit and
+  `log1p(-p)` for the others (which have p <= 1/2). Nothing is clipped, so gradients stay finite
+  for gamma in [0, 5] (gamma < 1 included), logits up to +-1e4 and probabilities that underflow.
+* Class counts must come from the whole training set (`tfimb.class_counts`), never from a batch.
+* Labels outside [0, C): a ValueError in eager mode; inside a compiled graph, where labels
+  cannot be inspected without a backend-specific op, the example's loss becomes NaN (never a
+  silent zero), which `keras.callbacks.TerminateOnNaN` stops on.
+
+Weighted losses (`InverseClassFrequency`, `ClassBalancedSoftmax`, `ClassBalancedFocal`) take
+`normalization`:
+
+* `"weighted_mean"` (default): batch loss `sum_i w_{y_i} l_i / sum_i w_{y_i}`, the weighted mean
+  used in the published imbalanced CIFAR-10 experiment (minority classes automobile, deer, frog
+  cut to 250 images; table in ../shared/reference/imbalance-protocol.md). The loss keeps the scale
+  of plain cross-entropy whatever beta is. Per-example values are
+  `w_{y_i} l_i / mean_batch(w_{y_j})`; a `sample_weight` s multiplies them as in any Keras loss,
+  giving `sum_i s_i w_{y_i} l_i / sum_i w_{y_i}`.
+* `"num_classes"`: weights rescaled to sum to C and a plain batch mean of `w_{y_i} l_i`, as the
+  class-balanced authors' code did; this reproduces Cui et al.'s CIFAR-10-LT table (CVPR 2019).
+  With beta = 0.9999 on CIFAR-10-LT the average weight per training example is about 0.17, so
+  gradients are about 6x smaller than cross-entropy's: adjust the learning rate accordingly.
+"""
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from tfimb import _checks
+from tfimb import weights as _weights
+
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+# ---------------------------------------------------------------------------------------------
+# Core computation shared by every loss.
+
+
+def _compute_dtype(dtype):
+    """The dtype a loss computes in: the requested one, promoted to at least float32."""
+    policy = keras.dtype_policies.get(dtype or keras.backend.floatx())
+    compute = policy.compute_dtype
+    return "float32" if compute in ("float16", "bfloat16") else compute
+
+
+def _concrete(x):
+    """x as a NumPy array when its value is known (eager), else None (inside a traced graph)."""
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # Symbolic TF tensors and JAX tracers cannot be read; that is expected.
+        return None
+
+
+def _plain_number(value):
+    """A label value for an error message: 3 rather than 3.0 when it is integral."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _check_sparse_labels(labels, num_classes):
+    values = _concrete(labels)
+    if values is None:
+        return
+    bad = values[~np.isfinite(values) | (values != np.round(values))
+                 | (values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            "Invalid value for argument `y_true`. Expected integer class ids in "
+            f"[0, {num_classes}) for logits of width {num_classes}. Received labels "
+            f"including {[_plain_number(v) for v in np.unique(bad)[:10]]}"
+        )
+
+
+def _check_dense_labels(labels):
+    values = _concrete(labels)
+    if values is None:
+        return
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or \
+            np.any(np.abs(values.sum(axis=-1) - 1.0) > 1e-3):
+        raise ValueError(
+            "Invalid value for argument `y_true`. Expected one-hot (or soft) label rows of "
+            "non-negative values summing to 1, or sparse integer class ids. Received rows "
+            f"such as {values.reshape(-1, values.shape[-1])[:2].tolist()}"
+        )
+
+
+def _targets(y_true, y_pred, num_classes, dtype):
+    """Unsmoothed target distribution `(..., C)` and a validity mask (None for dense labels)."""
+    y_true = ops.convert_to_tensor(y_true)
+    rank_true, rank_pred = len(y_true.shape), len(y_pred.shape)
+    if rank_true == rank_pred and y_true.shape[-1] == num_classes:
+        _check_dense_labels(y_true)
+        return ops.cast(y_true, dtype), None
+    if rank_true == rank_pred and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    elif rank_true != rank_pred - 1:
+        raise ValueError(
+            "Invalid shape for argument `y_true`. Expected sparse labels of shape "
+            f"{tuple(y_pred.shape[:-1])} (or with a trailing 1) or one-hot labels of shape "
+            f"{tuple(y_pred.shape)} for `y_pred` of shape {tuple(y_pred.shape)}. Received: "
+            f"y_true.shape={tuple(y_true.shape)}"
+        )
+    _check_sparse_labels(y_true, num_classes)
+    labels = ops.cast(y_true, "int32")
+    valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
+    return ops.one_hot(labels, num_classes, dtype=dtype), valid
+
+
+def _log1m_softmax(logits, log_p):
+    """`log(1 - softmax(logits))` without cancellation, clipping or infinite gradients.
+
+    Only the largest logit can have p > 1/2; for it `log(1 - p) = lse(others) - lse(all)` is
+    exact. For every other class `log1p(-p)` is accurate, and the `where` feeds it a harmless
+    value at the largest logit so that its unused branch cannot produce a NaN gradient.
+    """
+    num_classes = logits.shape[-1]
+    top = ops.expand_dims(ops.cast(ops.argmax(logits, axis=-1), "int32"), -1)
+    is_top = ops.equal(top, ops.arange(num_classes, dtype="int32"))
+    lse = ops.logsumexp(logits, axis=-1, keepdims=True)
+    lse_others = ops.logsumexp(ops.where(is_top, float("-inf"), logits), axis=-1, keepdims=True)
+    safe_log_p = ops.where(is_top, float(np.log(0.5)), log_p)
+    return ops.where(is_top, lse_others - lse, ops.log1p(-ops.exp(safe_log_p)))
+
+
+def _imbalance_loss(
+    y_true,
+    y_pred,
+    *,
+    from_logits,
+    label_smoothing,
+    gamma=0.0,
+    class_weights=None,
+    normalization="weighted_mean",
+    logit_offset=None,
+    margins=None,
+    scale=1.0,
+    num_classes=None,
+    dtype=None,
+):
+    """Per-example loss shared by every tfimb loss (arguments already validated).
+
+    logits' = scale * (z - margins * y) + logit_offset
+    l       = -sum_c q_c (1 - p'_c)^gamma log p'_c,   p' = softmax(logits'), q = smoothed y
+    value   = w_y l                 (normalization "num_classes", weights summing to C)
+            = w_y l / mean_batch(w)  (normalization "weighted_mean")
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = dtype or _compute_dtype(
+        y_pred.dtype if "float" in str(y_pred.dtype) else None
+    )
+    y_pred = ops.cast(y_pred, dtype)
+    width = y_pred.shape[-1]
+    if width is None:
+        raise ValueError(
+            "Invalid shape for argument `y_pred`. Expected a known number of classes in the "
+            f"last dimension. Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    if num_classes is not None and width != num_classes:
+        raise ValueError(
+            "Invalid shape for argument `y_pred`. Expected logits for "
+            f"{num_classes} classes, one per entry of `counts`. Received: "
+            f"y_pred.shape={tuple(y_pred.shape)} (width {width})"
+        )
+    if width < 2:
+        raise ValueError(
+            "Invalid shape for argument `y_pred`. Expected at least two classes in the last "
+            f"dimension for a softmax loss. Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    targets, valid = _targets(y_true, y_pred, width, dtype)
+
+    logits = y_pred if from_logits else ops.log(ops.clip(y_pred, _TINY, 1.0))
+    if margins is not None:
+        logits = logits - ops.convert_to_tensor(margins, dtype) * targets
+    if scale != 1.0:
+        logits = logits * scale
+    if logit_offset is not None:
+        logits = logits + ops.convert_to_tensor(logit_offset, dtype)
+
+    log_p = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
+    smoothed = targets
+    if label_smoothing:
+        smoothed = targets * (1.0 - label_smoothing) + label_smoothing / width
+    per_class = -smoothed * log_p
+    if gamma:
+        per_class = per_class * ops.exp(gamma * _log1m_softmax(logits, log_p))
+    losses = ops.sum(per_class, axis=-1)
+
+    if valid is not None:
+        losses = ops.where(valid, losses, float("nan"))
+    if class_weights is not None:
+        example_weights = ops.sum(targets * ops.convert_to_tensor(class_weights, dtype), -1)
+        if normalization == "weighted_mean":
+            example_weights = example_weights / ops.mean(example_weights)
+        losses = losses * example_weights
+    return losses
+
+
+def _ldam_margins(counts, max_margin):
+    """`D_c = max_margin * n_c^(-1/4) / max_k n_k^(-1/4)`: the rarest class gets max_margin."""
+    quarter = np.power(counts, -0.25)
+    return max_margin * quarter / quarter.max()
+
+
+def _check_margin_and_scale(max_margin, scale):
+    return (_checks.check_range("max_margin", max_margin, 0.0),
+            _checks.check_range("scale", scale, 0.0, low_inclusive=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss functions: per-example values (their mean is the batch loss).
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def softmax_cross_entropy(y_true, y_pred, from_logits=True, label_smoothing=0.0):
+    """Softmax cross-entropy `-log p_y`, sparse or one-hot labels. See `SoftmaxCrossEntropy`."""
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing))
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def inverse_class_frequency(y_true, y_pred, counts, normalization="weighted_mean",
+                            from_logits=True, label_smoothing=0.0):
+    """Inverse-class-frequency weighted cross-entropy `-w_y log p_y`, `w_c = 1/n_c`."""
+    weights = _weights.inverse_frequency_weights(counts)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        class_weights=weights, normalization=_checks.check_normalization(normalization),
+        num_classes=weights.size)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def focal(y_true, y_pred, gamma=2.0, from_logits=True, label_smoothing=0.0):
+    """Softmax focal loss `-(1 - p_y)^gamma log p_y`. See `Focal`."""
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        gamma=_checks.check_gamma(gamma))
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def class_balanced_softmax(y_true, y_pred, beta, counts, normalization="weighted_mean",
+                           from_logits=True, label_smoothing=0.0):
+    """Class-balanced softmax cross-entropy `-w_y log p_y`, `w_c = (1-beta)/(1-beta^n_c)`."""
+    weights = _weights.class_balanced_weights(counts, beta)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        class_weights=weights, normalization=_checks.check_normalization(normalization),
+        num_classes=weights.size)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def class_balanced_focal(y_true, y_pred, beta, counts, gamma=1.0, normalization="weighted_mean",
+                         from_logits=True, label_smoothing=0.0):
+    """Class-balanced softmax focal loss `-w_y (1 - p_y)^gamma log p_y`."""
+    weights = _weights.class_balanced_weights(counts, beta)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        gamma=_checks.check_gamma(gamma), class_weights=weights,
+        normalization=_checks.check_normalization(normalization), num_classes=weights.size)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def balanced_softmax(y_true, y_pred, counts, from_logits=True, label_smoothing=0.0):
+    """Balanced softmax `CE(z + log n)`. See `BalancedSoftmax`."""
+    counts = _checks.check_counts(counts)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        logit_offset=np.log(counts), num_classes=counts.size)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def logit_adjusted(y_true, y_pred, counts, tau=1.0, from_logits=True, label_smoothing=0.0):
+    """Logit-adjusted cross-entropy `CE(z + tau log pi)`. See `LogitAdjusted`."""
+    counts = _checks.check_counts(counts)
+    tau = _checks.check_range("tau", tau, 0.0)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        logit_offset=tau * np.log(counts / counts.sum()), num_classes=counts.size)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, from_logits=True,
+         label_smoothing=0.0):
+    """Label-distribution-aware margin loss `CE(s (z - D_y onehot(y)))`. See `LDAM`."""
+    counts = _checks.check_counts(counts)
+    max_margin, scale = _check_margin_and_scale(max_margin, scale)
+    return _imbalance_loss(
+        y_true, y_pred, from_logits=from_logits,
+        label_smoothing=_checks.check_label_smoothing(label_smoothing),
+        margins=_ldam_margins(counts, max_margin), scale=scale, num_classes=counts.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss classes.
+
+
+class _ImbalanceLoss(keras.losses.Loss):
+    """Base: common arguments, float32-or-wider computation, config round trip."""
+
+    def __init__(self, *, from_logits, label_smoothing, reduction, name, dtype):
+        self._dtype_arg = dtype
+        super().__init__(name=name, reduction=reduction, dtype=_compute_dtype(dtype))
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = _checks.check_label_smoothing(label_smoothing)
+
+    def _loss_kwargs(self):
+        """Pre-computed keyword arguments of `_imbalance_loss` specific to the subclass."""
+        return {}
+
+    def call(self, y_true, y_pred):
+        return _imbalance_loss(
+            y_true, y_pred, from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing, dtype=self.dtype, **self._loss_kwargs())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(from_logits=self.from_logits, label_smoothing=self.label_smoothing,
+                      dtype=self._dtype_arg)
+        return config
+
+
+def _counts_config(counts):
+    """Counts as plain Python numbers for JSON configs (ints stay ints)."""
+    return [int(c) if float(c).is_integer() else float(c) for c in counts]
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class SoftmaxCrossEntropy(_ImbalanceLoss):
+    """Softmax cross-entropy for sparse or one-hot labels.
+
+    Per example: `l = -log p_y`, `p = softmax(z)`, averaged over the batch. The unweighted
+    baseline of the imbalance experiments; unlike Keras' two cross-entropies, one class takes
+    both label forms.
+
+    Args:
+        from_logits: whether `y_pred` are logits (default `True`) or probabilities.
+        label_smoothing: float in [0, 1); targets become `(1 - e) * onehot + e / C`.
+        reduction: Keras reduction (default `"sum_over_batch_size"`).
+        name: loss name.
+        dtype: computation dtype; 16-bit floats are promoted to float32.
+
+    Example:
+
+    >>> loss = tfimb.SoftmaxCrossEntropy()
+    >>> float(loss([0, 1], [[2.0, 1.0], [0.5, 2.5]]))
+    0.2201...
+    """
+
+    def __init__(self, from_logits=True, label_smoothing=0.0,
+                 reduction="sum_over_batch_size", name="softmax_cross_entropy", dtype=None):
+        super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
+                         reduction=reduction, name=name, dtype=dtype)
+
+
+class _WeightedLoss(_ImbalanceLoss):
+    """Base for losses that weight each example by its true class."""
+
+    def __init__(self, counts, class_weights, normalization, **kwargs):
+        super().__init__(**kwargs)
+        self.counts = _counts_config(counts)
+        self.normalization = _checks.check_normalization(normalization)
+        self.class_weights = np.asarray(class_weights, np.float64)
+
+    def _loss_kwargs(self):
+        return dict(class_weights=self.class_weights.astype(self.dtype),
+                    normalization=self.normalization, num_classes=len(self.counts))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(counts=self.counts, normalization=self.normalization)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class InverseClassFrequency(_WeightedLoss):
+    """Cross-entropy weighted by inverse class frequency.
+
+    Per example: `l = -w_y log p_y` with `w_c = 1 / n_c` (the `beta -> 1` limit of
+    `ClassBalancedSoftmax`). Batch reduction set by `normalization` (see the module docstring):
+    `"weighted_mean"` (default) `sum_i w_{y_i} l_i / sum_i w_{y_i}`, or `"num_classes"`.
+
+    Args:
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        normalization: `"weighted_mean"` (default) or `"num_classes"`.
+        from_logits: whether `y_pred` are logits (default `True`) or probabilities.
+        label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Example:
+
+    >>> loss = tfimb.InverseClassFrequency(counts=[1000, 10])
+    >>> model.compile(optimizer="sgd", loss=loss)
+    """
+
+    def __init__(self, counts, normalization="weighted_mean", from_logits=True,
+                 label_smoothing=0.0, reduction="sum_over_batch_size",
+                 name="inverse_class_frequency", dtype=None):
+        super().__init__(
+            counts, _weights.inverse_frequency_weights(counts), normalization,
+            from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
+            name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class Focal(_ImbalanceLoss):
+    """Softmax focal loss (Lin et al., ICCV 2017), sparse or one-hot labels.
+
+    Per example: `l = -(1 - p_y)^gamma log p_y`; with soft or smoothed targets q,
+    `l = -sum_c q_c (1 - p_c)^gamma log p_c` (Keras' definition). `gamma = 0` is cross-entropy.
+    Unlike `keras.losses.CategoricalFocalCrossentropy` it takes sparse labels, works from logits
+    in log space and never clips, so gradients stay finite when p underflows or p -> 1, also for
+    `gamma < 1`.
+
+    Args:
+        gamma: focusing parameter, `gamma >= 0` (default 2.0, as Lin et al. and Keras).
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Lin, Goyal, Girshick, He, Dollar. "Focal Loss for Dense Object Detection."
+    https://arxiv.org/abs/1708.02002
+
+    Example:
+
+    >>> loss = tfimb.Focal(gamma=2.0, from_logits=False, reduction=None)
+    >>> loss([0, 1, 2], [[.8, .1, .1], [.2, .7, .1], [.2, .2, .6]])
+    array([0.00893, 0.03210, 0.08173], dtype=float32)
+    """
+
+    def __init__(self, gamma=2.0, from_logits=True, label_smoothing=0.0,
+                 reduction="sum_over_batch_size", name="focal", dtype=None):
+        super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
+                         reduction=reduction, name=name, dtype=dtype)
+        self.gamma = _checks.check_gamma(gamma)
+
+    def _loss_kwargs(self):
+        return dict(gamma=self.gamma)
+
+    def get_config(self):
+        return {**super().get_config(), "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class ClassBalancedSoftmax(_WeightedLoss):
+    """Class-balanced softmax cross-entropy (Cui et al., CVPR 2019).
+
+    Per example: `l = -w_y log p_y` with `w_c = 1 / E_{n_c} = (1 - beta) / (1 - beta^{n_c})`,
+    the inverse effective number of samples. `beta = 0` gives cross-entropy, `beta -> 1` inverse
+    class frequency. Weights are computed in float64 and rescaled to sum to C. Batch reduction
+    set by `normalization` (module docstring): `"weighted_mean"` (default) reproduces the
+    imbalanced CIFAR-10 table, `"num_classes"` the authors' CIFAR-10-LT table.
+
+    Args:
+        beta: `0 <= beta < 1`; searched over {0.9, 0.99, 0.999, 0.9999} in the paper.
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        normalization: `"weighted_mean"` (default) or `"num_classes"`.
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Cui, Jia, Lin, Song, Belongie. "Class-Balanced Loss Based on Effective Number
+    of Samples." https://arxiv.org/abs/1901.05555
+
+    Example:
+
+    >>> loss = tfimb.ClassBalancedSoftmax(0.999, counts=[100, 10, 1])
+    >>> logits = [[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]]
+    >>> float(loss([0, 1, 2], logits))
+    0.122495...
+    """
+
+    def __init__(self, beta, counts, normalization="weighted_mean", from_logits=True,
+                 label_smoothing=0.0, reduction="sum_over_batch_size",
+                 name="class_balanced_softmax", dtype=None):
+        super().__init__(
+            counts, _weights.class_balanced_weights(counts, beta), normalization,
+            from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
+            name=name, dtype=dtype)
+        self.beta = float(beta)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class ClassBalancedFocal(_WeightedLoss):
+    """Class-balanced softmax focal loss (Cui et al., CVPR 2019).
+
+    Per example: `l = -w_y (1 - p_y)^gamma log p_y`, `w_c = (1 - beta) / (1 - beta^{n_c})`
+    (float64, rescaled to sum to C); the modulator is computed in log space (see `Focal`).
+    `gamma = 0` gives `ClassBalancedSoftmax`; `beta = 0` gives `Focal`. Under
+    `normalization="num_classes"` it equals
+    `keras.losses.CategoricalFocalCrossentropy(alpha=weights, gamma=gamma)` on one-hot labels,
+    without that loss's clipping at 1e-7.
+
+    Args:
+        beta: `0 <= beta < 1`.
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        gamma: focusing parameter, `gamma >= 0` (default 1.0, as in the imbalance protocol).
+        normalization: `"weighted_mean"` (default) or `"num_classes"`.
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Cui et al. https://arxiv.org/abs/1901.05555
+
+    Example:
+
+    >>> loss = tfimb.ClassBalancedFocal(0.999, [100, 10, 1], gamma=2.0)
+    >>> float(loss([0, 1, 2], [[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]]))
+    0.002298...
+    """
+
+    def __init__(self, beta, counts, gamma=1.0, normalization="weighted_mean",
+                 from_logits=True, label_smoothing=0.0, reduction="sum_over_batch_size",
+                 name="class_balanced_focal", dtype=None):
+        super().__init__(
+            counts, _weights.class_balanced_weights(counts, beta), normalization,
+            from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
+            name=name, dtype=dtype)
+        self.beta = float(beta)
+        self.gamma = _checks.check_gamma(gamma)
+
+    def _loss_kwargs(self):
+        return {**super()._loss_kwargs(), "gamma": self.gamma}
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class BalancedSoftmax(_ImbalanceLoss):
+    """Balanced softmax (Ren et al., NeurIPS 2020): cross-entropy on `z + log n`.
+
+    Per example: `l = -log softmax(z + log n)_y`. The log counts are added only inside the loss,
+    so the model's own logits `z` estimate the balanced (uniform-prior) posterior: predict with
+    `argmax(z)`. Equals `LogitAdjusted(counts, tau=1)`.
+
+    Args:
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Ren et al. "Balanced Meta-Softmax for Long-Tailed Visual Recognition."
+    https://arxiv.org/abs/2007.10740
+
+    Example:
+
+    >>> model.compile(optimizer="sgd", loss=tfimb.BalancedSoftmax(counts))
+    """
+
+    def __init__(self, counts, from_logits=True, label_smoothing=0.0,
+                 reduction="sum_over_batch_size", name="balanced_softmax", dtype=None):
+        super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
+                         reduction=reduction, name=name, dtype=dtype)
+        counts = _checks.check_counts(counts)
+        self.counts = _counts_config(counts)
+        self._offset = np.log(counts)
+
+    def _loss_kwargs(self):
+        return dict(logit_offset=self._offset.astype(self.dtype), num_classes=len(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "counts": self.counts}
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class LogitAdjusted(_ImbalanceLoss):
+    """Logit-adjusted cross-entropy (Menon et al., ICLR 2021).
+
+    Per example: `l = -log softmax(z + tau * log pi)_y`, `pi_c = n_c / sum_k n_k` (class
+    priors). `tau = 1` equals `BalancedSoftmax`; `tau = 0` is cross-entropy. Predict with
+    `argmax(z)`. (The post-hoc variant trains with cross-entropy and predicts with
+    `argmax(z - tau * log pi)`.)
+
+    Args:
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        tau: temperature of the adjustment, `tau >= 0` (default 1.0).
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Menon et al. "Long-tail learning via logit adjustment."
+    https://arxiv.org/abs/2007.07314
+
+    Example:
+
+    >>> loss = tfimb.LogitAdjusted([100, 10, 1], tau=1.0, reduction=None)
+    >>> loss([0, 1, 2], [[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]])
+    array([0.037569, 0.860538, 1.961562], dtype=float32)
+    """
+
+    def __init__(self, counts, tau=1.0, from_logits=True, label_smoothing=0.0,
+                 reduction="sum_over_batch_size", name="logit_adjusted", dtype=None):
+        super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
+                         reduction=reduction, name=name, dtype=dtype)
+        counts = _checks.check_counts(counts)
+        self.counts = _counts_config(counts)
+        self.tau = _checks.check_range("tau", tau, 0.0)
+        self._offset = self.tau * np.log(counts / counts.sum())
+
+    def _loss_kwargs(self):
+        return dict(logit_offset=self._offset.astype(self.dtype), num_classes=len(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "counts": self.counts, "tau": self.tau}
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class LDAM(_ImbalanceLoss):
+    """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019).
+
+    Per example: `l = CE(s * (z - D * onehot(y)))` with per-class margins
+    `D_c = max_margin * n_c^(-1/4) / max_k n_k^(-1/4)` (the rarest class gets `max_margin`).
+    `z` is meant to be a cosine similarity in [-1, 1]: use `tfimb.models.CosineClassifier` as
+    the last layer and leave `from_logits=True`. The authors pair it with deferred re-weighting
+    (class-balanced weights, beta = 0.9999, from 80% of training on).
+
+    Args:
+        counts: training examples per class over the whole training set (1-D, all > 0).
+        max_margin: the largest margin, `max_margin >= 0` (default 0.5).
+        scale: `s > 0`, multiplies the cosine logits (default 30.0).
+        from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
+
+    Reference: Cao, Wei, Gaidon, Arechiga, Ma. "Learning Imbalanced Datasets with
+    Label-Distribution-Aware Margin Loss." https://arxiv.org/abs/1906.07413
+
+    Example:
+
+    >>> inputs = keras.Input((64,))
+    >>> model = keras.Model(inputs, tfimb.models.CosineClassifier(10)(inputs))
+    >>> model.compile(optimizer="sgd", loss=tfimb.LDAM(counts, max_margin=0.5, scale=30.0))
+    """
+
+    def __init__(self, counts, max_margin=0.5, scale=30.0, from_logits=True,
+                 label_smoothing=0.0, reduction="sum_over_batch_size", name="ldam",
+                 dtype=None):
+        super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
+                         reduction=reduction, name=name, dtype=dtype)
+        counts = _checks.check_counts(counts)
+        self.counts = _counts_config(counts)
+        self.max_margin, self.scale = _check_margin_and_scale(max_margin, scale)
+        self.margins = _ldam_margins(counts, self.max_margin)
+
+    def _loss_kwargs(self):
+        return dict(margins=self.margins.astype(self.dtype), scale=self.scale,
+                    num_classes=len(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "counts": self.counts,
+                "max_margin": self.max_margin, "scale": self.scale}
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup by snake-case name (used by configs: `loss: {name: class_balanced_focal, ...}`).
+
+LOSSES = {
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "inverse_class_frequency": InverseClassFrequency,
+    "focal": Focal,
+    "class_balanced_softmax": ClassBalancedSoftmax,
+    "class_balanced_focal": ClassBalancedFocal,
+    "balanced_softmax": BalancedSoftmax,
+    "logit_adjusted": LogitAdjusted,
+    "ldam": LDAM,
+}
+
+
+def get(name, **kwargs):
+    """Build a tfimb loss from its snake-case name and keyword arguments.
+
+    >>> tfimb.losses.get("class_balanced_focal", beta=0.99, counts=counts, gamma=1.0)
+    """
+    if name not in LOSSES:
+        raise _checks.invalid_value("name", f"one of {sorted(LOSSES)}", name)
+    return LOSSES[name](**kwargs)

@@ -1,0 +1,203 @@
+"""Group accuracies for imbalanced classification (pure Keras 3, plus NumPy helpers).
+
+* `GroupAccuracy(classes)`: accuracy over the examples whose true class is in `classes`.
+* `group_accuracies(minority, num_classes)`: minority / majority / all accuracy, named
+  `minority_accuracy`, `majority_accuracy`, `all_accuracy` (the three columns of the imbalanced
+  CIFAR-10 table).
+* `shot_accuracies(counts)`: many-shot (> 100 training images), medium-shot (20-100) and
+  few-shot (< 20) accuracy, the long-tail convention.
+* `confusion_matrix` and `per_class_accuracy`: NumPy, from predictions.
+
+Example:
+
+    model.compile(
+        optimizer="sgd",
+        loss=tfimb.ClassBalancedFocal(0.99, counts),
+        metrics=tfimb.metrics.group_accuracies(minority=[1, 4, 6], num_classes=10),
+    )
+"""
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from tfimb import _checks
+
+
+def _true_class(y_true, y_pred):
+    """Integer true classes of shape `y_pred.shape[:-1]` from sparse or one-hot labels."""
+    y_true = ops.convert_to_tensor(y_true)
+    num_classes = y_pred.shape[-1]
+    if len(y_true.shape) == len(y_pred.shape):
+        if y_true.shape[-1] == num_classes and num_classes != 1:
+            return ops.cast(ops.argmax(y_true, axis=-1), "int32")
+        if y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+    return ops.cast(y_true, "int32")
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class GroupAccuracy(keras.metrics.Metric):
+    """Accuracy over the examples whose true label is one of `classes`.
+
+    `result = sum_i s_i [y_i in G] [argmax(y_pred_i) = y_i] / sum_i s_i [y_i in G]` accumulated
+    across batches (s = sample_weight, 1 when absent); 0 until a group example has been seen.
+    Labels may be sparse class ids or one-hot; `y_pred` are scores (logits or probabilities).
+
+    Args:
+        classes: the class ids of the group (distinct, non-negative integers).
+        name: metric name (default "group_accuracy").
+        dtype: dtype of the metric's state.
+
+    Example:
+
+    >>> m = tfimb.metrics.GroupAccuracy([1, 2], name="minority_accuracy")
+    >>> m.update_state([0, 1, 2, 2], [[.9, .1, 0], [.2, .8, 0], [.6, .3, .1], [0, .1, .9]])
+    >>> float(m.result())
+    0.666...
+    """
+
+    def __init__(self, classes, name="group_accuracy", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.classes = _checks.check_classes("classes", classes)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred)
+        width = y_pred.shape[-1]
+        if width is not None and self.classes[-1] >= width:
+            raise ValueError(
+                f"Invalid value for argument `classes` of metric {self.name!r}. Expected class "
+                f"ids below the number of classes in `y_pred` ({width}). Received: "
+                f"classes={self.classes}"
+            )
+        true_class = _true_class(y_true, y_pred)
+        pred_class = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        group = ops.convert_to_tensor(self.classes, dtype="int32")
+        in_group = ops.any(ops.equal(ops.expand_dims(true_class, -1), group), axis=-1)
+        weight = ops.cast(in_group, self.dtype)
+        if sample_weight is not None:
+            sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
+            if len(sample_weight.shape) == len(weight.shape) + 1:
+                sample_weight = ops.squeeze(sample_weight, axis=-1)
+            weight = weight * ops.broadcast_to(sample_weight, ops.shape(weight))
+        correct = ops.cast(ops.equal(true_class, pred_class), self.dtype)
+        self.correct.assign_add(ops.sum(weight * correct))
+        self.total.assign_add(ops.sum(weight))
+
+    def result(self):
+        return ops.divide_no_nan(self.correct, self.total)
+
+    def get_config(self):
+        return {**super().get_config(), "classes": list(self.classes)}
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 2:
+        raise _checks.invalid_value("num_classes", "an integer >= 2", num_classes)
+    return int(num_classes)
+
+
+def group_accuracies(minority, num_classes):
+    """Minority, majority and all-class accuracy metrics for `model.compile(metrics=...)`.
+
+    Args:
+        minority: class ids of the minority group, e.g. `[1, 4, 6]`; the other classes form the
+            majority group.
+        num_classes: total number of classes C.
+
+    Returns:
+        `[GroupAccuracy(minority, name="minority_accuracy"),
+          GroupAccuracy(majority, name="majority_accuracy"),
+          GroupAccuracy(range(C), name="all_accuracy")]`.
+    """
+    num_classes = _check_num_classes(num_classes)
+    minority = _checks.check_classes("minority", minority, num_classes)
+    if len(minority) == num_classes:
+        raise _checks.invalid_value(
+            "minority", f"a proper subset of the {num_classes} classes (the rest are the "
+            "majority)", minority)
+    majority = [c for c in range(num_classes) if c not in minority]
+    return [
+        GroupAccuracy(minority, name="minority_accuracy"),
+        GroupAccuracy(majority, name="majority_accuracy"),
+        GroupAccuracy(list(range(num_classes)), name="all_accuracy"),
+    ]
+
+
+def shot_groups(counts, many_above=100, few_below=20):
+    """Split classes by training count: many (> 100), medium (20-100), few (< 20).
+
+    Returns a dict `{"many": [...], "medium": [...], "few": [...]}` of class ids.
+    """
+    counts = _checks.check_counts(counts)
+    return {
+        "many": np.flatnonzero(counts > many_above).tolist(),
+        "medium": np.flatnonzero((counts >= few_below) & (counts <= many_above)).tolist(),
+        "few": np.flatnonzero(counts < few_below).tolist(),
+    }
+
+
+def shot_accuracies(counts, many_above=100, few_below=20):
+    """Many-, medium- and few-shot accuracy metrics from the training counts.
+
+    Groups follow the long-tail convention: many-shot classes have more than 100 training
+    images, medium-shot 20 to 100, few-shot fewer than 20. Metrics are named
+    `many_shot_accuracy`, `medium_shot_accuracy`, `few_shot_accuracy`; a group with no class
+    (CIFAR-10-LT at imbalance 100 has no few-shot class) gets no metric rather than a
+    meaningless 0.
+
+    Args:
+        counts: training examples per class (1-D, all > 0).
+        many_above, few_below: the group boundaries (defaults 100 and 20).
+    """
+    groups = shot_groups(counts, many_above, few_below)
+    return [GroupAccuracy(classes, name=f"{group}_shot_accuracy")
+            for group, classes in groups.items() if classes]
+
+
+def _class_ids(values, num_classes, arg):
+    values = np.asarray(values)
+    if values.ndim >= 2 and values.shape[-1] == num_classes:
+        return values.reshape(-1, num_classes).argmax(axis=-1)
+    flat = values.reshape(-1)
+    if flat.size and (not np.all(flat == np.round(flat)) or flat.min() < 0
+                      or flat.max() >= num_classes):
+        raise _checks.invalid_value(
+            arg, f"class ids in [0, {num_classes}) or scores of shape (N, {num_classes})",
+            f"array of shape {values.shape}")
+    return flat.astype(np.int64)
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """Confusion matrix `M[i, j]` = examples of true class i predicted as class j (NumPy).
+
+    Args:
+        y_true: sparse class ids `(N,)` or one-hot labels `(N, C)`.
+        y_pred: predicted class ids `(N,)` or scores `(N, C)` (argmax is taken).
+        num_classes: C.
+
+    Returns:
+        int64 array of shape `(C, C)`.
+    """
+    num_classes = _check_num_classes(num_classes)
+    true = _class_ids(y_true, num_classes, "y_true")
+    pred = _class_ids(y_pred, num_classes, "y_pred")
+    if true.shape != pred.shape:
+        raise ValueError(
+            "Invalid shape for arguments `y_true` and `y_pred`. Expected the same number of "
+            f"examples. Received {true.size} labels and {pred.size} predictions."
+        )
+    return np.bincount(true * num_classes + pred, minlength=num_classes ** 2).reshape(
+        num_classes, num_classes)
+
+
+def per_class_accuracy(y_true, y_pred, num_classes):
+    """Accuracy of each class (recall), NaN for a class with no evaluation example (NumPy)."""
+    matrix = confusion_matrix(y_true, y_pred, num_classes)
+    support = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(matrix) / support, np.nan)

@@ -1,0 +1,55 @@
+"""Classification heads."""
+
+import keras
+from keras import ops
+
+from tfimb import _checks
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class CosineClassifier(keras.layers.Layer):
+    """Cosine-similarity classifier: `z_c = <x / |x|, w_c / |w_c|>`, in [-1, 1].
+
+    The normalised linear layer that LDAM (Cao et al., NeurIPS 2019) trains with
+    `tfimb.LDAM(counts, max_margin, scale)`: the loss multiplies these logits by `scale`, so the
+    layer itself has no scale and no bias. At inference `argmax(z)` is the prediction.
+
+    Args:
+        units: number of classes.
+        epsilon: added under the square roots of the norms (keeps zero vectors finite).
+        kernel_initializer: initializer of the `(features, units)` weight matrix.
+
+    Example:
+
+    >>> inputs = keras.Input((64,))
+    >>> logits = tfimb.models.CosineClassifier(10)(inputs)
+    """
+
+    def __init__(self, units, epsilon=1e-12, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise _checks.invalid_value("units", "a positive integer", units)
+        self.units = units
+        self.epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer=self.kernel_initializer,
+            name="kernel")
+
+    def call(self, inputs):
+        # Normalise in float32 at least: bfloat16 norms would round the cosines to 3 digits.
+        dtype = "float32" if self.compute_dtype in ("float16", "bfloat16") else self.compute_dtype
+        x = ops.cast(inputs, dtype)
+        w = ops.cast(self.kernel, dtype)
+        x = x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + self.epsilon)
+        w = w * ops.rsqrt(ops.sum(ops.square(w), axis=0, keepdims=True) + self.epsilon)
+        return ops.matmul(x, w)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "epsilon": self.epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}

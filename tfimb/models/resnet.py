@@ -1,0 +1,98 @@
+"""ResNets for 32x32 images, built with the Keras functional API.
+
+* `resnet18_cifar`: He et al.'s ResNet-18 with the CIFAR stem used by the imbalanced CIFAR-10
+  protocol: 3x3 stride-1 convolution, no max-pool, stages of 64/128/256/512 channels with two
+  basic blocks each, global average pool, dense classifier (11.2M parameters).
+* `resnet20` / `resnet32`: the 6n+2-layer CIFAR ResNets of He et al. (2016), stages of 16/32/64
+  channels (0.27M / 0.46M parameters); projection (1x1 convolution) shortcuts where the shape
+  changes.
+
+The classifier head outputs logits in float32 even under a mixed precision policy.
+"""
+
+import keras
+
+from tfimb import _checks
+from tfimb.models.heads import CosineClassifier
+
+HEADS = ("dense", "cosine")
+
+
+def _conv_bn(x, filters, kernel, strides, name, weight_decay, relu=True):
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                            kernel_initializer="he_normal", kernel_regularizer=regularizer,
+                            name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _basic_block(x, filters, strides, name, weight_decay):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", weight_decay, relu=False)
+    y = _conv_bn(x, filters, 3, strides, f"{name}_1", weight_decay)
+    y = _conv_bn(y, filters, 3, 1, f"{name}_2", weight_decay, relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _head(x, num_classes, head):
+    if head not in HEADS:
+        raise _checks.invalid_value("head", f"one of {HEADS}", head)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if head == "cosine":
+        return CosineClassifier(num_classes, dtype="float32", name="logits")(x)
+    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def _check_common(num_classes, input_shape):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise _checks.invalid_value("num_classes", "an integer >= 2", num_classes)
+    if len(tuple(input_shape)) != 3:
+        raise _checks.invalid_value("input_shape", "(height, width, channels)", input_shape)
+
+
+def _build(name, stages, blocks, num_classes, input_shape, head, weight_decay):
+    _check_common(num_classes, input_shape)
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = _conv_bn(inputs, stages[0], 3, 1, "stem", weight_decay)
+    for stage, filters in enumerate(stages):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
+                             weight_decay)
+    return keras.Model(inputs, _head(x, num_classes, head), name=name)
+
+
+def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool), 64/128/256/512 channels.
+
+    Args:
+        num_classes: classes in the logits.
+        input_shape: `(height, width, channels)`.
+        head: `"dense"` (logits) or `"cosine"` (`CosineClassifier`, for `tfimb.LDAM`).
+        weight_decay: L2 coefficient added to the convolution kernels' loss (0 = none).
+    """
+    return _build("resnet18_cifar", (64, 128, 256, 512), 2, num_classes, input_shape, head,
+                  weight_decay)
+
+
+def resnet20(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+    """ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels). Args as above."""
+    return _build("resnet20", (16, 32, 64), 3, num_classes, input_shape, head, weight_decay)
+
+
+def resnet32(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+    """ResNet-32 for CIFAR (3 stages of 5 basic blocks), the CIFAR-10-LT papers' model."""
+    return _build("resnet32", (16, 32, 64), 5, num_classes, input_shape, head, weight_decay)
+
+
+MODELS = {"resnet18_cifar": resnet18_cifar, "resnet20": resnet20, "resnet32": resnet32}
+
+
+def get(name, **kwargs):
+    """Build a model by name: one of `MODELS`."""
+    if name not in MODELS:
+        raise _checks.invalid_value("name", f"one of {sorted(MODELS)}", name)
+    return MODELS[name](**kwargs)

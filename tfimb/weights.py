@@ -1,0 +1,165 @@
+"""Class counts, effective numbers and class-balanced weights (NumPy, float64).
+
+Nothing here imports Keras or TensorFlow: the helpers run anywhere, and `class_counts` reads a
+`tf.data.Dataset` through its own `as_numpy_iterator`, so TensorFlow is only touched when the
+caller already passes a TensorFlow object.
+
+Reference: Cui, Jia, Lin, Song, Belongie. "Class-Balanced Loss Based on Effective Number of
+Samples." CVPR 2019. https://arxiv.org/abs/1901.05555
+"""
+
+import numpy as np
+
+from tfimb import _checks
+
+WEIGHT_NORMALIZATIONS = ("num_classes", "none")
+
+
+def effective_number(counts, beta):
+    """Effective number of samples per class, `E_n = (1 - beta^n) / (1 - beta)`.
+
+    `E_1 = 1`; `E_n -> 1 / (1 - beta)` as `n -> infinity`; `beta = 0` gives `E_n = 1` (no
+    re-weighting) and `beta -> 1` gives `E_n -> n` (inverse class frequency). Computed in float64
+    as `-expm1(n * log(beta)) / (1 - beta)`, which stays accurate for beta close to 1.
+
+    Args:
+        counts: 1-D sequence of positive training counts, one per class.
+        beta: float, `0 <= beta < 1`.
+
+    Returns:
+        float64 NumPy array of shape `(num_classes,)`.
+
+    Example:
+
+    >>> tfimb.effective_number([1, 10, 1000], beta=0.9)
+    array([1.        , 6.5132156 , 10.        ])
+    """
+    n = _checks.check_counts(counts)
+    beta = _checks.check_beta(beta)
+    if beta == 0.0:
+        return np.ones_like(n)
+    return -np.expm1(n * np.log(beta)) / (1.0 - beta)
+
+
+def class_balanced_weights(counts, beta, normalization="num_classes"):
+    """Class-balanced weights `w_c = 1 / E_{n_c} = (1 - beta) / (1 - beta^{n_c})`, float64.
+
+    Args:
+        counts: 1-D sequence of positive training counts over the whole training set.
+        beta: float, `0 <= beta < 1`. `0` gives equal weights, `beta -> 1` gives weights
+            proportional to `1 / n_c`.
+        normalization: `"num_classes"` (default) rescales the weights to sum to the number of
+            classes C, as the class-balanced authors' code did, so the loss keeps the scale of
+            plain cross-entropy; `"none"` returns `1 / E_{n_c}` unscaled. (The losses'
+            `normalization="weighted_mean"` divides by the batch's total weight, so the scale of
+            the weights cancels there.)
+
+    Returns:
+        float64 NumPy array of shape `(num_classes,)`.
+
+    Example:
+
+    >>> tfimb.class_balanced_weights([2, 3, 1, 2, 2], beta=0.9999)
+    array([0.88236..., 0.58827..., 1.76463..., 0.88236..., 0.88236...])
+    """
+    if normalization not in WEIGHT_NORMALIZATIONS:
+        raise _checks.invalid_value(
+            "normalization", f"one of {WEIGHT_NORMALIZATIONS}", normalization
+        )
+    weights = 1.0 / effective_number(counts, beta)
+    if normalization == "num_classes":
+        weights = weights * (weights.size / weights.sum())
+    return weights
+
+
+def inverse_frequency_weights(counts, normalization="num_classes"):
+    """Inverse class frequency weights `w_c = 1 / n_c` (the `beta -> 1` limit), float64."""
+    if normalization not in WEIGHT_NORMALIZATIONS:
+        raise _checks.invalid_value(
+            "normalization", f"one of {WEIGHT_NORMALIZATIONS}", normalization
+        )
+    weights = 1.0 / _checks.check_counts(counts)
+    if normalization == "num_classes":
+        weights = weights * (weights.size / weights.sum())
+    return weights
+
+
+def _count_array(labels, num_classes):
+    """Counts of one NumPy array of sparse (`(N,)`, `(N, 1)`) or one-hot (`(N, C)`) labels."""
+    labels = np.asarray(labels)
+    if labels.ndim >= 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        onehot = labels.reshape(-1, num_classes).astype(np.float64)
+        hard = np.all((onehot == 0) | (onehot == 1)) and np.all(onehot.sum(axis=1) == 1)
+        if not hard:
+            raise _checks.invalid_value(
+                "labels", "sparse class ids or one-hot rows (exactly one 1 per row)",
+                f"array of shape {labels.shape} with rows that are not one-hot"
+            )
+        return onehot.sum(axis=0).astype(np.int64)
+    flat = labels.reshape(-1)
+    if flat.size == 0:
+        return np.zeros(num_classes, np.int64)
+    if not np.issubdtype(flat.dtype, np.integer):
+        if not np.all(np.isfinite(flat)) or np.any(flat != np.round(flat)):
+            raise _checks.invalid_value(
+                "labels", "integer class ids", f"non-integer values such as {flat[:5]!r}"
+            )
+        flat = flat.astype(np.int64)
+    bad = flat[(flat < 0) | (flat >= num_classes)]
+    if bad.size:
+        raise _checks.invalid_value(
+            "labels", f"class ids in [0, {num_classes}) (num_classes={num_classes})",
+            f"values such as {np.unique(bad)[:10].tolist()}"
+        )
+    return np.bincount(flat, minlength=num_classes).astype(np.int64)
+
+
+def class_counts(labels, num_classes):
+    """Number of examples of each class, from labels or from a whole dataset.
+
+    Use this on the whole training set: class-balanced losses need dataset counts, never
+    per-batch ones (a batch without some class would give it a zero count).
+
+    Args:
+        labels: NumPy array (or list) of sparse integer labels `(N,)` / `(N, 1)` or one-hot
+            labels `(N, num_classes)`; or a `tf.data.Dataset` whose elements are `(x, y)` or
+            `(x, y, sample_weight)`, batched or not, with labels in either form.
+        num_classes: int, number of classes C.
+
+    Returns:
+        int64 NumPy array of shape `(num_classes,)`. Zero entries are kept: pass the result to a
+        loss only once every class has training examples (the loss says what to do otherwise).
+
+    Example:
+
+    >>> tfimb.class_counts(np.array([0, 2, 2, 1, 2]), num_classes=4)
+    array([1, 1, 3, 0])
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise _checks.invalid_value("num_classes", "an integer >= 1", num_classes)
+    num_classes = int(num_classes)
+    if hasattr(labels, "as_numpy_iterator") and hasattr(labels, "element_spec"):
+        return _count_dataset(labels, num_classes)
+    return _count_array(labels, num_classes)
+
+
+def _count_dataset(dataset, num_classes):
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise _checks.invalid_value(
+            "labels", "a tf.data.Dataset of (x, y) or (x, y, sample_weight) tuples",
+            f"a dataset with element_spec={spec!r}"
+        )
+    label_spec = spec[1]
+    labels_only = dataset.map(lambda *element: element[1])
+    unbatched_sparse = label_spec.shape.rank == 0
+    unbatched_onehot = (label_spec.shape.rank == 1 and label_spec.shape[0] == num_classes
+                        and label_spec.dtype.is_floating)
+    if unbatched_sparse or unbatched_onehot:
+        # Batch unbatched labels so the Python loop runs once per 8192 examples.
+        labels_only = labels_only.batch(8192)
+    total = np.zeros(num_classes, np.int64)
+    for batch in labels_only.as_numpy_iterator():
+        total += _count_array(batch, num_classes)
+    return total
