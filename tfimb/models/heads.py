@@ -21,8 +21,10 @@ class CosineClassifier(keras.layers.Layer):
 
     Example:
 
-    >>> inputs = keras.Input((64,))
-    >>> logits = tfimb.models.CosineClassifier(10)(inputs)
+    >>> layer = tfimb.models.CosineClassifier(10)
+    >>> cosines = layer(np.ones((2, 64), "float32"))
+    >>> tuple(cosines.shape), bool(np.all(np.abs(cosines) <= 1.0))
+    ((2, 10), True)
     """
 
     def __init__(self, units, epsilon=1e-12, kernel_initializer="glorot_uniform", **kwargs):

@@ -1,0 +1,512 @@
+import inspect
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+import reference
+import tfimb
+from tfimb import catalog, losses
+
+COUNTS = [500, 120, 40, 9, 3]
+C = len(COUNTS)
+
+# (loss name, constructor kwargs): several beta / gamma / tau and both normalizations.
+CASES = [
+    ("softmax_cross_entropy", {}),
+    ("focal", {"gamma": 0.5}),
+    ("focal", {"gamma": 2.0}),
+    ("focal", {"gamma": 5.0}),
+    ("inverse_class_frequency", {"counts": COUNTS}),
+    ("inverse_class_frequency", {"counts": COUNTS, "normalization": "num_classes"}),
+    ("class_balanced_softmax", {"beta": 0.9, "counts": COUNTS}),
+    ("class_balanced_softmax", {"beta": 0.999, "counts": COUNTS,
+                                "normalization": "num_classes"}),
+    ("class_balanced_focal", {"beta": 0.99, "counts": COUNTS, "gamma": 0.5}),
+    ("class_balanced_focal", {"beta": 0.9999, "counts": COUNTS, "gamma": 2.0,
+                              "normalization": "num_classes"}),
+    ("class_balanced_focal", {"beta": 0.999, "counts": COUNTS, "gamma": 1.0}),
+    ("balanced_softmax", {"counts": COUNTS}),
+    ("logit_adjusted", {"counts": COUNTS, "tau": 0.5}),
+    ("logit_adjusted", {"counts": COUNTS, "tau": 2.0}),
+    ("ldam", {"counts": COUNTS, "max_margin": 0.5, "scale": 30.0}),
+    ("ldam", {"counts": COUNTS, "max_margin": 0.3, "scale": 10.0}),
+]
+CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items() if k != 'counts')}"
+            for name, kw in CASES]
+
+FUNCTIONS = {name: getattr(losses, name) for name in losses.LOSSES}
+
+
+def _data(rng, batch=16, spread=3.0, ldam=False):
+    labels = rng.integers(0, C, size=batch)
+    logits = rng.normal(scale=spread, size=(batch, C))
+    if ldam:  # LDAM expects cosine logits in [-1, 1].
+        logits = np.tanh(logits)
+    return labels, np.eye(C)[labels], logits.astype(np.float32)
+
+
+def _label_forms(labels, onehot):
+    return {"sparse": labels, "sparse_column": labels[:, None], "onehot": onehot}
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_matches_numpy_reference(rng, name, kwargs, label_smoothing):
+    labels, onehot, logits = _data(rng, ldam=name == "ldam")
+    kwargs = dict(kwargs, label_smoothing=label_smoothing)
+    expected = reference.reference_for(name, kwargs, onehot, logits)
+
+    per_example = losses.get(name, reduction=None, **kwargs)
+    reduced = losses.get(name, **kwargs)
+    compiled = tf.function(lambda y, z: reduced(y, z))
+    for form, y in _label_forms(labels, onehot).items():
+        np.testing.assert_allclose(per_example(y, logits), expected, rtol=2e-5, atol=1e-6,
+                                   err_msg=form)
+        np.testing.assert_allclose(reduced(y, logits), expected.mean(), rtol=2e-5, err_msg=form)
+        np.testing.assert_allclose(compiled(tf.constant(y), tf.constant(logits)),
+                                   expected.mean(), rtol=2e-5, err_msg=form)
+        np.testing.assert_allclose(FUNCTIONS[name](y, logits, **kwargs), expected, rtol=2e-5,
+                                   atol=1e-6, err_msg=form)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+def test_probabilities_input_equals_logits_input(rng, name, kwargs):
+    labels, _, logits = _data(rng, ldam=name == "ldam")
+    probs = reference.softmax(logits.astype(np.float64)).astype(np.float32)
+    from_logits = losses.get(name, reduction=None, **kwargs)(labels, logits)
+    from_probs = losses.get(name, reduction=None, from_logits=False, **kwargs)(labels, probs)
+    if name == "ldam":  # Margins apply to whatever the model outputs: log p here, not z.
+        log_p = np.log(probs.astype(np.float64))
+        expected = reference.reference_for(name, kwargs, np.eye(C)[labels], log_p)
+        np.testing.assert_allclose(from_probs, expected, rtol=1e-4, atol=1e-6)
+    else:
+        np.testing.assert_allclose(from_probs, from_logits, rtol=1e-4, atol=1e-6)
+
+
+def test_reduction_and_sample_weight_follow_keras(rng):
+    labels, _, logits = _data(rng)
+    weights = rng.uniform(size=labels.shape).astype(np.float32)
+    kwargs = dict(beta=0.99, counts=COUNTS, gamma=1.5)
+    values = np.asarray(tfimb.ClassBalancedFocal(reduction=None, **kwargs)(labels, logits))
+    for reduction, expected in [
+        ("sum", (values * weights).sum()),
+        ("sum_over_batch_size", (values * weights).mean()),
+        ("mean_with_sample_weight", (values * weights).sum() / weights.sum()),
+    ]:
+        loss = tfimb.ClassBalancedFocal(reduction=reduction, **kwargs)
+        np.testing.assert_allclose(loss(labels, logits, sample_weight=weights), expected,
+                                   rtol=1e-5, err_msg=reduction)
+
+
+def test_weighted_mean_is_sum_w_l_over_sum_w(rng):
+    labels, onehot, logits = _data(rng)
+    w = reference.cb_weights(COUNTS, 0.999)[labels]
+    ce = reference.loss(onehot, logits)
+    loss = tfimb.ClassBalancedSoftmax(0.999, COUNTS)
+    np.testing.assert_allclose(loss(labels, logits), (w * ce).sum() / w.sum(), rtol=1e-5)
+    # With sample weights s: sum s w l / sum w.
+    s = rng.uniform(size=labels.shape)
+    np.testing.assert_allclose(loss(labels, logits, sample_weight=s),
+                               (s * w * ce).sum() / w.sum(), rtol=1e-5)
+
+
+# Reference values from ../shared/reference/losses.md.
+REF_LOGITS = np.array([[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]], np.float32)
+REF_LABELS = np.array([0, 1, 2])
+REF_COUNTS = [100, 10, 1]
+
+
+def test_published_reference_values():
+    np.testing.assert_allclose(tfimb.class_balanced_weights([2, 3, 1, 2, 2], 0.9999),
+                               [0.882363, 0.588272, 1.764638, 0.882363, 0.882363], atol=1e-6)
+    np.testing.assert_allclose(tfimb.class_balanced_weights(REF_COUNTS, 0.999),
+                               [0.028363, 0.271256, 2.700381], atol=1e-6)
+    for normalization in ("num_classes", "weighted_mean"):  # One example per class: mean w = 1.
+        cb = tfimb.ClassBalancedSoftmax(0.999, REF_COUNTS, normalization=normalization,
+                                        reduction=None)
+        np.testing.assert_allclose(cb(REF_LABELS, REF_LOGITS), [0.011828, 0.059690, 0.295966],
+                                   atol=2e-6)
+        cbf = tfimb.ClassBalancedFocal(0.999, REF_COUNTS, gamma=2.0,
+                                       normalization=normalization, reduction=None)
+        np.testing.assert_allclose(cbf(REF_LABELS, REF_LOGITS),
+                                   [0.001375, 0.002329, 0.003189], atol=2e-6)
+    np.testing.assert_allclose(
+        tfimb.ClassBalancedSoftmax(0.999, REF_COUNTS, normalization="num_classes")(
+            REF_LABELS, REF_LOGITS), 0.122495, atol=2e-6)
+    np.testing.assert_allclose(
+        tfimb.ClassBalancedFocal(0.999, REF_COUNTS, 2.0, normalization="num_classes")(
+            REF_LABELS, REF_LOGITS), 0.002298, atol=2e-6)
+    np.testing.assert_allclose(
+        tfimb.LogitAdjusted(REF_COUNTS, tau=1.0, reduction=None)(REF_LABELS, REF_LOGITS),
+        [0.037569, 0.860538, 1.961562], atol=2e-6)
+    # The `focal-loss` package's docstring example (probabilities, gamma 2).
+    probs = [[.8, .1, .1], [.2, .7, .1], [.2, .2, .6]]
+    focal = tfimb.Focal(gamma=2.0, from_logits=False, reduction=None)
+    np.testing.assert_allclose(focal([0, 1, 2], probs), [0.00893, 0.03210, 0.08173], atol=1e-5)
+    np.testing.assert_allclose(tfimb.Focal(2.0, from_logits=False)([0, 1, 2], probs),
+                               0.0409195, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Equivalences.
+
+
+def _values(loss, labels, logits):
+    return np.asarray(loss(labels, logits), np.float64)
+
+
+@pytest.mark.parametrize("normalization", ["weighted_mean", "num_classes"])
+def test_beta_zero_is_cross_entropy(rng, normalization):
+    labels, _, logits = _data(rng)
+    ce = _values(tfimb.SoftmaxCrossEntropy(), labels, logits)
+    cb = _values(tfimb.ClassBalancedSoftmax(0.0, COUNTS, normalization=normalization),
+                 labels, logits)
+    np.testing.assert_allclose(cb, ce, rtol=1e-6)
+    fl = _values(tfimb.Focal(1.5), labels, logits)
+    cbf = _values(tfimb.ClassBalancedFocal(0.0, COUNTS, 1.5, normalization=normalization),
+                  labels, logits)
+    np.testing.assert_allclose(cbf, fl, rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["weighted_mean", "num_classes"])
+def test_beta_to_one_is_inverse_class_frequency(rng, normalization):
+    labels, _, logits = _data(rng)
+    icf = _values(tfimb.InverseClassFrequency(COUNTS, normalization=normalization,
+                                              reduction=None), labels, logits)
+    cb = _values(tfimb.ClassBalancedSoftmax(1 - 1e-9, COUNTS, normalization=normalization,
+                                            reduction=None), labels, logits)
+    np.testing.assert_allclose(cb, icf, rtol=1e-5)
+
+
+def test_gamma_zero_is_non_focal(rng):
+    labels, _, logits = _data(rng)
+    np.testing.assert_allclose(_values(tfimb.Focal(0.0), labels, logits),
+                               _values(tfimb.SoftmaxCrossEntropy(), labels, logits), rtol=1e-7)
+    np.testing.assert_allclose(
+        _values(tfimb.ClassBalancedFocal(0.99, COUNTS, gamma=0.0), labels, logits),
+        _values(tfimb.ClassBalancedSoftmax(0.99, COUNTS), labels, logits), rtol=1e-7)
+
+
+def test_logit_adjusted_tau_one_is_balanced_softmax(rng):
+    labels, _, logits = _data(rng)
+    np.testing.assert_allclose(
+        _values(tfimb.LogitAdjusted(COUNTS, tau=1.0, reduction=None), labels, logits),
+        _values(tfimb.BalancedSoftmax(COUNTS, reduction=None), labels, logits), rtol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_class_balanced_focal_equals_keras_categorical_focal(rng, gamma):
+    labels, onehot, logits = _data(rng, spread=1.0)  # Keras clips p at 1e-7: stay away from it.
+    weights = tfimb.class_balanced_weights(COUNTS, 0.999)
+    keras_loss = keras.losses.CategoricalFocalCrossentropy(
+        alpha=weights.tolist(), gamma=gamma, from_logits=True)
+    ours = tfimb.ClassBalancedFocal(0.999, COUNTS, gamma, normalization="num_classes")
+    np.testing.assert_allclose(ours(onehot, logits), keras_loss(onehot, logits), rtol=1e-5)
+    np.testing.assert_allclose(ours(labels, logits), keras_loss(onehot, logits), rtol=1e-5)
+
+
+def test_cross_entropies_match_keras(rng):
+    labels, onehot, logits = _data(rng)
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    ours = tfimb.SoftmaxCrossEntropy()
+    np.testing.assert_allclose(ours(labels, logits), sparse(labels, logits), rtol=1e-6)
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)
+    np.testing.assert_allclose(tfimb.SoftmaxCrossEntropy(label_smoothing=0.2)(labels, logits),
+                               smoothed(onehot, logits), rtol=1e-6)
+    # Class-balanced softmax under "num_classes" = CE with per-example weights w_y (Keras'
+    # class_weight mechanism).
+    weights = tfimb.class_balanced_weights(COUNTS, 0.99)
+    np.testing.assert_allclose(
+        tfimb.ClassBalancedSoftmax(0.99, COUNTS, normalization="num_classes")(labels, logits),
+        sparse(labels, logits, sample_weight=weights[labels]), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical stability: finite values and gradients at the extremes, gradients vs brute force.
+
+EXTREME_LOGITS = np.array([
+    [1e4, -1e4, 0.0],      # p_0 = 1 exactly in float32, p_1 underflows.
+    [1e4, -1e4, 0.0],
+    [-1e4, 1e4, 1e4],      # Tie for the largest logit.
+    [30.0, 0.0, 0.0],      # p_0 rounds to 1 in float32.
+    [-200.0, 0.0, 0.0],    # p_0 = e^-200 underflows in float32.
+    [0.0, 0.0, 0.0],
+], np.float32)
+EXTREME_LABELS = np.array([0, 1, 1, 0, 0, 2])
+EXTREME_COUNTS = [1000, 10, 1]
+
+
+def _extreme_cases(gamma):
+    return [
+        tfimb.SoftmaxCrossEntropy(label_smoothing=0.1),
+        tfimb.Focal(gamma),
+        tfimb.Focal(gamma, label_smoothing=0.1),
+        tfimb.ClassBalancedFocal(0.9999, EXTREME_COUNTS, gamma),
+        tfimb.ClassBalancedFocal(0.99, EXTREME_COUNTS, gamma, normalization="num_classes",
+                                 label_smoothing=0.2),
+        tfimb.ClassBalancedSoftmax(0.999, EXTREME_COUNTS),
+        tfimb.InverseClassFrequency(EXTREME_COUNTS),
+        tfimb.BalancedSoftmax(EXTREME_COUNTS),
+        tfimb.LogitAdjusted(EXTREME_COUNTS, tau=2.0),
+        tfimb.LDAM(EXTREME_COUNTS),
+    ]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 0.5, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+def test_finite_values_and_gradients_at_extremes(gamma, compiled):
+    for loss in _extreme_cases(gamma):
+        def value_and_grad(logits, loss=loss):
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                value = loss(EXTREME_LABELS, logits)
+            return value, tape.gradient(value, logits)
+
+        fn = tf.function(value_and_grad) if compiled else value_and_grad
+        value, grad = fn(tf.constant(EXTREME_LOGITS))
+        assert np.isfinite(value.numpy()), (loss.name, gamma)
+        assert np.all(np.isfinite(grad.numpy())), (loss.name, gamma, grad.numpy())
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_extreme_gradients_have_the_limit_values(gamma):
+    # Target logit -1e4, another +1e4: p_y = 0, the modulator is 1, d loss / dz = p - onehot.
+    logits = tf.constant([[-1e4, 1e4, 0.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = tfimb.Focal(gamma)([0], logits)
+    np.testing.assert_allclose(value, 2e4, rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(value, logits), [[-1.0, 1.0, 0.0]], atol=1e-6)
+    # Target logit +1e4: the loss and its gradient vanish.
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = tfimb.Focal(gamma)([1], logits)
+    np.testing.assert_allclose(value, 0.0, atol=1e-30)
+    np.testing.assert_allclose(tape.gradient(value, logits), 0.0, atol=1e-30)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+def test_gradient_matches_finite_differences(rng, name, kwargs):
+    labels, onehot, logits = _data(rng, batch=4, spread=2.0, ldam=name == "ldam")
+    kwargs = dict(kwargs, label_smoothing=0.05)
+    loss = losses.get(name, dtype="float64", **kwargs)
+    z = tf.constant(logits, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        value = loss(labels, z)
+    analytic = tape.gradient(value, z).numpy()
+
+    def mean_ref(x):
+        return reference.reference_for(name, kwargs, onehot, x).mean()
+
+    numeric = np.zeros_like(analytic)
+    step = 1e-6
+    base = logits.astype(np.float64)
+    for index in np.ndindex(base.shape):
+        up, down = base.copy(), base.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (mean_ref(up) - mean_ref(down)) / (2 * step)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixed precision: the loss computes in float32.
+
+
+def test_mixed_precision_computes_in_float32(rng, mixed_policy):
+    labels, _, logits = _data(rng)
+    expected = tfimb.ClassBalancedFocal(0.99, COUNTS)(labels, logits)
+    for policy in ("mixed_bfloat16", "mixed_float16"):
+        mixed_policy(policy)
+        loss = tfimb.ClassBalancedFocal(0.99, COUNTS)
+        assert loss.dtype == "float32"
+        half = keras.ops.cast(logits, policy.split("_")[1])
+        value = loss(labels, half)
+        assert value.dtype == tf.float32
+        # Only the rounding of the logits to 16 bits differs.
+        np.testing.assert_allclose(value, expected, rtol=3e-2)
+        fn_value = losses.class_balanced_focal(labels, half, 0.99, COUNTS)
+        assert fn_value.dtype == tf.float32
+    assert tfimb.Focal(dtype="bfloat16").dtype == "float32"
+    assert tfimb.Focal(dtype="float64").dtype == "float64"
+
+
+def test_mixed_precision_model_trains_with_float32_loss(rng, mixed_policy):
+    mixed_policy("mixed_bfloat16")
+    inputs = keras.Input((8,))
+    logits = keras.layers.Dense(C)(inputs)  # bfloat16 logits
+    model = keras.Model(inputs, logits)
+    assert model.output.dtype == "bfloat16"
+    model.compile(optimizer="sgd", loss=tfimb.ClassBalancedFocal(0.999, COUNTS, gamma=0.5))
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, C, size=64)
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels.
+
+
+def test_out_of_range_labels_raise_eagerly(rng):
+    _, _, logits = _data(rng, batch=3)
+    for bad in ([0, 1, C], [0, -1, 2], [0.5, 1, 2]):
+        with pytest.raises(ValueError, match=r"`y_true`.*\[0, 5\)"):
+            tfimb.ClassBalancedFocal(0.9, COUNTS)(bad, logits)
+
+
+def test_out_of_range_labels_give_nan_inside_graphs(rng):
+    _, _, logits = _data(rng, batch=3)
+    loss = tfimb.ClassBalancedSoftmax(0.9, COUNTS, reduction=None)
+    values = tf.function(loss)(tf.constant([0, C, 2]), tf.constant(logits)).numpy()
+    assert np.isfinite(values[0]) and np.isnan(values[1]) and np.isfinite(values[2])
+
+
+def test_dense_labels_must_be_distributions(rng):
+    _, onehot, logits = _data(rng, batch=3)
+    with pytest.raises(ValueError, match="`y_true`"):
+        tfimb.Focal()(onehot * 2, logits)
+
+
+def test_soft_labels_weight_by_label_mass(rng):
+    _, _, logits = _data(rng, batch=2)
+    soft = np.array([[0.5, 0.5, 0, 0, 0], [0, 0, 0.25, 0.75, 0]])
+    w = reference.cb_weights(COUNTS, 0.99)
+    expected = reference.loss(soft, logits, weights=w, normalization="num_classes")
+    np.testing.assert_allclose(
+        tfimb.ClassBalancedSoftmax(0.99, COUNTS, normalization="num_classes",
+                                   reduction=None)(soft, logits), expected, rtol=1e-5)
+
+
+def test_label_shape_mismatch_is_an_error(rng):
+    _, _, logits = _data(rng, batch=3)
+    with pytest.raises(ValueError, match="y_true.shape"):
+        tfimb.SoftmaxCrossEntropy()(np.zeros((3, 2, 2)), logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: one test per rule, each checking argument, value and valid range in the message.
+
+
+def _raises(match, fn, *args, **kwargs):
+    with pytest.raises(ValueError, match=match):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [tfimb.InverseClassFrequency, tfimb.BalancedSoftmax,
+                                 tfimb.LogitAdjusted, tfimb.LDAM])
+def test_counts_rules(cls):
+    _raises(r"`counts`.*1-D.*shape \(2, 2\)", cls, [[1, 2], [3, 4]])
+    _raises(r"`counts`.*at least two classes.*counts=\[\]", cls, [])
+    _raises(r"`counts`.*at least two classes", cls, [10])
+    _raises(r"`counts`.*finite.*\[1\]", cls, [10, float("nan"), 3])
+    _raises(r"`counts`.*finite", cls, [10, float("inf")])
+    _raises(r"`counts`.*> 0.*\[1\].*drop it", cls, [10, 0, 3])
+    _raises(r"`counts`.*> 0.*\[2\]", cls, [10, 5, -3])
+    _raises(r"`counts`", cls, ["a", "b"])
+
+
+def test_beta_rule():
+    for beta in (1.0, -0.1, 1.5, float("nan")):
+        _raises(rf"`beta`. Expected 0.0 <= beta < 1.0. Received: beta={beta}",
+                tfimb.ClassBalancedSoftmax, beta, COUNTS)
+        _raises(r"`beta`", tfimb.ClassBalancedFocal, beta, COUNTS)
+        _raises(r"`beta`", tfimb.effective_number, COUNTS, beta)
+
+
+def test_gamma_rule():
+    _raises(r"`gamma`. Expected 0.0 <= gamma \(finite\). Received: gamma=-0.5",
+            tfimb.Focal, -0.5)
+    _raises(r"`gamma`.*gamma=-1", tfimb.ClassBalancedFocal, 0.9, COUNTS, -1)
+    _raises(r"`gamma`.*inf", tfimb.Focal, float("inf"))
+
+
+def test_tau_rule():
+    _raises(r"`tau`. Expected 0.0 <= tau \(finite\). Received: tau=-1.0",
+            tfimb.LogitAdjusted, COUNTS, tau=-1.0)
+
+
+def test_label_smoothing_rule():
+    for value in (1.0, -0.1):
+        _raises(rf"`label_smoothing`. Expected 0.0 <= label_smoothing < 1.0. Received: "
+                rf"label_smoothing={value}", tfimb.SoftmaxCrossEntropy, label_smoothing=value)
+
+
+def test_margin_and_scale_rules():
+    _raises(r"`max_margin`.*max_margin=-0.1", tfimb.LDAM, COUNTS, max_margin=-0.1)
+    _raises(r"`scale`. Expected 0.0 < scale.*scale=0", tfimb.LDAM, COUNTS, scale=0)
+
+
+def test_normalization_rule():
+    _raises(r"`normalization`.*'weighted_mean', 'num_classes'.*normalization='mean'",
+            tfimb.ClassBalancedSoftmax, 0.9, COUNTS, normalization="mean")
+
+
+def test_logits_width_must_match_counts(rng):
+    _, _, logits = _data(rng, batch=3)
+    for loss in (tfimb.ClassBalancedFocal(0.9, [10, 20, 30]), tfimb.LDAM([10, 20, 30]),
+                 tfimb.BalancedSoftmax([10, 20, 30])):
+        _raises(r"`y_pred`. Expected logits for 3 classes.*\(3, 5\)", loss, [0, 1, 2], logits)
+    _raises(r"`y_pred`.*at least two classes", tfimb.Focal(), [0, 0], [[1.0], [2.0]])
+
+
+def test_reduction_rule():
+    _raises(r"`reduction`", tfimb.Focal, reduction="average")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry, serialization, catalogue.
+
+
+def test_catalog_lists_exactly_the_loss_classes():
+    assert [e.name for e in catalog.LOSSES] == list(losses.LOSSES)
+    for entry in catalog.LOSSES:
+        cls = losses.LOSSES[entry.name]
+        assert cls.__name__ == entry.class_name
+        assert getattr(tfimb, entry.class_name) is cls
+        assert inspect.signature(cls).parameters["name"].default == entry.name
+    _raises(r"`name`.*one of", losses.get, "cross_entropy")
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+def test_serialize_round_trip(rng, name, kwargs):
+    loss = losses.get(name, label_smoothing=0.05, **kwargs)
+    config = keras.losses.serialize(loss)
+    assert config["registered_name"].startswith("tfimb>")
+    restored = keras.losses.deserialize(config)
+    assert type(restored) is type(loss)
+    assert restored.get_config() == loss.get_config()
+    labels, _, logits = _data(rng, ldam=name == "ldam")
+    np.testing.assert_allclose(restored(labels, logits), loss(labels, logits), rtol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kwargs", CASES[::2], ids=CASE_IDS[::2])
+def test_keras_file_round_trip_of_compiled_model(tmp_path, rng, name, kwargs):
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, C, size=64)
+    inputs = keras.Input((6,))
+    if name == "ldam":
+        outputs = tfimb.models.CosineClassifier(C)(inputs)
+    else:
+        outputs = keras.layers.Dense(C)(inputs)
+    model = keras.Model(inputs, outputs)
+    metrics = (tfimb.metrics.group_accuracies(minority=[3, 4], num_classes=C)
+               + tfimb.metrics.shot_accuracies(COUNTS))
+    model.compile(optimizer="sgd", loss=losses.get(name, **kwargs), metrics=metrics)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode=True
+    assert type(loaded.loss) is type(model.loss)
+    assert loaded.loss.get_config() == model.loss.get_config()
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    after = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(after) == {"loss", "minority_accuracy", "majority_accuracy", "all_accuracy",
+                          "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy"}
+    for key, value in before.items():
+        np.testing.assert_allclose(after[key], value, rtol=1e-6, err_msg=key)
