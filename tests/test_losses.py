@@ -86,31 +86,58 @@ def test_probabilities_input_equals_logits_input(rng, name, kwargs):
         np.testing.assert_allclose(from_probs, from_logits, rtol=1e-4, atol=1e-6)
 
 
-def test_reduction_and_sample_weight_follow_keras(rng):
-    labels, _, logits = _data(rng)
-    weights = rng.uniform(size=labels.shape).astype(np.float32)
-    kwargs = dict(beta=0.99, counts=COUNTS, gamma=1.5)
-    values = np.asarray(tfimb.ClassBalancedFocal(reduction=None, **kwargs)(labels, logits))
-    for reduction, expected in [
-        ("sum", (values * weights).sum()),
-        ("sum_over_batch_size", (values * weights).mean()),
-        ("mean_with_sample_weight", (values * weights).sum() / weights.sum()),
-    ]:
-        loss = tfimb.ClassBalancedFocal(reduction=reduction, **kwargs)
-        np.testing.assert_allclose(loss(labels, logits, sample_weight=weights), expected,
-                                   rtol=1e-5, err_msg=reduction)
-
-
-def test_weighted_mean_is_sum_w_l_over_sum_w(rng):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+def test_weighted_mean_reductions_with_sample_weight(rng, compiled):
     labels, onehot, logits = _data(rng)
-    w = reference.cb_weights(COUNTS, 0.999)[labels]
-    ce = reference.loss(onehot, logits)
-    loss = tfimb.ClassBalancedSoftmax(0.999, COUNTS)
-    np.testing.assert_allclose(loss(labels, logits), (w * ce).sum() / w.sum(), rtol=1e-5)
-    # With sample weights s: sum s w l / sum w.
     s = rng.uniform(size=labels.shape)
-    np.testing.assert_allclose(loss(labels, logits, sample_weight=s),
-                               (s * w * ce).sum() / w.sum(), rtol=1e-5)
+    s[:3] = 0.0  # Zero-weight examples must leave the denominator too.
+    w = reference.cb_weights(COUNTS, 0.99)[labels]
+    fl = reference.loss(onehot, logits, gamma=1.5)
+    mean = (s * w * fl).sum() / (s * w).sum()
+    expected = {"sum_over_batch_size": mean, "mean": mean, "mean_with_sample_weight": mean,
+                "sum": mean * len(labels), None: s * w * fl / (s * w).mean()}
+    for reduction, value in expected.items():
+        loss = tfimb.ClassBalancedFocal(0.99, COUNTS, gamma=1.5, reduction=reduction)
+        fn = tf.function(loss) if compiled else loss
+        np.testing.assert_allclose(fn(labels, logits, sample_weight=s), value, rtol=1e-5,
+                                   err_msg=str(reduction))
+        np.testing.assert_allclose(fn(labels[:, None], logits, sample_weight=s[:, None]), value,
+                                   rtol=1e-5, err_msg=str(reduction))
+
+
+def test_num_classes_reductions_follow_keras(rng):
+    labels, onehot, logits = _data(rng)
+    s = rng.uniform(size=labels.shape)
+    wl = reference.cb_weights(COUNTS, 0.99)[labels] * reference.loss(onehot, logits, gamma=1.5)
+    expected = {"sum_over_batch_size": (s * wl).mean(), "sum": (s * wl).sum(),
+                "mean_with_sample_weight": (s * wl).sum() / s.sum(), None: s * wl}
+    for reduction, value in expected.items():
+        loss = tfimb.ClassBalancedFocal(0.99, COUNTS, gamma=1.5, normalization="num_classes",
+                                        reduction=reduction)
+        np.testing.assert_allclose(loss(labels, logits, sample_weight=s), value, rtol=1e-5,
+                                   err_msg=str(reduction))
+
+
+def test_weighted_mean_honours_keras_masks(rng):
+    # Sequences of 5 steps; steps whose features are all zero are masked by keras.layers.Masking.
+    x = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    x[0, 3:] = 0.0
+    x[2, 1:] = 0.0
+    labels = rng.integers(0, C, size=(4, 5))
+    inputs = keras.Input((5, 3))
+    outputs = keras.layers.Dense(C)(keras.layers.Masking()(inputs))
+    model = keras.Model(inputs, outputs)
+    logits = np.asarray(model(x))
+    keep = np.any(x != 0, axis=-1)
+    w = reference.cb_weights(COUNTS, 0.999)[labels]
+    ce = reference.loss(np.eye(C)[labels], logits)
+    expected = (keep * w * ce).sum() / (keep * w).sum()
+    model.compile(loss=tfimb.ClassBalancedSoftmax(0.999, COUNTS))
+    np.testing.assert_allclose(model.evaluate(x, labels, verbose=0), expected, rtol=1e-5)
+    # num_classes: Keras' own mask handling (mean over the unmasked steps).
+    model.compile(loss=tfimb.ClassBalancedSoftmax(0.999, COUNTS, normalization="num_classes"))
+    np.testing.assert_allclose(model.evaluate(x, labels, verbose=0),
+                               (keep * w * ce).sum() / keep.sum(), rtol=1e-5)
 
 
 # Reference values from ../shared/reference/losses.md.
@@ -360,10 +387,13 @@ def test_out_of_range_labels_raise_eagerly(rng):
 
 
 def test_out_of_range_labels_give_nan_inside_graphs(rng):
-    _, _, logits = _data(rng, batch=3)
-    loss = tfimb.ClassBalancedSoftmax(0.9, COUNTS, reduction=None)
-    values = tf.function(loss)(tf.constant([0, C, 2]), tf.constant(logits)).numpy()
-    assert np.isfinite(values[0]) and np.isnan(values[1]) and np.isfinite(values[2])
+    _, _, logits = _data(rng, batch=5)
+    loss = tfimb.ClassBalancedSoftmax(0.9, COUNTS, normalization="num_classes", reduction=None)
+    values = tf.function(loss)(tf.constant([0, C, 2, -1, 1]), tf.constant(logits)).numpy()
+    np.testing.assert_array_equal(np.isnan(values), [False, True, False, True, False])
+    values = tf.function(loss)(tf.constant([0.0, 2.7, -0.5, 1.0, 4.0]),
+                               tf.constant(logits)).numpy()
+    np.testing.assert_array_equal(np.isnan(values), [False, True, True, False, False])
 
 
 def test_dense_labels_must_be_distributions(rng):

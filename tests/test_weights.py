@@ -53,6 +53,12 @@ def test_class_counts_from_datasets():
     onehot = tf.data.Dataset.from_tensor_slices((images, np.eye(5, dtype=np.float32)[labels]))
     np.testing.assert_array_equal(tfimb.class_counts(onehot, 5), expected)
     np.testing.assert_array_equal(tfimb.class_counts(onehot.batch(100), 5), expected)
+    int_onehot = tf.data.Dataset.from_tensor_slices((images, np.eye(5, dtype=np.int64)[labels]))
+    np.testing.assert_array_equal(tfimb.class_counts(int_onehot, 5), expected)
+    # Batches of exactly C sparse labels (drop_remainder) are batches, not one-hot rows.
+    exact = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+    np.testing.assert_array_equal(
+        tfimb.class_counts(exact.batch(5, drop_remainder=True), 5), expected)
     weighted = tf.data.Dataset.from_tensor_slices((images, labels, np.ones(1000)))
     np.testing.assert_array_equal(tfimb.class_counts(weighted.batch(7), 5), expected)
 

@@ -28,6 +28,15 @@ _LAZY_NAMES = {
     "BalancedSoftmax": "tfimb.losses",
     "LogitAdjusted": "tfimb.losses",
     "LDAM": "tfimb.losses",
+    # Loss functions (per-example values).
+    "softmax_cross_entropy": "tfimb.losses",
+    "inverse_class_frequency": "tfimb.losses",
+    "focal": "tfimb.losses",
+    "class_balanced_softmax": "tfimb.losses",
+    "class_balanced_focal": "tfimb.losses",
+    "balanced_softmax": "tfimb.losses",
+    "logit_adjusted": "tfimb.losses",
+    "ldam": "tfimb.losses",
     # Class-count and weight helpers (NumPy only).
     "effective_number": "tfimb.weights",
     "class_balanced_weights": "tfimb.weights",

@@ -78,7 +78,7 @@ def check_counts(counts, arg="counts"):
     if array.ndim != 1:
         raise ValueError(
             f"Invalid value for argument `{arg}`. Expected a 1-D sequence with one count "
-            f"per class. Received an array of shape {array.shape}: {arg}={counts!r}"
+            f"per class. Received: {arg}={counts!r} (shape {array.shape})"
         )
     if array.size < 2:
         raise invalid_value(

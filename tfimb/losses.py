@@ -30,9 +30,14 @@ Weighted losses (`InverseClassFrequency`, `ClassBalancedSoftmax`, `ClassBalanced
 * `"weighted_mean"` (default): batch loss `sum_i w_{y_i} l_i / sum_i w_{y_i}`, the weighted mean
   used in the published imbalanced CIFAR-10 experiment (minority classes automobile, deer, frog
   cut to 250 images; table in ../shared/reference/imbalance-protocol.md). The loss keeps the scale
-  of plain cross-entropy whatever beta is. Per-example values are
-  `w_{y_i} l_i / mean_batch(w_{y_j})`; a `sample_weight` s multiplies them as in any Keras loss,
-  giving `sum_i s_i w_{y_i} l_i / sum_i w_{y_i}`.
+  of plain cross-entropy whatever beta is. A `sample_weight` s and a Keras mask m multiply each
+  example's weight: `sum_i s_i m_i w_{y_i} l_i / sum_i s_i m_i w_{y_i}`, whatever the mean
+  reduction (`"sum_over_batch_size"`, `"mean"`, `"mean_with_sample_weight"`).
+  `reduction=None` returns values whose batch mean is the weighted mean
+  (`s_i w_{y_i} l_i / mean_batch(s w)`), as do the loss functions. Under `tf.distribute` each
+  replica takes the weighted mean of its own share of the batch and the replicas' means are
+  averaged (a cross-replica sum of the weights inside the loss deadlocks TF 2.21's collectives
+  with the gradient all-reduce); `"num_classes"` gives exactly the single-device step.
 * `"num_classes"`: weights rescaled to sum to C and a plain batch mean of `w_{y_i} l_i`, as the
   class-balanced authors' code did; this reproduces Cui et al.'s CIFAR-10-LT table (CVPR 2019).
   With beta = 0.9999 on CIFAR-10-LT the average weight per training example is about 0.17, so
@@ -86,8 +91,8 @@ def _check_sparse_labels(labels, num_classes):
     if bad.size:
         raise ValueError(
             "Invalid value for argument `y_true`. Expected integer class ids in "
-            f"[0, {num_classes}) for logits of width {num_classes}. Received labels "
-            f"including {[_plain_number(v) for v in np.unique(bad)[:10]]}"
+            f"[0, {num_classes}) for logits of width {num_classes}. Received: y_true "
+            f"containing {[_plain_number(v) for v in np.unique(bad)[:10]]}"
         )
 
 
@@ -99,8 +104,8 @@ def _check_dense_labels(labels):
             np.any(np.abs(values.sum(axis=-1) - 1.0) > 1e-3):
         raise ValueError(
             "Invalid value for argument `y_true`. Expected one-hot (or soft) label rows of "
-            "non-negative values summing to 1, or sparse integer class ids. Received rows "
-            f"such as {values.reshape(-1, values.shape[-1])[:2].tolist()}"
+            "non-negative values summing to 1, or sparse integer class ids. Received: y_true "
+            f"with rows such as {values.reshape(-1, values.shape[-1])[:2].tolist()}"
         )
 
 
@@ -121,8 +126,10 @@ def _targets(y_true, y_pred, num_classes, dtype):
             f"y_true.shape={tuple(y_true.shape)}"
         )
     _check_sparse_labels(y_true, num_classes)
+    valid = ops.logical_and(ops.greater_equal(y_true, 0), ops.less(y_true, num_classes))
+    if "float" in str(y_true.dtype):  # Keras hands labels over as floats: 2.7 is no class.
+        valid = ops.logical_and(valid, ops.equal(y_true, ops.floor(y_true)))
     labels = ops.cast(y_true, "int32")
-    valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
     return ops.one_hot(labels, num_classes, dtype=dtype), valid
 
 
@@ -143,7 +150,7 @@ def _log1m_softmax(logits, log_p, lse):
     return ops.where(is_top, lse_others - lse, ops.log1p(-ops.exp(safe_log_p)))
 
 
-def _imbalance_loss(
+def _per_example(
     y_true,
     y_pred,
     *,
@@ -151,19 +158,17 @@ def _imbalance_loss(
     label_smoothing,
     gamma=0.0,
     class_weights=None,
-    normalization="weighted_mean",
     logit_offset=None,
     margins=None,
     scale=1.0,
     num_classes=None,
     dtype=None,
 ):
-    """Per-example loss shared by every tfimb loss (arguments already validated).
+    """Unweighted per-example losses and per-example class weights (None when unweighted).
 
     logits' = scale * (z - margins * y) + logit_offset
     l       = -sum_c q_c (1 - p'_c)^gamma log p'_c,   p' = softmax(logits'), q = smoothed y
-    value   = w_y l                 (normalization "num_classes", weights summing to C)
-            = w_y l / mean_batch(w)  (normalization "weighted_mean")
+    w       = sum_c y_c w_c  (= w_y for one-hot y; weights sum to C)
     """
     y_pred = ops.convert_to_tensor(y_pred)
     dtype = dtype or _compute_dtype(
@@ -209,12 +214,37 @@ def _imbalance_loss(
 
     if valid is not None:
         losses = ops.where(valid, losses, float("nan"))
-    if class_weights is not None:
-        example_weights = ops.sum(targets * ops.convert_to_tensor(class_weights, dtype), -1)
-        if normalization == "weighted_mean":
-            example_weights = example_weights / ops.mean(example_weights)
-        losses = losses * example_weights
-    return losses
+    if class_weights is None:
+        return losses, None
+    return losses, ops.sum(targets * ops.convert_to_tensor(class_weights, dtype), -1)
+
+
+def _imbalance_loss(y_true, y_pred, *, normalization="weighted_mean", **kwargs):
+    """Per-example values of every tfimb loss function (arguments already validated).
+
+    value = w_y l                 (normalization "num_classes", weights summing to C)
+          = w_y l / mean_batch(w)  (normalization "weighted_mean": the mean is sum w l / sum w)
+    """
+    losses, weights = _per_example(y_true, y_pred, **kwargs)
+    if weights is None:
+        return losses
+    if normalization == "weighted_mean":
+        weights = weights / ops.mean(weights)
+    return losses * weights
+
+
+def _replicas_in_sync():
+    """Replicas of the current `tf.distribute` strategy (1 on other backends).
+
+    Keras sums the replicas' gradients, so a per-replica mean loss is divided by this, as Keras'
+    own `scale_loss_for_distribution` does; like it, this imports TensorFlow only when the
+    TensorFlow backend is active.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def _ldam_margins(counts, max_margin):
@@ -339,6 +369,35 @@ class _ImbalanceLoss(keras.losses.Loss):
         return _imbalance_loss(
             y_true, y_pred, from_logits=self.from_logits,
             label_smoothing=self.label_smoothing, dtype=self.dtype, **self._loss_kwargs())
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        kwargs = self._loss_kwargs()
+        if kwargs.get("class_weights") is None or kwargs.get("normalization") != "weighted_mean":
+            return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        # Weighted mean: each example weighs s_i * w_{y_i} (sample weight and mask times class
+        # weight) and the mean divides by the total weight.
+        mask = getattr(y_pred, "_keras_mask", None)
+        with keras.name_scope(self.name):
+            kwargs.pop("normalization")
+            losses, weights = _per_example(
+                ops.convert_to_tensor(y_true, self.dtype),
+                ops.convert_to_tensor(y_pred, self.dtype), from_logits=self.from_logits,
+                label_smoothing=self.label_smoothing, dtype=self.dtype, **kwargs)
+            if sample_weight is not None:
+                sample_weight = ops.convert_to_tensor(sample_weight, self.dtype)
+                if len(sample_weight.shape) == len(losses.shape) + 1:
+                    sample_weight = ops.squeeze(sample_weight, axis=-1)
+                weights = weights * ops.broadcast_to(sample_weight, ops.shape(losses))
+            if mask is not None:
+                weights = weights * ops.cast(mask, self.dtype)
+            weighted = losses * weights
+            if self.reduction in (None, "none"):  # Values whose mean is the weighted mean.
+                return ops.divide_no_nan(weighted, ops.mean(weights))
+            if self.reduction == "sum":
+                return ops.divide_no_nan(ops.sum(weighted), ops.mean(weights))
+            mean = ops.divide_no_nan(ops.sum(weighted), ops.sum(weights))
+            replicas = _replicas_in_sync()
+            return mean / replicas if replicas > 1 else mean
 
     def get_config(self):
         config = super().get_config()
@@ -635,12 +694,18 @@ class LDAM(_ImbalanceLoss):
     `D_c = max_margin * n_c^(-1/4) / max_k n_k^(-1/4)` (the rarest class gets `max_margin`).
     `z` is meant to be a cosine similarity in [-1, 1]: use `tfimb.models.CosineClassifier` as
     the last layer and leave `from_logits=True`. The authors pair it with deferred re-weighting
-    (class-balanced weights, beta = 0.9999, from 80% of training on).
+    (DRW: class-balanced weights with beta = 0.9999 from 80% of training on); `beta` turns the
+    class-balanced weights on (`None`: unweighted), `set_beta` switches them during training
+    (`tfimb train` does so with `loss.drw_epoch`).
 
     Args:
         counts: training examples per class over the whole training set (1-D, all > 0).
         max_margin: the largest margin, `max_margin >= 0` (default 0.5).
         scale: `s > 0`, multiplies the cosine logits (default 30.0).
+        beta: `None` (default, unweighted) or `0 <= beta < 1` for class-balanced weights
+            `w_c = (1 - beta) / (1 - beta^{n_c})` as in `ClassBalancedSoftmax`.
+        normalization: batch reduction of the weighted loss, `"weighted_mean"` (default, as the
+            authors' `F.cross_entropy(weight=w)`) or `"num_classes"`.
         from_logits, label_smoothing, reduction, name, dtype: as in `SoftmaxCrossEntropy`.
 
     Reference: Cao, Wei, Gaidon, Arechiga, Ma. "Learning Imbalanced Datasets with
@@ -657,23 +722,42 @@ class LDAM(_ImbalanceLoss):
     0.231486
     """
 
-    def __init__(self, counts, max_margin=0.5, scale=30.0, from_logits=True,
-                 label_smoothing=0.0, reduction="sum_over_batch_size", name="ldam",
-                 dtype=None):
+    def __init__(self, counts, max_margin=0.5, scale=30.0, beta=None,
+                 normalization="weighted_mean", from_logits=True, label_smoothing=0.0,
+                 reduction="sum_over_batch_size", name="ldam", dtype=None):
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         counts = _checks.check_counts(counts)
         self.counts = _counts_config(counts)
         self.max_margin, self.scale = _check_margin_and_scale(max_margin, scale)
         self.margins = _ldam_margins(counts, self.max_margin)
+        self.normalization = _checks.check_normalization(normalization)
+        self.set_beta(beta)
+
+    def set_beta(self, beta):
+        """Switch class-balanced re-weighting on (`beta`) or off (`None`).
+
+        Deferred re-weighting (DRW) calls this part-way through training; a compiled train
+        function must then be re-traced (`model.make_train_function(force=True)`), since the
+        weights are constants of the traced graph.
+        """
+        self.class_weights = None
+        if beta is not None:
+            self.class_weights = _weights.class_balanced_weights(self.counts, beta)
+            beta = float(beta)
+        self.beta = beta
 
     def _loss_kwargs(self):
-        return dict(margins=self.margins.astype(self.dtype), scale=self.scale,
-                    num_classes=len(self.counts))
+        kwargs = dict(margins=self.margins.astype(self.dtype), scale=self.scale,
+                      num_classes=len(self.counts))
+        if self.class_weights is not None:
+            kwargs.update(class_weights=self.class_weights.astype(self.dtype),
+                          normalization=self.normalization)
+        return kwargs
 
     def get_config(self):
-        return {**super().get_config(), "counts": self.counts,
-                "max_margin": self.max_margin, "scale": self.scale}
+        return {**super().get_config(), "counts": self.counts, "max_margin": self.max_margin,
+                "scale": self.scale, "beta": self.beta, "normalization": self.normalization}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def confusion_matrix(y_true, y_pred, num_classes):
     if true.shape != pred.shape:
         raise ValueError(
             "Invalid shape for arguments `y_true` and `y_pred`. Expected the same number of "
-            f"examples. Received {true.size} labels and {pred.size} predictions."
+            f"examples. Received: {true.size} labels in y_true and {pred.size} in y_pred"
         )
     return np.bincount(true * num_classes + pred, minlength=num_classes ** 2).reshape(
         num_classes, num_classes)

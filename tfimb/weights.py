@@ -91,26 +91,26 @@ def _count_array(labels, num_classes):
         onehot = labels.reshape(-1, num_classes).astype(np.float64)
         hard = np.all((onehot == 0) | (onehot == 1)) and np.all(onehot.sum(axis=1) == 1)
         if not hard:
-            raise _checks.invalid_value(
-                "labels", "sparse class ids or one-hot rows (exactly one 1 per row)",
-                f"array of shape {labels.shape} with rows that are not one-hot"
-            )
+            raise ValueError(
+                "Invalid value for argument `labels`. Expected sparse class ids or one-hot rows "
+                f"(exactly one 1 per row). Received: labels with rows such as "
+                f"{onehot[~np.all((onehot == 0) | (onehot == 1), axis=1) | (onehot.sum(1) != 1)][:2].tolist()}")
         return onehot.sum(axis=0).astype(np.int64)
     flat = labels.reshape(-1)
     if flat.size == 0:
         return np.zeros(num_classes, np.int64)
     if not np.issubdtype(flat.dtype, np.integer):
         if not np.all(np.isfinite(flat)) or np.any(flat != np.round(flat)):
-            raise _checks.invalid_value(
-                "labels", "integer class ids", f"non-integer values such as {flat[:5]!r}"
-            )
+            bad = flat[~np.isfinite(flat) | (flat != np.round(flat))]
+            raise ValueError("Invalid value for argument `labels`. Expected integer class ids. "
+                             f"Received: labels containing {bad[:5].tolist()}")
         flat = flat.astype(np.int64)
     bad = flat[(flat < 0) | (flat >= num_classes)]
     if bad.size:
-        raise _checks.invalid_value(
-            "labels", f"class ids in [0, {num_classes}) (num_classes={num_classes})",
-            f"values such as {np.unique(bad)[:10].tolist()}"
-        )
+        raise ValueError(
+            f"Invalid value for argument `labels`. Expected class ids in [0, {num_classes}) "
+            f"(num_classes={num_classes}). Received: labels containing "
+            f"{np.unique(bad)[:10].tolist()}")
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
@@ -144,6 +144,12 @@ def class_counts(labels, num_classes):
     return _count_array(labels, num_classes)
 
 
+def _first_is_onehot(labels_only):
+    for first in labels_only.take(1).as_numpy_iterator():
+        return bool(np.all((first == 0) | (first == 1)) and first.sum() == 1)
+    return False
+
+
 def _count_dataset(dataset, num_classes):
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
@@ -154,8 +160,10 @@ def _count_dataset(dataset, num_classes):
     label_spec = spec[1]
     labels_only = dataset.map(lambda *element: element[1])
     unbatched_sparse = label_spec.shape.rank == 0
+    # A rank-1 label of static length C is an unbatched one-hot row, unless its first element
+    # reads as a batch of sparse ids (a batch of exactly C labels with drop_remainder=True).
     unbatched_onehot = (label_spec.shape.rank == 1 and label_spec.shape[0] == num_classes
-                        and label_spec.dtype.is_floating)
+                        and _first_is_onehot(labels_only))
     if unbatched_sparse or unbatched_onehot:
         # Batch unbatched labels so the Python loop runs once per 8192 examples.
         labels_only = labels_only.batch(8192)
