@@ -74,8 +74,10 @@ def reference_for(name, kwargs, onehot, logits):
         pi = np.asarray(counts, np.float64) / np.sum(counts)
         out = loss(onehot, logits, offset=kw.pop("tau") * np.log(pi), **common)
     elif name == "ldam":
+        beta = kw.pop("beta", None)
+        weights = None if beta is None else cb_weights(counts, beta)
         out = loss(onehot, logits, margins=ldam_margins(counts, kw.pop("max_margin")),
-                   scale=kw.pop("scale"), **common)
+                   scale=kw.pop("scale"), weights=weights, normalization=norm, **common)
     else:
         raise KeyError(name)
     assert not kw, f"unused reference arguments {kw}"

@@ -33,6 +33,7 @@ CASES = [
     ("logit_adjusted", {"counts": COUNTS, "tau": 2.0}),
     ("ldam", {"counts": COUNTS, "max_margin": 0.5, "scale": 30.0}),
     ("ldam", {"counts": COUNTS, "max_margin": 0.3, "scale": 10.0}),
+    ("ldam", {"counts": COUNTS, "max_margin": 0.5, "scale": 30.0, "beta": 0.9999}),
 ]
 CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items() if k != 'counts')}"
             for name, kw in CASES]
@@ -215,6 +216,24 @@ def test_gamma_zero_is_non_focal(rng):
     np.testing.assert_allclose(
         _values(tfimb.ClassBalancedFocal(0.99, COUNTS, gamma=0.0), labels, logits),
         _values(tfimb.ClassBalancedSoftmax(0.99, COUNTS), labels, logits), rtol=1e-7)
+
+
+def test_ldam_deferred_reweighting_switch(rng):
+    labels, onehot, logits = _data(rng, ldam=True)
+    loss = tfimb.LDAM(COUNTS)
+    plain = reference.reference_for("ldam", {"counts": COUNTS, "max_margin": 0.5,
+                                             "scale": 30.0}, onehot, logits).mean()
+    weighted = reference.reference_for("ldam", {"counts": COUNTS, "max_margin": 0.5,
+                                                "scale": 30.0, "beta": 0.9999},
+                                       onehot, logits).mean()
+    np.testing.assert_allclose(loss(labels, logits), plain, rtol=1e-5)
+    loss.set_beta(0.9999)
+    assert loss.get_config()["beta"] == 0.9999
+    np.testing.assert_allclose(loss(labels, logits), weighted, rtol=1e-5)
+    loss.set_beta(None)
+    np.testing.assert_allclose(loss(labels, logits), plain, rtol=1e-5)
+    with pytest.raises(ValueError, match="`beta`"):
+        loss.set_beta(1.0)
 
 
 def test_logit_adjusted_tau_one_is_balanced_softmax(rng):

@@ -337,15 +337,17 @@ def logit_adjusted(y_true, y_pred, counts, tau=1.0, from_logits=True, label_smoo
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
-def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, from_logits=True,
-         label_smoothing=0.0):
+def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, beta=None,
+         normalization="weighted_mean", from_logits=True, label_smoothing=0.0):
     """Label-distribution-aware margin loss `CE(s (z - D_y onehot(y)))`. See `LDAM`."""
     counts = _checks.check_counts(counts)
     max_margin, scale = _check_margin_and_scale(max_margin, scale)
+    weights = None if beta is None else _weights.class_balanced_weights(counts, beta)
     return _imbalance_loss(
         y_true, y_pred, from_logits=from_logits,
         label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        margins=_ldam_margins(counts, max_margin), scale=scale, num_classes=counts.size)
+        margins=_ldam_margins(counts, max_margin), scale=scale, num_classes=counts.size,
+        class_weights=weights, normalization=_checks.check_normalization(normalization))
 
 
 # ---------------------------------------------------------------------------------------------
