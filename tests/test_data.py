@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+import tensorflow as tf
+
+from tfimb import config, data
+
+
+def _write_tree(root, counts, split="train", size=8, bad=None):
+    for c, n in enumerate(counts):
+        folder = root / split / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.full((size, size, 3), 10 * c + i, np.uint8)
+            (folder / f"{i:03d}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    if bad:
+        (root / split / "class_0" / bad).write_bytes(b"not an image")
+
+
+def _folder_config(root, **overrides):
+    return config.resolve({"data": {"source": "folder", "dir": str(root), **overrides}},
+                          ["imbalance=null"]).data
+
+
+def test_long_tail_counts_match_cui_et_al():
+    np.testing.assert_array_equal(data.long_tail_counts(5000, 10, 100),
+                                  [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    np.testing.assert_array_equal(data.long_tail_counts(5000, 10, 1), [5000] * 10)
+
+
+def test_target_counts():
+    imb = config.ImbalanceConfig(minority=[1, 4, 6], minority_count=250)
+    np.testing.assert_array_equal(data.target_counts([5000] * 10, imb),
+                                  [5000, 250, 5000, 5000, 250, 5000, 250, 5000, 5000, 5000])
+    capped = config.ImbalanceConfig(minority=[0], minority_count=10, majority_count=100)
+    np.testing.assert_array_equal(data.target_counts([500, 80, 300], capped), [10, 80, 100])
+    np.testing.assert_array_equal(data.target_counts([7, 9], None), [7, 9])
+
+
+def test_digits_imbalance_validation_and_determinism():
+    cfg = config.resolve({"data": {"source": "digits", "validation_per_class": 5, "seed": 3},
+                          "imbalance": {"minority": [1, 4, 6], "minority_count": 10}})
+    first = data.load(cfg.data, cfg.imbalance)
+    counts = first.counts
+    assert counts[[1, 4, 6]].tolist() == [10, 10, 10]
+    assert all(c > 100 for i, c in enumerate(counts) if i not in (1, 4, 6))
+    assert np.bincount(first.validation.labels).tolist() == [5] * 10
+    assert len(first.test) == 596 and first.train.images.shape[1:] == (8, 8, 1)
+    again = data.load(cfg.data, cfg.imbalance)
+    np.testing.assert_array_equal(first.train.images, again.train.images)
+    other = data.load(config.resolve(cfg.to_dict(), ["data.seed=4"]).data, cfg.imbalance)
+    assert not np.array_equal(first.train.images[first.train.labels == 1],
+                              other.train.images[other.train.labels == 1])
+    # Validation is carved from training images, never from the test split.
+    train_pool = {img.tobytes() for img in first.train.images}
+    assert not any(img.tobytes() in train_pool for img in first.validation.images)
+    np.testing.assert_array_equal(first.test.images, other.test.images)
+
+
+def test_folder_loader(tmp_path):
+    _write_tree(tmp_path, [6, 4, 5])
+    _write_tree(tmp_path, [2, 2, 2], split="test")
+    cfg = config.resolve({"data": {"source": "folder", "dir": str(tmp_path)},
+                          "imbalance": {"minority": [0], "minority_count": 3}})
+    ds = data.load(cfg.data, cfg.imbalance)
+    assert ds.class_names == ["class_0", "class_1", "class_2"]
+    assert ds.counts.tolist() == [3, 4, 5]
+    assert ds.train.images.dtype == np.uint8 and ds.train.images.shape[1:] == (8, 8, 3)
+    # Pixel values identify the image: class c, index i -> 10c + i.
+    assert set(ds.train.images[ds.train.labels == 1][:, 0, 0, 0].tolist()) == {10, 11, 12, 13}
+    assert len(ds.test) == 6
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load(_folder_config(tmp_path / "missing"))
+    _write_tree(tmp_path, [3, 3])
+    with pytest.raises(data.DataError, match="Split folder not found.*test"):
+        data.load(_folder_config(tmp_path))
+    _write_tree(tmp_path, [3], split="test")
+    with pytest.raises(data.DataError, match=r"\['class_1'\] are not in both"):
+        data.load(_folder_config(tmp_path))
+    (tmp_path / "test" / "class_1").mkdir()
+    with pytest.raises(data.DataError, match=r"class_1 holds no .jpg/.jpeg/.png image"):
+        data.load(_folder_config(tmp_path))
+    _write_tree(tmp_path, [3, 3], split="test")
+    cfg = config.resolve({"data": {"source": "folder", "dir": str(tmp_path)},
+                          "imbalance": {"minority": [0], "minority_count": 5}})
+    with pytest.raises(data.DataError, match="Class 0 has 3 training images available, fewer "
+                                             "than the 5 asked for"):
+        data.load(cfg.data, cfg.imbalance)
+    _write_tree(tmp_path, [0, 0], bad="broken.png")
+    with pytest.raises(data.DataError, match=r"Cannot read image .*class_0/broken.png"):
+        data.load(_folder_config(tmp_path))
+
+
+def test_tfds_source_under_mock_data():
+    import tensorflow_datasets as tfds
+
+    cfg = config.resolve({"data": {"source": "tfds", "name": "cifar10"},
+                          "imbalance": {"minority": [1, 4, 6], "minority_count": 2}})
+    with tfds.testing.mock_data(num_examples=200):
+        ds = data.load(cfg.data, cfg.imbalance)
+    assert ds.num_classes == 10 and len(ds.class_names) == 10  # Mock info: names "0".."9".
+    assert ds.counts[[1, 4, 6]].tolist() == [2, 2, 2]
+    assert ds.train.images.shape[1:] == (32, 32, 3) and ds.train.images.dtype == np.uint8
+    assert len(ds.test) == 200
+
+
+def test_pipeline_batches_augments_and_repeats_by_seed():
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8),
+                       np.arange(20) % 4)
+
+    def epoch(seed):
+        return [(x.numpy(), y.numpy()) for x, y in data.pipeline(split, 8, True, seed=seed)]
+
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert [x.shape for x, _ in first] == [(8, 32, 32, 3), (8, 32, 32, 3), (4, 32, 32, 3)]
+    assert first[0][0].dtype == np.float32
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0], other[0][0])
+    evaluation = [y.numpy() for _, y in data.pipeline(split, 8, False)]
+    np.testing.assert_array_equal(np.concatenate(evaluation), split.labels)
+    # Augmented images are shifted/flipped copies: pixel sums of crops never exceed the original.
+    assert data.augmentation_padding(32) == 4 and data.augmentation_padding(8) == 1

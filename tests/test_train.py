@@ -1,0 +1,154 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+
+from tfimb import config, report, train
+
+TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
+        "imbalance.minority_count=5", "model.name=resnet20", "train.batch_size=32",
+        "train.epochs=2", "train.lr_boundaries=[1, 2]", "mixed_precision=float32"]
+
+
+def _tiny(*overrides):
+    return config.resolve({}, TINY + list(overrides))
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "tfimb", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_learning_rate_schedule():
+    cfg = config.resolve({})
+    assert [train.learning_rate(e, cfg) for e in (0, 14, 15, 19, 20, 24)] == [
+        0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    warm = config.resolve({}, ["train.warmup_epochs=5"])
+    assert [train.learning_rate(e, warm) for e in (0, 4, 5)] == pytest.approx([0.02, 0.1, 0.1])
+
+
+def test_precision_resolution(monkeypatch):
+    assert train.resolve_precision("float32") == "float32"
+    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: True)
+    assert train.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: False)
+    assert train.resolve_precision("auto") == "float32"
+
+
+def test_weight_decay_is_coupled_l2_on_every_weight():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
+    trainer = train.regularized(model, 0.1)
+    trainer(np.ones((1, 3), np.float32), training=True)
+    expected = 0.05 * sum(float(np.sum(np.square(w))) for w in model.trainable_weights)
+    np.testing.assert_allclose(float(sum(trainer.losses)), expected, rtol=1e-6)
+    assert len(model.trainable_weights) == 4  # Kernel, bias, gamma, beta: all decayed.
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_run_report_and_refusals(tmp_path):
+    args = ["train", "default", "--workdir", str(tmp_path / "runs")]
+    for item in TINY:
+        args += ["--set", item]
+    result = _cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| imbalanced, CE |" in result.stdout
+    assert "| class-balanced softmax beta=0.999 |" in result.stdout
+    run_dir = tmp_path / "runs" / "class_balanced_softmax"
+    for name in ("config.yaml", "counts.json", "history.csv", "model.keras", "results.json",
+                 "plots/training_curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("*.v2")) and (run_dir / "checkpoints").is_dir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "counts",
+                            "epochs_completed", "train_seconds", "images_per_second", "config"}
+    assert results["epochs_completed"] == 2
+    assert results["counts"] == json.loads((run_dir / "counts.json").read_text())["counts"]
+    assert [results["counts"][c] for c in (1, 4, 6)] == [5, 5, 5]
+    matrix = np.array(results["confusion_matrix"])
+    assert results["accuracy"]["all"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert results["config"]["loss"] == {"name": "class_balanced_softmax", "beta": 0.999}
+    header = (run_dir / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "learning_rate", "val_minority_accuracy", "val_majority_accuracy",
+            "val_all_accuracy"} <= set(header)
+    # The saved model loads in safe mode and reproduces the reported test accuracy.
+    from tfimb import data
+
+    model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
+    cfg = config.resolve(results["config"])
+    test = data.load(cfg.data, cfg.imbalance).test
+    predicted = model.predict(test.images.astype(np.float32), verbose=0).argmax(-1)
+    assert np.mean(predicted == test.labels) == pytest.approx(results["accuracy"]["all"])
+
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode != 0 and "finished run" in again.stderr
+
+    out = tmp_path / "report"
+    shown = _cli("report", str(tmp_path / "runs" / "cross_entropy"), str(run_dir),
+                 "--output", str(out), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "| training data / loss | majority | minority | all |" in shown.stdout
+    for name in ("table.md", "training_curves.png", "effective_number.png"):
+        assert (out / name).is_file()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.slow
+def test_resume_after_interruption(tmp_path):
+    cfg = _tiny("train.epochs=3", "train.lr_boundaries=[1, 2]")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path, verbose=0, callbacks=[_Interrupt()])
+    assert not (tmp_path / "results.json").exists()
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 2  # header + epoch 0
+    with pytest.raises(train.RunDirError, match="--resume"):
+        train.run(cfg, tmp_path, verbose=0)
+    with pytest.raises(train.RunDirError, match="config differs"):
+        train.run(_tiny("train.epochs=4", "train.lr_boundaries=[1, 2]"), tmp_path,
+                  resume=True, verbose=0)
+    results = train.run(cfg, tmp_path, resume=True, verbose=0)
+    epochs = [line.split(",")[0] for line in
+              (tmp_path / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]
+    assert results["epochs_completed"] == 3
+    with pytest.raises(train.RunDirError, match="finished run"):
+        train.run(cfg, tmp_path, resume=True, verbose=0)
+
+
+@pytest.mark.slow
+def test_ldam_with_deferred_reweighting(tmp_path):
+    cfg = _tiny("loss={name: ldam, drw_epoch: 1}", "model.head=cosine")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.loss.beta)
+
+    results = train.run(cfg, tmp_path, verbose=0, callbacks=[Record()])
+    assert seen == [None, 0.9999]
+    assert np.isfinite(results["accuracy"]["all"])
+    assert "DRW from epoch 2" in report.describe(results["config"])
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    args = ["train", "default", "--workdir", str(tmp_path / "runs"),
+            "--set", "distribute.strategy=mirrored", "--set", "distribute.num_cpu_devices=2"]
+    for item in TINY + ["train.epochs=1", "train.lr_boundaries=[1]",
+                        "train.lr_values=[0.1, 0.01]"]:
+        args += ["--set", item]
+    result = _cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("cross_entropy", "class_balanced_softmax"):
+        results = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+        assert results["replicas"] == 2 and results["epochs_completed"] == 1

@@ -1,0 +1,316 @@
+"""Image classification data: sources, imbalance, validation carve-out and tf.data pipelines.
+
+Sources (`DataConfig.source`):
+
+* `"tfds"`: a tensorflow-datasets image classification set, CIFAR-10 by default
+  (`tfds.load(name, split, as_supervised=True)`).
+* `"folder"`: any `root/<split>/<class>/*.{jpg,jpeg,png}` tree; classes are the sorted folder
+  names of the training split (CIFAR-10's own order for ../shared/data/cifar10-jpeg).
+* `"digits"`: scikit-learn's handwritten digits (1,797 8x8 grey images, 10 classes), which ship
+  inside the installed package: the offline default. A fixed stratified 2/3 : 1/3 train/test split.
+
+Images are decoded once into a uint8 array in memory (parallel decode), then fed by
+`tf.data` with shuffling, augmentation (zero-pad 4 + random crop at 32x32, proportionally less
+for smaller images; horizontal flip) as a parallel
+map, batching and prefetch. Per-channel normalisation lives in the model (`train.py`), so a
+saved model takes raw pixel values.
+
+Subsampling is deterministic by `seed`: each class's images are shuffled by a NumPy generator
+seeded with `seed`, the first `validation_per_class` go to the validation split (balanced, like
+the test split, and never taken from it), and the imbalanced training set takes the next ones.
+"""
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from tfimb import _checks
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """Data that cannot be used: a missing folder, an empty class, an unreadable image..."""
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray   # uint8, (N, H, W, C)
+    labels: np.ndarray   # int64, (N,)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Training, validation (possibly empty) and test splits plus metadata."""
+
+    train: Split
+    validation: Split
+    test: Split
+    class_names: list
+    num_classes: int
+
+    @property
+    def counts(self):
+        return np.bincount(self.train.labels, minlength=self.num_classes)
+
+    @property
+    def evaluation(self):
+        """The split evaluated each epoch: validation when carved, else test."""
+        return self.validation if len(self.validation) else self.test
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _folder_files(root, split):
+    split_dir = pathlib.Path(root) / split
+    if not pathlib.Path(root).is_dir():
+        raise DataError(f"Data folder not found: data.dir={str(root)!r} does not exist.")
+    if not split_dir.is_dir():
+        raise DataError(f"Split folder not found: {split_dir} (expected "
+                        f"{root}/<split>/<class>/*.jpg).")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"No class folders in {split_dir} (expected {split_dir}/<class>/*.jpg).")
+    files = {}
+    for name in classes:
+        found = sorted(str(p) for p in (split_dir / name).iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise DataError(f"Class folder {split_dir / name} holds no "
+                            f"{'/'.join(IMAGE_EXTENSIONS)} image.")
+        files[name] = found
+    return files
+
+
+def _decode_files(paths, image_size, channels):
+    """Decode image files in parallel with tf.data; name the file that cannot be read."""
+    import tensorflow as tf
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                                   expand_animations=False)
+        if image_size:
+            image = tf.cast(tf.image.resize(image, (image_size, image_size), antialias=True)
+                            + 0.5, tf.uint8)
+        return image
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, tf.data.AUTOTUNE).batch(1024)
+    try:
+        batches = [b.numpy() for b in ds]
+    except (tf.errors.InvalidArgumentError, ValueError):
+        for path in paths:  # Slow path, only after a failure: find the culprit.
+            try:
+                decode(tf.constant(path))
+            except Exception as error:
+                raise DataError(f"Cannot read image {path}: {error}".splitlines()[0]) from None
+        raise
+    shapes = {b.shape[1:] for b in batches}
+    if len(shapes) > 1:
+        raise DataError(f"Images of different sizes {sorted(shapes)} under one folder: set "
+                        "data.image_size to resize them.")
+    return np.concatenate(batches)
+
+
+def _load_folder(config):
+    train_files = _folder_files(config.dir, config.train_split)
+    test_files = _folder_files(config.dir, config.test_split)
+    classes = list(train_files)
+    missing = sorted(set(classes) ^ set(test_files))
+    if missing:
+        raise DataError(f"Class folders {missing} are not in both {config.train_split}/ and "
+                        f"{config.test_split}/ under {config.dir}.")
+    first = train_files[classes[0]][0]
+    channels = _channels_of(first)
+    splits = []
+    for files in (train_files, test_files):
+        paths = [p for name in classes for p in files[name]]
+        labels = np.concatenate([np.full(len(files[name]), i) for i, name in enumerate(classes)])
+        splits.append(Split(_decode_files(paths, config.image_size, channels),
+                            labels.astype(np.int64)))
+    return splits[0], splits[1], classes
+
+
+def _channels_of(path):
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except Exception as error:
+        raise DataError(f"Cannot read image {path}: {error}".splitlines()[0]) from None
+    return int(image.shape[-1])
+
+
+def _load_tfds(config):
+    import tensorflow_datasets as tfds
+
+    splits = []
+    info = None
+    for split in (config.train_split, config.test_split):
+        ds, info = tfds.load(config.name, split=split, as_supervised=True,
+                             data_dir=config.dir, with_info=True)
+        batches = list(ds.batch(4096).prefetch(2).as_numpy_iterator())
+        splits.append(Split(np.concatenate([b[0] for b in batches]).astype(np.uint8),
+                            np.concatenate([b[1] for b in batches]).astype(np.int64)))
+    label = info.features["label"]
+    names = getattr(label, "names", None) or [str(i) for i in range(label.num_classes)]
+    return splits[0], splits[1], list(names)
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    # Fixed stratified split (independent of the experiment seed): a third of each class to test.
+    rng = np.random.default_rng(20170301)
+    test = np.zeros(len(labels), bool)
+    for c in range(10):
+        index = rng.permutation(np.flatnonzero(labels == c))
+        test[index[: len(index) // 3]] = True
+    return (Split(images[~test], labels[~test]), Split(images[test], labels[test]),
+            [str(i) for i in range(10)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Imbalance.
+
+
+def long_tail_counts(n_max, num_classes, factor):
+    """Cui et al.'s exponential profile: class c keeps `int(n_max * factor^(-c / (C - 1)))`.
+
+    >>> long_tail_counts(5000, 10, 100).tolist()
+    [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    """
+    exponents = np.arange(num_classes) / (num_classes - 1)
+    return np.floor(n_max * np.power(float(factor), -exponents) + 1e-9).astype(np.int64)
+
+
+def target_counts(available, imbalance):
+    """Training images to keep per class, from the available counts and the imbalance config."""
+    available = np.asarray(available, np.int64)
+    num_classes = len(available)
+    if imbalance is None:
+        return available.copy()
+    if imbalance.long_tail_factor is not None:
+        return long_tail_counts(int(available.min()), num_classes, imbalance.long_tail_factor)
+    minority = _checks.check_classes("imbalance.minority", imbalance.minority or [],
+                                     num_classes, allow_empty=True)
+    wanted = available.copy()
+    for c in range(num_classes):
+        if c in minority:
+            wanted[c] = imbalance.minority_count
+        elif imbalance.majority_count is not None:
+            wanted[c] = min(imbalance.majority_count, available[c])
+    return wanted
+
+
+def _subsample(split, validation_per_class, imbalance, seed, num_classes):
+    """(train, validation) index arrays into `split`, deterministic by seed."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(split.labels == c)) for c in range(num_classes)]
+    available = np.array([len(p) for p in per_class]) - validation_per_class
+    short = np.flatnonzero(available < 1)
+    if short.size:
+        raise DataError(f"Invalid value for key `data.validation_per_class`. Classes "
+                        f"{short.tolist()} have only {[len(per_class[c]) for c in short]} "
+                        "training images; leave at least one for training. Received: "
+                        f"data.validation_per_class={validation_per_class}")
+    wanted = target_counts(available, imbalance)
+    too_many = np.flatnonzero(wanted > available)
+    if too_many.size:
+        c = int(too_many[0])
+        raise DataError(f"Class {c} has {available[c]} training images available"
+                        f"{' after the validation carve-out' if validation_per_class else ''}, "
+                        f"fewer than the {wanted[c]} asked for by the imbalance config.")
+    validation = np.concatenate([p[:validation_per_class] for p in per_class])
+    train = np.concatenate([p[validation_per_class: validation_per_class + n]
+                            for p, n in zip(per_class, wanted)])
+    return np.sort(train), np.sort(validation)
+
+
+def load(config, imbalance=None):
+    """Load the configured data, carve validation, apply the imbalance: a `Dataset`."""
+    if config.source == "folder":
+        train, test, names = _load_folder(config)
+    elif config.source == "tfds":
+        train, test, names = _load_tfds(config)
+    elif config.source == "digits":
+        train, test, names = _load_digits()
+    else:
+        raise _checks.invalid_value("data.source", "'tfds', 'folder' or 'digits'", config.source)
+    num_classes = len(names)
+    train_index, validation_index = _subsample(train, config.validation_per_class, imbalance,
+                                               config.seed, num_classes)
+    return Dataset(
+        train=Split(train.images[train_index], train.labels[train_index]),
+        validation=Split(train.images[validation_index], train.labels[validation_index]),
+        test=test, class_names=names, num_classes=num_classes)
+
+
+def channel_statistics(images):
+    """Per-channel mean and variance of uint8 images, in [0, 255] units (float64)."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    return x.mean(axis=0), x.var(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data pipelines.
+
+
+def augmentation_padding(height):
+    """Padding of the random crop: 4 pixels at 32x32 (the CIFAR recipe), height / 8 in general."""
+    return max(1, round(height / 8))
+
+
+def _augment(image, seed):
+    """Zero-pad (4 pixels at 32x32), random crop back, random horizontal flip (stateless)."""
+    import tensorflow as tf
+
+    height, width = image.shape[0], image.shape[1]
+    pad = augmentation_padding(height)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, (height, width, image.shape[2]), crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=False):
+    """A batched `tf.data.Dataset` of (float32 images in [0, 255], int32 labels).
+
+    Training: shuffled each epoch (seeded), augmented with per-example stateless seeds (the same
+    seed gives the same epochs). Evaluation: in order, no augmentation. `drop_remainder` drops
+    the last partial batch (needed under MirroredStrategy, where a remainder smaller than the
+    number of replicas leaves a replica an empty batch that batch normalisation rejects).
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32)))
+    if training:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+            ds = tf.data.Dataset.zip(ds, seeds).map(
+                lambda xy, s: (_augment(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def shared_data_dir():
+    """../shared/data/cifar10-jpeg next to the checkout, or $TFIMB_CIFAR10_JPEG, if present."""
+    candidates = [os.environ.get("TFIMB_CIFAR10_JPEG"),
+                  pathlib.Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"]
+    for path in candidates:
+        if path and pathlib.Path(path).is_dir():
+            return str(path)
+    return None

@@ -1,0 +1,137 @@
+"""`tfimb report`: the published table and plots from finished run directories."""
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+
+from tfimb import weights as weights_lib
+
+LOSS_TITLES = {
+    "softmax_cross_entropy": "CE",
+    "inverse_class_frequency": "inverse class frequency",
+    "focal": "focal",
+    "class_balanced_softmax": "class-balanced softmax",
+    "class_balanced_focal": "class-balanced focal",
+    "balanced_softmax": "balanced softmax",
+    "logit_adjusted": "logit adjusted",
+    "ldam": "LDAM",
+}
+
+
+def load_history(run_dir):
+    """history.csv as a dict of float columns (empty when absent)."""
+    path = pathlib.Path(run_dir) / "history.csv"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {key: np.array([float(r[key]) if r[key] not in ("", None) else np.nan for r in rows])
+            for key in (rows[0] if rows else {})}
+
+
+def load_run(run_dir):
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no results.json: the run has not finished "
+                                "(resume it with `tfimb train CONFIG --workdir DIR --resume`).")
+    with open(path) as f:
+        results = json.load(f)
+    return {"dir": run_dir, "results": results, "history": load_history(run_dir)}
+
+
+def describe(config):
+    """Row label in the published layout: training data, loss and its hyper-parameters."""
+    loss = dict(config["loss"])
+    name = loss.pop("name")
+    params = [f"{key}={loss[key]}" for key in ("beta", "gamma", "tau", "max_margin")
+              if key in loss]
+    if loss.get("drw_epoch") is not None:
+        params.append(f"DRW from epoch {loss['drw_epoch'] + 1}")
+    label = " ".join([LOSS_TITLES.get(name, name)] + params)
+    data = "balanced data" if config.get("imbalance") is None else "imbalanced"
+    return f"{data}, {label}" if name == "softmax_cross_entropy" else label
+
+
+def table(runs):
+    """The three-group accuracy table (percent) as Markdown lines."""
+    lines = ["| training data / loss | majority | minority | all |", "| --- | ---: | ---: | ---: |"]
+    for run in runs:
+        acc = run["results"]["accuracy"]
+        cells = ["" if acc.get(k) is None else f"{100 * acc[k]:.2f}"
+                 for k in ("majority", "minority", "all")]
+        lines.append(f"| {describe(run['results']['config'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs, path):
+    """Training loss and evaluation all/minority accuracy per epoch, a line per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in runs:
+        history = run["history"]
+        if not history:
+            continue
+        epochs = history["epoch"] + 1
+        label = describe(run["results"]["config"]) if "results" in run else run["dir"].name
+        axes[0].plot(epochs, history["loss"], label=label)
+        for ax, key in ((axes[1], "val_all_accuracy"), (axes[2], "val_minority_accuracy")):
+            if key in history:
+                ax.plot(epochs, 100 * history[key], label=label)
+    for ax, title in zip(axes, ("training loss", "all-class accuracy (%)",
+                                "minority accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_effective_number(path, betas=(0.9, 0.99, 0.999, 0.9999), n_max=10000):
+    """E_n = (1 - beta^n) / (1 - beta) against n, with E_n = n for reference."""
+    plt = _pyplot()
+    n = np.unique(np.round(np.logspace(0, np.log10(n_max), 400)))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for beta in betas:
+        ax.plot(n, weights_lib.effective_number(n, beta), label=f"beta = {beta}")
+    ax.plot(n, n, "k--", lw=0.8, label="E_n = n (beta -> 1)")
+    ax.set(xscale="log", yscale="log", xlabel="number of samples n",
+           ylabel="effective number E_n", title="Effective number of samples")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_run(run_dir):
+    """A run's own training curves, written to RUN_DIR/plots/training_curves.png."""
+    run_dir = pathlib.Path(run_dir)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plot_curves([{"dir": run_dir, "history": load_history(run_dir)}],
+                run_dir / "plots" / "training_curves.png")
+
+
+def report(run_dirs, output):
+    """Print the table for `run_dirs`; write table.md and the plots under `output`."""
+    runs = [load_run(d) for d in run_dirs]
+    output = pathlib.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    text = table(runs)
+    (output / "table.md").write_text(text + "\n")
+    plot_curves(runs, output / "training_curves.png")
+    plot_effective_number(output / "effective_number.png")
+    return text

@@ -1,0 +1,347 @@
+"""`tfimb train`: the imbalanced-classification experiment end to end, under tf.distribute.
+
+Optimisation matches the published protocol (PyTorch-style SGD):
+
+* SGD with momentum (`train.momentum`) and a piecewise-constant learning rate by epoch
+  (`train.lr_values` between `train.lr_boundaries`; optional linear warm-up).
+* Weight decay is coupled L2, as PyTorch's `SGD(weight_decay=wd)`: every weight (convolution
+  and dense kernels, biases, batch-norm scales and offsets) carries a `wd / 2 * ||w||^2`
+  penalty, whose gradient `wd * w` joins the data gradient before momentum. (Keras'
+  `SGD(weight_decay=...)` is decoupled and would not pass the decay through momentum.)
+
+A run directory holds `config.yaml` (resolved), `counts.json`, `history.csv`, `logs/`
+(TensorBoard), `checkpoints/` (every epoch), `model.keras`, `plots/` and `results.json`, the last
+written atomically once the run has finished. `--resume` continues from the last completed epoch
+and refuses a changed config; a finished run is never overwritten.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from tfimb import config as config_lib
+
+RESULTS = "results.json"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: devices, strategy, precision.
+
+
+def configure_devices(distribute):
+    """Split the CPU into logical devices for `mirrored` when there is no GPU (before TF runs)."""
+    import tensorflow as tf
+
+    if distribute.strategy != "mirrored" or tf.config.list_physical_devices("GPU"):
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * distribute.num_cpu_devices)
+    except RuntimeError:  # Already initialised: keep what exists if it is enough.
+        if len(tf.config.list_logical_devices("CPU")) < distribute.num_cpu_devices:
+            raise
+
+
+def make_strategy(distribute):
+    import tensorflow as tf
+
+    if distribute.strategy == "default":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def cpu_has_amx_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def resolve_precision(name):
+    """`auto`: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with AMX-bf16, else float32."""
+    if name != "auto":
+        return name
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_amx_bf16() else "float32"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, loss, optimiser, callbacks.
+
+
+def build_model(cfg, dataset):
+    """Normalisation (training-set channel statistics) + the configured ResNet."""
+    import keras
+
+    from tfimb import data as data_lib
+    from tfimb import models
+
+    shape = dataset.train.images.shape[1:]
+    mean, variance = data_lib.channel_statistics(dataset.train.images)
+    backbone = models.get(cfg.model.name, num_classes=dataset.num_classes, input_shape=shape,
+                          head=cfg.model.head)
+    inputs = keras.Input(shape, name="image")
+    normalized = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),
+                                            name="normalize")(inputs)
+    model = keras.Model(inputs, backbone(normalized), name=cfg.model.name)
+    return model
+
+
+def regularized(model, weight_decay):
+    """Wrap the model so that its loss includes the coupled L2 penalty on every weight."""
+    import keras
+
+    class WeightDecayModel(keras.Model):
+        def __init__(self, inner, decay):
+            super().__init__(name=inner.name)
+            self.inner = inner
+            self.decay = decay
+
+        def call(self, inputs, training=False):
+            if training and self.decay:
+                penalty = sum(keras.ops.sum(keras.ops.square(keras.ops.cast(w, "float32")))
+                              for w in self.inner.trainable_weights)
+                self.add_loss(0.5 * self.decay * penalty)
+            return self.inner(inputs, training=training)
+
+    return WeightDecayModel(model, weight_decay)
+
+
+def make_loss(cfg, counts):
+    from tfimb import losses
+
+    kwargs = dict(cfg.loss.options)
+    if cfg.loss.needs_counts:
+        kwargs["counts"] = [int(c) for c in counts]
+    return losses.get(cfg.loss.name, **kwargs)
+
+
+def learning_rate(epoch, cfg):
+    """Learning rate for a 0-based epoch: piecewise constant, after an optional warm-up."""
+    t = cfg.train
+    lr = t.lr_values[int(np.searchsorted(t.lr_boundaries, epoch, side="right"))]
+    if epoch < t.warmup_epochs:
+        lr = t.lr_values[0] * (epoch + 1) / t.warmup_epochs
+    return float(lr)
+
+
+def minority_classes(cfg, counts):
+    """Classes of the minority group: configured, else the rarer half of a long tail."""
+    if cfg.evaluation.minority is not None:
+        return list(cfg.evaluation.minority)
+    if cfg.imbalance is not None and cfg.imbalance.minority:
+        return list(cfg.imbalance.minority)
+    counts = np.asarray(counts)
+    if counts.min() == counts.max():
+        return []
+    return np.flatnonzero(counts < np.sqrt(counts.max() * counts.min())).tolist()
+
+
+def _atomic_write(path, text):
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _callbacks(cfg, run_dir, resume, timer, loss):
+    import keras
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
+                                         save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, cfg)),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        keras.callbacks.TerminateOnNaN(),
+        timer,
+    ]
+    if cfg.loss.drw_epoch is not None:
+        callbacks.insert(2, DeferredReweighting(loss, cfg.loss.drw_epoch, cfg.loss.drw_beta))
+    return callbacks
+
+
+class EpochTimer:
+    """Keras callback: wall time of the training part of each epoch (evaluation excluded)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds, self.epochs, self._start, self._in_epoch = 0.0, 0, None, False
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._start, self._in_epoch = time.perf_counter(), True
+
+            def _stop(self):
+                if self._in_epoch:
+                    self.seconds += time.perf_counter() - self._start
+                    self.epochs += 1
+                    self._in_epoch = False
+
+            def on_test_begin(self, logs=None):
+                self._stop()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self._stop()
+
+        return _Timer()
+
+
+def DeferredReweighting(loss, start_epoch, beta):  # noqa: N802 (a callback factory)
+    """Callback: class-balanced weights (beta) on `loss` from `start_epoch` on (Cao et al.).
+
+    Re-traces the train function when the weights change, since they are graph constants.
+    """
+    import keras
+
+    class _DeferredReweighting(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            wanted = beta if epoch >= start_epoch else None
+            if loss.beta != wanted:
+                loss.set_beta(wanted)
+                self.model.make_train_function(force=True)
+
+    return _DeferredReweighting()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def prepare_run_dir(run_dir, cfg, resume):
+    """Create or check the run directory; return True when resuming."""
+    run_dir = pathlib.Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    text = config_lib.dump(cfg)
+    if (run_dir / RESULTS).exists():
+        raise RunDirError(f"{run_dir} holds a finished run ({RESULTS} exists); it is never "
+                          "overwritten. Pass another --workdir, or delete the directory.")
+    if config_path.exists():
+        if not resume:
+            raise RunDirError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
+                              "it, or another --workdir to start afresh.")
+        if config_path.read_text() != text:
+            raise RunDirError(f"--resume refused: the config differs from {config_path}. "
+                              "Resume with the same config and overrides, or use another "
+                              "--workdir.")
+        return True
+    if resume:
+        raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(config_path, text)
+    return False
+
+
+def group_accuracy(matrix, classes):
+    classes = list(classes)
+    total = matrix[classes].sum()
+    return float(np.trace(matrix[np.ix_(classes, classes)]) / total) if total else None
+
+
+def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
+    """Train, evaluate on the test split and write the run directory; returns the results.
+
+    `callbacks` are extra Keras callbacks for `fit` (after tfimb's own).
+    """
+    configure_devices(cfg.distribute)
+    import keras
+
+    from tfimb import data as data_lib
+    from tfimb import metrics as metrics_lib
+
+    run_dir = pathlib.Path(run_dir)
+    resuming = prepare_run_dir(run_dir, cfg, resume)
+    keras.utils.set_random_seed(cfg.train.seed)
+    precision = resolve_precision(cfg.mixed_precision)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        dataset = data_lib.load(cfg.data, cfg.imbalance)
+        counts = dataset.counts
+        if np.any(counts == 0):
+            raise data_lib.DataError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no "
+                                     "training image after subsampling.")
+        _atomic_write(run_dir / "counts.json", json.dumps(
+            {"class_names": dataset.class_names, "counts": counts.tolist()}, indent=1))
+        minority = minority_classes(cfg, counts)
+        strategy = make_strategy(cfg.distribute)
+        with strategy.scope():
+            model = build_model(cfg, dataset)
+            loss = make_loss(cfg, counts)
+            metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)),
+                                                 name="all_accuracy")]
+            if minority:
+                metrics = metrics_lib.group_accuracies(minority, dataset.num_classes)
+            trainer = regularized(model, cfg.train.weight_decay)
+            trainer(np.zeros((1,) + dataset.train.images.shape[1:], np.float32))  # Build.
+            trainer.compile(
+                optimizer=keras.optimizers.SGD(learning_rate(0, cfg),
+                                               momentum=cfg.train.momentum),
+                loss=loss, metrics=metrics, steps_per_execution=cfg.train.steps_per_execution)
+        train_ds = data_lib.pipeline(dataset.train, cfg.train.batch_size, training=True,
+                                     seed=cfg.data.seed, augment=cfg.data.augment,
+                                     drop_remainder=strategy.num_replicas_in_sync > 1)
+        eval_ds = data_lib.pipeline(dataset.evaluation, cfg.train.batch_size, training=False)
+        timer = EpochTimer()
+        if verbose == "auto":
+            verbose = 1 if os.isatty(1) else 2
+        trainer.fit(train_ds, validation_data=eval_ds, epochs=cfg.train.epochs,
+                    callbacks=_callbacks(cfg, run_dir, resuming, timer, loss) + list(callbacks),
+                    verbose=verbose, shuffle=False)  # The pipeline shuffles, seeded.
+        if trainer.stop_training:  # TerminateOnNaN: no results that look final.
+            raise FloatingPointError(f"Training stopped on a NaN loss; {run_dir} keeps its "
+                                     "checkpoints but gets no results.json.")
+
+        scores = model.predict(data_lib.pipeline(dataset.test, 512, training=False), verbose=0)
+        matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
+        majority = [c for c in range(dataset.num_classes) if c not in minority]
+        tmp_model = run_dir / ".model.keras.tmp.keras"
+        model.save(tmp_model)
+        os.replace(tmp_model, run_dir / "model.keras")
+        epochs_completed = _epochs_in_history(run_dir / "history.csv")
+        results = {
+            "accuracy": {"majority": group_accuracy(matrix, majority) if minority else None,
+                         "minority": group_accuracy(matrix, minority) if minority else None,
+                         "all": group_accuracy(matrix, range(dataset.num_classes))},
+            "per_class_accuracy": metrics_lib.per_class_accuracy(
+                dataset.test.labels, scores, dataset.num_classes).tolist(),
+            "confusion_matrix": matrix.tolist(),
+            "counts": counts.tolist(),
+            "class_names": dataset.class_names,
+            "minority_classes": minority,
+            "epochs_completed": epochs_completed,
+            "train_seconds": timer.seconds,
+            "images_per_second": (timer.epochs * len(dataset.train) / timer.seconds
+                                  if timer.seconds else None),
+            "precision": precision,
+            "replicas": strategy.num_replicas_in_sync,
+            "config": cfg.to_dict(),
+        }
+        from tfimb import report
+
+        report.plot_run(run_dir)
+        _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
+        return results
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _epochs_in_history(path):
+    with open(path) as f:
+        return max(0, sum(1 for line in f if line.strip()) - 1)
