@@ -41,6 +41,13 @@ def check_range(arg, value, low=None, high=None, low_inclusive=True, high_inclus
     return x
 
 
+def check_int(arg, value, low):
+    """Check that `value` is an integer (not a bool) >= `low`; return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise invalid_value(arg, f"an integer >= {low}", value)
+    return int(value)
+
+
 def check_beta(beta):
     return check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
 

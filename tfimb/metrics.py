@@ -95,10 +95,7 @@ class GroupAccuracy(keras.metrics.Metric):
 
 
 def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 2:
-        raise _checks.invalid_value("num_classes", "an integer >= 2", num_classes)
-    return int(num_classes)
+    return _checks.check_int("num_classes", num_classes, 2)
 
 
 def group_accuracies(minority, num_classes):

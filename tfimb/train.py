@@ -20,6 +20,7 @@ import os
 import pathlib
 import time
 
+import keras
 import numpy as np
 
 from tfimb import config as config_lib
@@ -85,8 +86,6 @@ def resolve_precision(name):
 
 def build_model(cfg, dataset):
     """Normalisation (training-set channel statistics) + the configured ResNet."""
-    import keras
-
     from tfimb import data as data_lib
     from tfimb import models
 
@@ -101,23 +100,24 @@ def build_model(cfg, dataset):
     return model
 
 
+class WeightDecayModel(keras.Model):
+    """Wraps a model so that its training loss includes `decay / 2 * ||w||^2` on every weight."""
+
+    def __init__(self, inner, decay):
+        super().__init__(name=inner.name)
+        self.inner = inner
+        self.decay = decay
+
+    def call(self, inputs, training=False):
+        if training and self.decay:
+            penalty = sum(keras.ops.sum(keras.ops.square(keras.ops.cast(w, "float32")))
+                          for w in self.inner.trainable_weights)
+            self.add_loss(0.5 * self.decay * penalty)
+        return self.inner(inputs, training=training)
+
+
 def regularized(model, weight_decay):
     """Wrap the model so that its loss includes the coupled L2 penalty on every weight."""
-    import keras
-
-    class WeightDecayModel(keras.Model):
-        def __init__(self, inner, decay):
-            super().__init__(name=inner.name)
-            self.inner = inner
-            self.decay = decay
-
-        def call(self, inputs, training=False):
-            if training and self.decay:
-                penalty = sum(keras.ops.sum(keras.ops.square(keras.ops.cast(w, "float32")))
-                              for w in self.inner.trainable_weights)
-                self.add_loss(0.5 * self.decay * penalty)
-            return self.inner(inputs, training=training)
-
     return WeightDecayModel(model, weight_decay)
 
 
@@ -159,7 +159,6 @@ def _atomic_write(path, text):
 
 
 def _callbacks(cfg, run_dir, resume, timer, loss):
-    import keras
 
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
@@ -175,50 +174,44 @@ def _callbacks(cfg, run_dir, resume, timer, loss):
     return callbacks
 
 
-class EpochTimer:
-    """Keras callback: wall time of the training part of each epoch (evaluation excluded)."""
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of the training part of each epoch (evaluation excluded)."""
 
-    def __new__(cls):
-        import keras
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.epochs, self._start, self._in_epoch = 0.0, 0, None, False
 
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds, self.epochs, self._start, self._in_epoch = 0.0, 0, None, False
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._in_epoch = time.perf_counter(), True
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start, self._in_epoch = time.perf_counter(), True
+    def _stop(self):
+        if self._in_epoch:
+            self.seconds += time.perf_counter() - self._start
+            self.epochs += 1
+            self._in_epoch = False
 
-            def _stop(self):
-                if self._in_epoch:
-                    self.seconds += time.perf_counter() - self._start
-                    self.epochs += 1
-                    self._in_epoch = False
+    def on_test_begin(self, logs=None):
+        self._stop()
 
-            def on_test_begin(self, logs=None):
-                self._stop()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self._stop()
-
-        return _Timer()
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
 
 
-def DeferredReweighting(loss, start_epoch, beta):  # noqa: N802 (a callback factory)
-    """Callback: class-balanced weights (beta) on `loss` from `start_epoch` on (Cao et al.).
+class DeferredReweighting(keras.callbacks.Callback):
+    """Class-balanced weights (beta) on `loss` from `start_epoch` on (Cao et al.'s DRW).
 
     Re-traces the train function when the weights change, since they are graph constants.
     """
-    import keras
 
-    class _DeferredReweighting(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            wanted = beta if epoch >= start_epoch else None
-            if loss.beta != wanted:
-                loss.set_beta(wanted)
-                self.model.make_train_function(force=True)
+    def __init__(self, loss, start_epoch, beta):
+        super().__init__()
+        self.loss, self.start_epoch, self.beta = loss, start_epoch, beta
 
-    return _DeferredReweighting()
+    def on_epoch_begin(self, epoch, logs=None):
+        wanted = self.beta if epoch >= self.start_epoch else None
+        if self.loss.beta != wanted:
+            self.loss.set_beta(wanted)
+            self.model.make_train_function(force=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +254,6 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     `callbacks` are extra Keras callbacks for `fit` (after tfimb's own).
     """
     configure_devices(cfg.distribute)
-    import keras
 
     from tfimb import data as data_lib
     from tfimb import metrics as metrics_lib

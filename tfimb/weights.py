@@ -62,23 +62,25 @@ def class_balanced_weights(counts, beta, normalization="num_classes"):
     >>> tfimb.class_balanced_weights([2, 3, 1, 2, 2], beta=0.9999).round(6).tolist()
     [0.882363, 0.588272, 1.764638, 0.882363, 0.882363]
     """
-    if normalization not in WEIGHT_NORMALIZATIONS:
-        raise _checks.invalid_value(
-            "normalization", f"one of {WEIGHT_NORMALIZATIONS}", normalization
-        )
-    weights = 1.0 / effective_number(counts, beta)
-    if normalization == "num_classes":
-        weights = weights * (weights.size / weights.sum())
-    return weights
+    _check_weight_normalization(normalization)
+    return _normalized(1.0 / effective_number(counts, beta), normalization)
 
 
 def inverse_frequency_weights(counts, normalization="num_classes"):
     """Inverse class frequency weights `w_c = 1 / n_c` (the `beta -> 1` limit), float64."""
+    _check_weight_normalization(normalization)
+    return _normalized(1.0 / _checks.check_counts(counts), normalization)
+
+
+def _check_weight_normalization(normalization):
     if normalization not in WEIGHT_NORMALIZATIONS:
         raise _checks.invalid_value(
             "normalization", f"one of {WEIGHT_NORMALIZATIONS}", normalization
         )
-    weights = 1.0 / _checks.check_counts(counts)
+
+
+def _normalized(weights, normalization):
+    """Rescale weights to sum to C (`"num_classes"`) or leave them (`"none"`)."""
     if normalization == "num_classes":
         weights = weights * (weights.size / weights.sum())
     return weights
@@ -135,10 +137,7 @@ def class_counts(labels, num_classes):
     >>> tfimb.class_counts(np.array([0, 2, 2, 1, 2]), num_classes=4).tolist()
     [1, 1, 3, 0]
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
-        raise _checks.invalid_value("num_classes", "an integer >= 1", num_classes)
-    num_classes = int(num_classes)
+    num_classes = _checks.check_int("num_classes", num_classes, 1)
     if hasattr(labels, "as_numpy_iterator") and hasattr(labels, "element_spec"):
         return _count_dataset(labels, num_classes)
     return _count_array(labels, num_classes)

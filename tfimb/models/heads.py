@@ -29,9 +29,7 @@ class CosineClassifier(keras.layers.Layer):
 
     def __init__(self, units, epsilon=1e-12, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise _checks.invalid_value("units", "a positive integer", units)
-        self.units = units
+        self.units = _checks.check_int("units", units, 1)
         self.epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 

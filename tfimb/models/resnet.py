@@ -47,8 +47,7 @@ def _head(x, num_classes, head):
 
 
 def _check_common(num_classes, input_shape):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise _checks.invalid_value("num_classes", "an integer >= 2", num_classes)
+    _checks.check_int("num_classes", num_classes, 2)
     if len(tuple(input_shape)) != 3:
         raise _checks.invalid_value("input_shape", "(height, width, channels)", input_shape)
 
