@@ -88,6 +88,9 @@ def test_every_shipped_config_is_valid_and_documented():
         for field in ("# Purpose:", "# Command:", "# Expected"):
             assert field in text, (path, field)
         raw = yaml.safe_load(text)
+        if "search" in raw:  # A `tfimb tune` config: a training config plus `search`.
+            config.resolve_search(raw)
+            continue
         for variant in raw.pop("variants", None) or [{}]:
             variant = {k: v for k, v in variant.items() if k != "name"}
             config.resolve(config.merge(raw, variant))

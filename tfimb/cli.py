@@ -62,6 +62,47 @@ def _train(args):
     return 0
 
 
+def _load_yaml_config(name):
+    import yaml
+
+    path = resolve_config_path(name)
+    with open(path) as f:
+        return path, yaml.safe_load(f) or {}
+
+
+def _tune(args):
+    from tfimb import config as config_lib
+    from tfimb import distributed_search, report, tune
+
+    path, raw = _load_yaml_config(args.config)
+    try:
+        cfg, search = config_lib.resolve_search(raw, args.set)
+    except config_lib.ConfigError as error:
+        raise SystemExit(f"tfimb: {path}: {error}") from None
+    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
+    try:
+        if args.local_workers:
+            best = distributed_search.run_local(args, workdir, cfg, search)
+        else:
+            distributed_search.set_environment(args.chief, args.worker, args.worker_id)
+            best = tune.run_search(cfg, search, workdir)
+            if tune._is_worker():
+                return 0
+    except (config_lib.ConfigError, tune.SearchError, distributed_search.LaunchError) as error:
+        raise SystemExit(f"tfimb: {error}") from None
+    if best is None:
+        raise SystemExit(f"tfimb: no trial completed in {workdir}; see {workdir / 'trials.csv'}.")
+    print((workdir / "results.md").read_text())
+    print(f"best config: {workdir / 'best.yaml'}")
+    if args.final:
+        try:
+            tune.final(workdir)
+        except tune.SearchError as error:
+            raise SystemExit(f"tfimb: {error}") from None
+        print(report.table([report.load_run(workdir / "final")]))
+    return 0
+
+
 def _report(args):
     from tfimb import report
 
@@ -95,6 +136,26 @@ def build_parser():
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from its last completed epoch")
     train.set_defaults(handler=_train)
+
+    tune = commands.add_parser(
+        "tune", help="search loss, beta and gamma with keras-tuner by validation accuracy",
+        description="Search the `search.space` of a training config with keras-tuner, scoring "
+                    "trials on a validation split carved from the training data; writes "
+                    "trials.csv, results.md and best.yaml; the same command resumes.")
+    tune.add_argument("config", help="YAML search config (a training config plus `search:`)")
+    tune.add_argument("--workdir", help="search directory (default: runs/search/<config name>)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set search.max_trials=4")
+    tune.add_argument("--final", action="store_true",
+                      help="then retrain best.yaml on the full training data, evaluate on test")
+    where = tune.add_mutually_exclusive_group()
+    where.add_argument("--chief", metavar="HOST:PORT",
+                       help="serve the search's oracle on HOST:PORT for --worker processes")
+    where.add_argument("--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT")
+    where.add_argument("--local-workers", type=int, metavar="N",
+                       help="start a chief and N workers on 127.0.0.1 and wait for them")
+    tune.add_argument("--worker-id", type=int, metavar="N", help="this worker's number (0, 1, ...)")
+    tune.set_defaults(handler=_tune)
 
     report = commands.add_parser("report", help="table and plots from finished runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

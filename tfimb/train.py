@@ -130,6 +130,33 @@ def make_loss(cfg, counts):
     return losses.get(cfg.loss.name, **kwargs)
 
 
+def build_trainer(cfg, dataset, minority):
+    """(model, trainer, loss): the classifier, its weight-decay wrapper compiled with SGD, the
+    configured loss (counts from `dataset`) and the group metrics. Call under the strategy's
+    scope."""
+    from tfimb import metrics as metrics_lib
+
+    model = build_model(cfg, dataset)
+    loss = make_loss(cfg, dataset.counts)
+    metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)), name="all_accuracy")]
+    if minority:
+        metrics = metrics_lib.group_accuracies(minority, dataset.num_classes)
+    trainer = regularized(model, cfg.train.weight_decay)
+    trainer(np.zeros((1,) + dataset.train.images.shape[1:], np.float32))  # Build.
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(learning_rate(0, cfg), momentum=cfg.train.momentum),
+        loss=loss, metrics=metrics, steps_per_execution=cfg.train.steps_per_execution)
+    return model, trainer, loss
+
+
+def schedule_callbacks(cfg, loss):
+    """The learning-rate schedule, and LDAM's deferred re-weighting when configured."""
+    callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, cfg))]
+    if cfg.loss.drw_epoch is not None:
+        callbacks.append(DeferredReweighting(loss, cfg.loss.drw_epoch, cfg.loss.drw_beta))
+    return callbacks
+
+
 def learning_rate(epoch, cfg):
     """Learning rate for a 0-based epoch: piecewise constant, after an optional warm-up."""
     t = cfg.train
@@ -159,19 +186,15 @@ def _atomic_write(path, text):
 
 
 def _callbacks(cfg, run_dir, resume, timer, loss):
-
-    callbacks = [
+    return [
         keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
                                          save_freq="epoch", delete_checkpoint=False),
-        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, cfg)),
+        *schedule_callbacks(cfg, loss),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
         keras.callbacks.TerminateOnNaN(),
         timer,
     ]
-    if cfg.loss.drw_epoch is not None:
-        callbacks.insert(2, DeferredReweighting(loss, cfg.loss.drw_epoch, cfg.loss.drw_beta))
-    return callbacks
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -274,18 +297,7 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
         minority = minority_classes(cfg, counts)
         strategy = make_strategy(cfg.distribute)
         with strategy.scope():
-            model = build_model(cfg, dataset)
-            loss = make_loss(cfg, counts)
-            metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)),
-                                                 name="all_accuracy")]
-            if minority:
-                metrics = metrics_lib.group_accuracies(minority, dataset.num_classes)
-            trainer = regularized(model, cfg.train.weight_decay)
-            trainer(np.zeros((1,) + dataset.train.images.shape[1:], np.float32))  # Build.
-            trainer.compile(
-                optimizer=keras.optimizers.SGD(learning_rate(0, cfg),
-                                               momentum=cfg.train.momentum),
-                loss=loss, metrics=metrics, steps_per_execution=cfg.train.steps_per_execution)
+            model, trainer, loss = build_trainer(cfg, dataset, minority)
         train_ds = data_lib.pipeline(dataset.train, cfg.train.batch_size, training=True,
                                      seed=cfg.data.seed, augment=cfg.data.augment,
                                      drop_remainder=strategy.num_replicas_in_sync > 1)

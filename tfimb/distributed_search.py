@@ -1,0 +1,127 @@
+"""Distributed `tfimb tune` on keras-tuner's chief/worker mechanism.
+
+keras-tuner reads three environment variables: `KERASTUNER_TUNER_ID` ("chief" for the process
+that serves the oracle, "tuner0", "tuner1", ... for the workers that train trials),
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` (where the chief listens). `--chief
+HOST:PORT` and `--worker HOST:PORT --worker-id N` set them; `--local-workers N` starts a chief
+and N workers on 127.0.0.1 as child processes, waits for them, stops them all when one fails or
+on Ctrl-C, and rewrites the reports as trials end.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+from tfimb import _checks
+
+
+class LaunchError(RuntimeError):
+    """A distributed search that could not be started or whose processes failed."""
+
+
+def parse_address(arg, text):
+    """'HOST:PORT' -> (host, port), with an error in Keras' form."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _checks.invalid_value(arg, "HOST:PORT with a port in 1..65535", text)
+    return host, int(port)
+
+
+def set_environment(chief=None, worker=None, worker_id=None):
+    """Set keras-tuner's variables for `--chief` / `--worker --worker-id` (no-op without them)."""
+    if worker_id is not None and worker is None:
+        raise LaunchError("Invalid value for argument `--worker-id`. Expected it only with "
+                          f"--worker HOST:PORT. Received: --worker-id={worker_id}")
+    try:
+        if chief is not None:
+            host, port = parse_address("--chief", chief)
+            tuner_id = "chief"
+        elif worker is not None:
+            host, port = parse_address("--worker", worker)
+            if worker_id is None or worker_id < 0:
+                raise _checks.invalid_value("--worker-id", "an integer >= 0 with --worker",
+                                            worker_id)
+            tuner_id = f"tuner{worker_id}"
+        else:
+            return
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host,
+                      KERASTUNER_ORACLE_PORT=str(port))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(processes, grace=10.0):
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_local(args, workdir, cfg, search):
+    """Start a chief and `args.local_workers` workers on 127.0.0.1; return the best trial."""
+    from tfimb import tune
+
+    workers = args.local_workers
+    if workers < 1:
+        raise LaunchError("Invalid value for argument `--local-workers`. Expected an integer "
+                          f">= 1. Received: --local-workers={workers}")
+    tune.validate(cfg, search)
+    workdir = pathlib.Path(workdir)
+    tune.check_workdir(workdir, cfg, search)  # Before the children, which only compare.
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    address = f"127.0.0.1:{free_port()}"
+    base = [sys.executable, "-m", "tfimb", "tune", str(args.config), "--workdir", str(workdir)]
+    for text in args.set:
+        base += ["--set", text]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    commands = [("chief", base + ["--chief", address])]
+    commands += [(f"worker{i}", base + ["--worker", address, "--worker-id", str(i)])
+                 for i in range(workers)]
+    processes, logs = [], []
+    try:
+        for name, command in commands:
+            log = open(workdir / "logs" / f"{name}.log", "a")
+            logs.append(log)
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                              env=env))
+        print(f"search on {address}: a chief and {workers} workers; logs in "
+              f"{workdir / 'logs'}", flush=True)
+        last_report = 0.0
+        while any(p.poll() is None for p in processes):
+            failed = [(name, p.returncode) for (name, _), p in zip(commands, processes)
+                      if p.poll() not in (None, 0)]
+            if failed:
+                name, code = failed[0]
+                raise LaunchError(f"{name} exited with status {code}; see "
+                                  f"{workdir / 'logs' / (name + '.log')}. Stopped the others; "
+                                  "the same command resumes the search.")
+            if time.monotonic() - last_report > 5:
+                tune.write_reports(workdir, cfg, search)
+                last_report = time.monotonic()
+            time.sleep(0.5)
+        failed = [(name, p.returncode) for (name, _), p in zip(commands, processes)
+                  if p.returncode != 0]
+        if failed:
+            name, code = failed[0]
+            raise LaunchError(f"{name} exited with status {code}; see "
+                              f"{workdir / 'logs' / (name + '.log')}.")
+    finally:
+        _stop(processes)
+        for log in logs:
+            log.close()
+    return tune.write_reports(workdir, cfg, search)

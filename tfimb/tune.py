@@ -1,0 +1,445 @@
+"""`tfimb tune`: keras-tuner search of the loss, beta and gamma by validation accuracy.
+
+A search config is a training config (see `tfimb.config`) plus a `search` section:
+
+    search:
+      algorithm: grid | random | bayesian | hyperband
+      objective: val_all_accuracy          # maximised (accuracies) / minimised (losses)
+      max_trials: 20
+      epochs_per_trial: null               # null: train.epochs; hyperband: its max epochs
+      early_stopping_patience: null        # stop a trial after N epochs without improvement
+      space:
+        loss: [class_balanced_softmax, class_balanced_focal]
+        beta: [0.9, 0.99, 0.999, 0.9999]   # only for the class-balanced losses
+        gamma: [0.5, 1.0, 2.0]             # only for the focal losses
+
+Each trial trains the configured model with `tfimb train`'s step (same data pipeline, SGD,
+weight decay, learning-rate schedule and group metrics) and is scored on a validation split
+carved from the training data, the same number of images per class (`data.validation_per_class`),
+so that all-group accuracy means what it means on the balanced test split, which a search never
+touches. A trial's score is its best epoch's objective (keras-tuner's rule). With
+`epochs_per_trial` below `train.epochs`, the learning-rate steps keep their fractions of training.
+
+The work directory holds the tuner's own state (`tuner/`; the same command again resumes the
+search and repeats no finished trial; a trial that was running when the search was killed runs
+again), `search.yaml` (the resolved config; a changed config is refused), `trials.csv`,
+`results.md`, `best.yaml` (a runnable training config with the winner filled in, trained on the
+full training data) and, with `--final`, `final/`: the run of best.yaml, evaluated once on the
+test split.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+import time
+
+import yaml
+
+from tfimb import config as config_lib
+
+PROJECT = "tuner"
+SEARCH_CONFIG = "search.yaml"
+ALGORITHM_CLASSES = {"grid": "GridSearch", "random": "RandomSearch",
+                     "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
+
+
+class SearchError(RuntimeError):
+    """A search that cannot run as asked (a changed config on resume, no usable objective)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial configs.
+
+
+def trial_epochs(cfg, search):
+    return search.epochs_per_trial or cfg.train.epochs
+
+
+def trial_config(cfg, search, loss):
+    """The training config of one trial: `loss` ({name, beta?, gamma?}) replaces the configured
+    loss (keeping its other arguments that the new loss takes), the epochs are the trial's, and
+    the learning-rate boundaries are rescaled to keep their fractions of training."""
+    raw = _with_loss(cfg.to_dict(), loss)
+    epochs = trial_epochs(cfg, search)
+    if epochs != cfg.train.epochs:
+        bounds = []
+        for b in cfg.train.lr_boundaries:
+            b = max(1, round(b * epochs / cfg.train.epochs))
+            bounds.append(max(b, bounds[-1] + 1) if bounds else b)
+        raw["train"].update(epochs=epochs, lr_boundaries=bounds)
+    return config_lib.from_dict(raw)
+
+
+def best_config(cfg, values):
+    """The winner as a full training config: the trial's loss, all epochs, no validation split."""
+    raw = _with_loss(cfg.to_dict(), loss_spec(values))
+    raw["data"]["validation_per_class"] = 0
+    return config_lib.from_dict(raw)
+
+
+def _with_loss(raw, spec):
+    """`raw` (a config dict) with the loss `spec`, keeping the configured loss's other
+    arguments that the new loss takes (normalization, label_smoothing...)."""
+    kept = {k: v for k, v in raw["loss"].items()
+            if k not in ("name", "beta", "gamma", "drw_epoch", "drw_beta")
+            and config_lib.losses_taking(k, [spec["name"]])}
+    raw["loss"] = {**kept, **spec}
+    return raw
+
+
+def loss_spec(values):
+    """{name, beta?, gamma?} from a trial's hyper-parameter values (inactive ones are absent)."""
+    spec = {"name": values["loss"]}
+    for key in ("beta", "gamma"):
+        if values.get(key) is not None:
+            spec[key] = float(values[key])
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# keras-tuner pieces.
+
+
+def _hypermodel_class():
+    import keras
+    import keras_tuner
+
+    from tfimb import train
+
+    class ImbalanceHyperModel(keras_tuner.HyperModel):
+        """Builds `tfimb train`'s compiled model for the loss, beta and gamma that `hp` picks.
+
+        `beta` is active only for the class-balanced losses and `gamma` only for the focal
+        ones (keras-tuner conditional scopes on `loss`), so a grid never repeats a loss with
+        an argument it ignores.
+        """
+
+        def __init__(self, cfg, search, dataset, minority):
+            super().__init__(name="imbalance")
+            self.cfg, self.search, self.dataset, self.minority = cfg, search, dataset, minority
+            self._built = {}
+
+        def declare(self, hp):
+            space = self.search.space
+            spec = {"name": hp.Choice("loss", space.loss)}
+            for key, takes in (("beta", config_lib.beta_losses), ("gamma",
+                                                                   config_lib.gamma_losses)):
+                names = takes(space.loss)
+                if names:
+                    with hp.conditional_scope("loss", names):
+                        value = hp.Choice(key, getattr(space, key))
+                    if spec["name"] in names:
+                        spec[key] = float(value)
+            return spec
+
+        def build(self, hp):
+            cfg = trial_config(self.cfg, self.search, self.declare(hp))
+            keras.utils.set_random_seed(cfg.train.seed)
+            _, trainer, loss = train.build_trainer(cfg, self.dataset, self.minority)
+            self._built[id(trainer)] = (cfg, loss)
+            return trainer
+
+        def fit(self, hp, model, *args, callbacks=(), **kwargs):
+            cfg, loss = self._built.pop(id(model))
+            callbacks = list(callbacks) + train.schedule_callbacks(cfg, loss)
+            if self.search.early_stopping_patience:
+                callbacks.append(keras.callbacks.EarlyStopping(
+                    self.search.objective, patience=self.search.early_stopping_patience,
+                    mode=self.search.direction))
+            callbacks.append(keras.callbacks.TerminateOnNaN())
+            return model.fit(*args, callbacks=callbacks, **kwargs)
+
+    return ImbalanceHyperModel
+
+
+def _summarize(histories, objective, direction, seconds):
+    """A trial's metrics: its best epoch's logs plus `epochs` trained and `seconds` taken."""
+    history = (histories[0] if isinstance(histories, list) else histories).history
+    if objective not in history:
+        raise SearchError(f"The objective {objective!r} is not among the logged metrics "
+                          f"{sorted(history)}.")
+    values = history[objective]
+    pick = max if direction == "max" else min
+    best = pick(range(len(values)), key=lambda i: values[i])
+    metrics = {k: float(v[best]) for k, v in history.items() if len(v) == len(values)}
+    metrics.update(epochs=float(len(values)), seconds=float(seconds))
+    return metrics
+
+
+def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
+    """The keras-tuner tuner of `search.algorithm`, resuming any search found in `workdir`."""
+    import keras_tuner
+
+    base = getattr(keras_tuner, ALGORITHM_CLASSES[search.algorithm])
+    objective = keras_tuner.Objective(search.objective, search.direction)
+    kwargs = dict(objective=objective, seed=search.seed, directory=str(workdir),
+                  project_name=PROJECT, overwrite=False, distribution_strategy=strategy)
+    if search.algorithm == "hyperband":
+        kwargs.update(max_epochs=trial_epochs(cfg, search), factor=3)
+    else:
+        kwargs.update(max_trials=search.max_trials)
+
+    class Tuner(base):
+        def _get_tuner_fname(self):
+            # keras-tuner names this file after the process's tuner id, and reloads the oracle
+            # only when it exists: one name for whichever process owns the oracle (a lone
+            # search or the chief) resumes the search whichever way it was started.
+            name = self.tuner_id if _is_worker() else "oracle_owner"
+            return os.path.join(str(self.project_dir), f"{name}.json")
+
+        def reload(self):
+            super().reload()
+            if isinstance(self.oracle, keras_tuner.oracles.GridSearchOracle):
+                _restore_grid_order(self.oracle)
+
+        def run_trial(self, trial, *args, **kwargs):
+            start = time.perf_counter()
+            histories = super().run_trial(trial, *args, **kwargs)
+            return _summarize(histories, search.objective, search.direction,
+                              time.perf_counter() - start)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            if not _is_worker():  # Workers' oracles live in the chief, which writes reports.
+                write_reports(workdir, cfg, search)
+
+    hypermodel = _hypermodel_class()(cfg, search, dataset, minority)
+    return Tuner(hypermodel=hypermodel, **kwargs)
+
+
+def _restore_grid_order(oracle):
+    """keras-tuner 1.4's grid oracle does not save the order in which it walks the grid, so a
+    resumed grid search stops early or fails (KeyError on a trial id). Rebuild it from the
+    saved trials: every trial in grid order, and every trial queued to propose its successor
+    (the oracle skips successors already tried)."""
+    import functools
+
+    from keras_tuner.src.tuners import gridsearch
+
+    trials = [t for t in oracle.trials.values() if t.hyperparameters.values]
+    trials.sort(key=functools.cmp_to_key(
+        lambda a, b: oracle._compare(a.hyperparameters.values, b.hyperparameters.values)))
+    oracle._ordered_ids = gridsearch.LinkedList()
+    for trial in trials:
+        oracle._ordered_ids.insert(trial.trial_id)
+    oracle._populate_next = [t.trial_id for t in trials]
+
+
+def _is_worker():
+    return ("KERASTUNER_ORACLE_IP" in os.environ
+            and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports from the tuner's saved trials (readable by any process, during or after a search).
+
+
+def load_trials(workdir):
+    """The saved trials as dicts: id, values, status, score, metrics (last values)."""
+    trials = []
+    for path in sorted((pathlib.Path(workdir) / PROJECT).glob("trial_*/trial.json")):
+        with open(path) as f:
+            raw = json.load(f)
+        metrics = {}
+        for name, tracker in raw.get("metrics", {}).get("metrics", {}).items():
+            observations = tracker.get("observations") or []
+            if observations:
+                metrics[name] = float(observations[-1]["value"][0])
+        trials.append({"trial": raw["trial_id"], "values": raw["hyperparameters"]["values"],
+                       "status": raw["status"], "score": raw.get("score"), "metrics": metrics})
+    return trials
+
+
+def _sorted_by_objective(trials, search):
+    sign = -1 if search.direction == "max" else 1
+
+    def key(trial):
+        score = trial["score"]
+        usable = trial["status"] == "COMPLETED" and score is not None and math.isfinite(score)
+        return (0, sign * score) if usable else (1, 0.0)
+
+    return sorted(trials, key=key)
+
+
+def _columns(trials, search):
+    extra = sorted({k for t in trials for k in t["metrics"]
+                    if k.startswith("val_") and k != search.objective})
+    return ["trial", "loss", "beta", "gamma", search.objective, *extra, "epochs", "seconds",
+            "status"], extra
+
+
+def _row(trial, search, extra):
+    values, metrics = trial["values"], trial["metrics"]
+
+    def number(x, digits=4):
+        return "" if x is None else f"{x:.{digits}f}"
+
+    return [trial["trial"], values.get("loss", ""), values.get("beta") or "",
+            values.get("gamma") or "", number(trial["score"]),
+            *(number(metrics.get(k)) for k in extra),
+            "" if "epochs" not in metrics else int(metrics["epochs"]),
+            number(metrics.get("seconds"), 1), trial["status"]]
+
+
+def write_reports(workdir, cfg, search):
+    """trials.csv, results.md and best.yaml (when a trial has completed); atomic writes.
+
+    Returns the best trial (a dict of `load_trials`) or None.
+    """
+    workdir = pathlib.Path(workdir)
+    trials = load_trials(workdir)
+    header, extra = _columns(trials, search)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for trial in trials:
+        writer.writerow(_row(trial, search, extra))
+    _atomic_write(workdir / "trials.csv", buffer.getvalue())
+
+    ranked = _sorted_by_objective(trials, search)
+    lines = [f"# Search results: {search.algorithm}, objective {search.objective} "
+             f"({'maximised' if search.direction == 'max' else 'minimised'})", "",
+             f"{len(trials)} trials; best first. Scores are each trial's best epoch on the "
+             "validation split carved from the training data.", "",
+             "| rank | " + " | ".join(header) + " |",
+             "| ---: | " + " | ".join("---" for _ in header) + " |"]
+    for rank, trial in enumerate(ranked, 1):
+        cells = [str(c) for c in _row(trial, search, extra)]
+        lines.append(f"| {rank} | " + " | ".join(cells) + " |")
+    _atomic_write(workdir / "results.md", "\n".join(lines) + "\n")
+
+    best = ranked[0] if ranked and ranked[0]["status"] == "COMPLETED" else None
+    if best is not None:
+        winner = best_config(cfg, best["values"])
+        header_lines = [
+            f"# Best of the search in {workdir}: trial {best['trial']}, "
+            f"{search.objective} = {best['score']:.4f} on the validation split.",
+            f"# Hyper-parameters: {loss_spec(best['values'])}. Trained here on the full "
+            "training data (no validation split).",
+            f"# Command: tfimb train {workdir / 'best.yaml'}   (or: tfimb tune CONFIG --final)",
+        ]
+        _atomic_write(workdir / "best.yaml",
+                      "\n".join(header_lines) + "\n" + config_lib.dump(winner))
+    return best
+
+
+def _atomic_write(path, text):
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search.
+
+
+def check_workdir(workdir, cfg, search):
+    """Write `search.yaml`, or check that a resumed search uses the same config."""
+    workdir = pathlib.Path(workdir)
+    text = yaml.safe_dump({**cfg.to_dict(), "search": search.to_dict()}, sort_keys=False)
+    path = workdir / SEARCH_CONFIG
+    if path.exists():
+        if path.read_text() != text:
+            raise SearchError(f"The config differs from the one of the search in {workdir} "
+                              f"({path}). Run the same config and overrides to resume it, or "
+                              "pass another --workdir.")
+        return True
+    workdir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text)
+    return False
+
+
+def run_search(cfg, search, workdir, verbose="auto"):
+    """Run (or resume) the search; write the reports; return the best trial or None.
+
+    In a distributed search (KERASTUNER_* environment variables) the chief serves the oracle
+    and writes the reports; workers only train trials and return None.
+    """
+    from tfimb import data as data_lib
+    from tfimb import train
+
+    validate(cfg, search)
+    workdir = pathlib.Path(workdir)
+    train.configure_devices(cfg.distribute)
+    import keras
+
+    keras.mixed_precision.set_global_policy(train.resolve_precision(cfg.mixed_precision))
+    try:
+        dataset = data_lib.load(cfg.data, cfg.imbalance)
+        minority = train.minority_classes(cfg, dataset.counts)
+        _check_objective(search, minority)
+        check_workdir(workdir, cfg, search)
+        strategy = train.make_strategy(cfg.distribute)
+        distributed = strategy.num_replicas_in_sync > 1
+        tuner = make_tuner(cfg, search, dataset, minority, workdir,
+                           strategy if distributed else None)
+        train_ds = data_lib.pipeline(dataset.train, cfg.train.batch_size, training=True,
+                                     seed=cfg.data.seed, augment=cfg.data.augment,
+                                     drop_remainder=distributed)
+        val_ds = data_lib.pipeline(dataset.validation, cfg.train.batch_size, training=False)
+        if verbose == "auto":
+            verbose = 1 if os.isatty(1) else 2
+        tuner.search(train_ds, validation_data=val_ds, epochs=trial_epochs(cfg, search),
+                     shuffle=False, verbose=verbose)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    if _is_worker():
+        return None
+    return write_reports(workdir, cfg, search)
+
+
+def validate(cfg, search):
+    """Errors a search would meet late, raised before any data is read."""
+    if cfg.data.validation_per_class < 1:
+        raise config_lib.ConfigError(
+            "Invalid value for key `data.validation_per_class`. Expected an integer >= 1 for a "
+            "search: trials are scored on a validation split carved from the training data, "
+            "never on the test split (e.g. --set data.validation_per_class=500). Received: "
+            f"data.validation_per_class={cfg.data.validation_per_class}")
+    check_space(cfg, search)
+
+
+def check_space(cfg, search):
+    """Every searched loss must make a valid training config (e.g. ldam needs model.head
+    cosine): fail before the first trial, naming the key, rather than in every trial."""
+    space = search.space
+    for name in space.loss:
+        spec = {"name": name}
+        if name in config_lib.beta_losses([name]):
+            spec["beta"] = space.beta[0]
+        if name in config_lib.gamma_losses([name]):
+            spec["gamma"] = space.gamma[0]
+        try:
+            trial_config(cfg, search, spec)
+        except config_lib.ConfigError as error:
+            raise config_lib.ConfigError(f"search.space.loss {name!r}: {error}") from None
+
+
+def _check_objective(search, minority):
+    names = {"val_loss", "val_all_accuracy"}
+    if minority:
+        names |= {"val_majority_accuracy", "val_minority_accuracy"}
+    if search.objective not in names:
+        raise config_lib.ConfigError(
+            f"Invalid value for key `search.objective`. Expected one of {sorted(names)} for "
+            f"this config. Received: search.objective={search.objective!r}")
+
+
+def final(workdir, verbose="auto"):
+    """Train best.yaml's config into `workdir/final` (resuming it) and return its results."""
+    from tfimb import report, train
+
+    workdir = pathlib.Path(workdir)
+    path = workdir / "best.yaml"
+    if not path.exists():
+        raise SearchError(f"No completed trial in {workdir}: nothing to retrain (no best.yaml).")
+    winner = config_lib.load(path)
+    run_dir = workdir / "final"
+    if (run_dir / train.RESULTS).exists():
+        return report.load_run(run_dir)["results"]
+    return train.run(winner, run_dir, resume=(run_dir / "config.yaml").exists(),
+                     verbose=verbose)
