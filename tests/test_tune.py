@@ -1,3 +1,4 @@
+import argparse
 import csv
 import json
 import os
@@ -115,6 +116,10 @@ def test_distributed_arguments():
         distributed_search.set_environment(worker="127.0.0.1:8000")
     with pytest.raises(distributed_search.LaunchError, match="only with --worker"):
         distributed_search.set_environment(worker_id=1)
+    cfg, search = _smoke()
+    args = argparse.Namespace(local_workers=0, config=str(SMOKE), set=[])
+    with pytest.raises(distributed_search.LaunchError, match="--local-workers=0"):
+        distributed_search.run_local(args, "unused", cfg, search)
 
 
 def _wait_for_completed_trial(workdir, process, timeout=300):

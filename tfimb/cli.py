@@ -29,15 +29,19 @@ def resolve_config_path(name):
                      f"configs shipped with tfimb ({', '.join(shipped)}).")
 
 
-def _train(args):
+def _load_yaml_config(name):
     import yaml
 
+    path = resolve_config_path(name)
+    with open(path) as f:
+        return path, yaml.safe_load(f) or {}
+
+
+def _train(args):
     from tfimb import config as config_lib
     from tfimb import report, train
 
-    path = resolve_config_path(args.config)
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    path, raw = _load_yaml_config(args.config)
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / path.stem)
     variants = raw.pop("variants", None) if isinstance(raw, dict) else None
     jobs = []
@@ -62,17 +66,9 @@ def _train(args):
     return 0
 
 
-def _load_yaml_config(name):
-    import yaml
-
-    path = resolve_config_path(name)
-    with open(path) as f:
-        return path, yaml.safe_load(f) or {}
-
-
 def _tune(args):
     from tfimb import config as config_lib
-    from tfimb import distributed_search, report, tune
+    from tfimb import distributed_search, report, train, tune
 
     path, raw = _load_yaml_config(args.config)
     try:
@@ -81,12 +77,12 @@ def _tune(args):
         raise SystemExit(f"tfimb: {path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
     try:
-        if args.local_workers:
+        if args.local_workers is not None:
             best = distributed_search.run_local(args, workdir, cfg, search)
         else:
             distributed_search.set_environment(args.chief, args.worker, args.worker_id)
             best = tune.run_search(cfg, search, workdir)
-            if tune._is_worker():
+            if tune.is_worker():
                 return 0
     except (config_lib.ConfigError, tune.SearchError, distributed_search.LaunchError) as error:
         raise SystemExit(f"tfimb: {error}") from None
@@ -97,7 +93,7 @@ def _tune(args):
     if args.final:
         try:
             tune.final(workdir)
-        except tune.SearchError as error:
+        except (tune.SearchError, train.RunDirError) as error:
             raise SystemExit(f"tfimb: {error}") from None
         print(report.table([report.load_run(workdir / "final")]))
     return 0

@@ -187,7 +187,7 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
             # keras-tuner names this file after the process's tuner id, and reloads the oracle
             # only when it exists: one name for whichever process owns the oracle (a lone
             # search or the chief) resumes the search whichever way it was started.
-            name = self.tuner_id if _is_worker() else "oracle_owner"
+            name = self.tuner_id if is_worker() else "oracle_owner"
             return os.path.join(str(self.project_dir), f"{name}.json")
 
         def reload(self):
@@ -203,7 +203,7 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
-            if not _is_worker():  # Workers' oracles live in the chief, which writes reports.
+            if not is_worker():  # Workers' oracles live in the chief, which writes reports.
                 write_reports(workdir, cfg, search)
 
     hypermodel = _hypermodel_class()(cfg, search, dataset, minority)
@@ -228,7 +228,7 @@ def _restore_grid_order(oracle):
     oracle._populate_next = [t.trial_id for t in trials]
 
 
-def _is_worker():
+def is_worker():
     return ("KERASTUNER_ORACLE_IP" in os.environ
             and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", ""))
 
@@ -387,7 +387,7 @@ def run_search(cfg, search, workdir, verbose="auto"):
                      shuffle=False, verbose=verbose)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    if _is_worker():
+    if is_worker():
         return None
     return write_reports(workdir, cfg, search)
 
