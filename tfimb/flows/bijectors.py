@@ -1,0 +1,251 @@
+"""RealNVP's bijectors as `tfb.Bijector` subclasses on image events [H, W, C].
+
+Direction (TFP's convention, as in `tfd.TransformedDistribution`): **forward maps the latent
+side to the data side** (generation, the paper's g = f^-1) and **inverse maps data to latent**
+(the paper's f, the direction in which the paper writes its formulas). Log-determinants are
+implemented once, on the data side (`_inverse_log_det_jacobian`, i.e. log|det df/dx|), so that
+`log_prob` uses the statistics of the data it is given (../shared/reference/platform-traps.md 7).
+`Squeeze` is the exception: its forward squeezes [H, W, C] -> [H/2, W/2, 4C]; inside RealNVP it
+is used inverted.
+
+TFP bijectors do not track Keras variables: the networks and the batch-norm statistics belong
+to a Keras model (`tfimb.flows.RealNVP`), which passes them in.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfimb import _checks
+
+tfb = tfp.bijectors
+
+MASKS = ("checkerboard", "channel")
+
+
+def checkerboard_mask(height, width, parity=0, dtype=tf.float32):
+    """[H, W, 1]: 1 where (row + column + parity) is odd, so parity 0 and 1 are complements."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return tf.constant(((rows + cols + parity) % 2)[..., None], dtype)
+
+
+def channel_mask(channels, parity=0, dtype=tf.float32):
+    """[1, 1, C]: 1 on the first half of the channels (parity 0) or the second half (parity 1)."""
+    if channels < 2:
+        raise _checks.invalid_value("channels", "at least 2 channels for a channel mask",
+                                    channels)
+    first = np.arange(channels) < channels // 2
+    return tf.constant((first if parity == 0 else ~first)[None, None, :], dtype)
+
+
+def _event_sum(x):
+    return tf.reduce_sum(x, axis=[-3, -2, -1])
+
+
+class AffineCoupling(tfb.Bijector):
+    """Masked affine coupling (Dinh et al. 2017, eqs. 8-9).
+
+    With a binary mask b (1 = passed through unchanged and conditioned on), data x and latent y:
+
+        inverse (data -> latent):  y = b * x + (1 - b) * (x * exp(s(b * x)) + t(b * x))
+        forward (latent -> data):  x = b * y + (1 - b) * (y - t(b * y)) * exp(-s(b * y))
+        log|det dy/dx| = sum over the (1 - b) units of s(b * x)
+
+    `network(masked_x, training=...)` returns `(s, t)`, each shaped like x; s should be bounded
+    (RealNVP uses scale * tanh, with a zero-initialised scale so each coupling starts as the
+    identity). `mask`: "checkerboard" (spatial, 1 where row + column + parity is odd) or
+    "channel" (first half of the channels for parity 0, second half for parity 1).
+    `training` is passed to the network (its batch normalisation).
+    """
+
+    def __init__(self, network, mask="checkerboard", parity=0, training=False,
+                 validate_args=False, name=None):
+        parameters = dict(locals())
+        if mask not in MASKS:
+            raise _checks.invalid_value("mask", f"one of {MASKS}", mask)
+        if parity not in (0, 1):
+            raise _checks.invalid_value("parity", "0 or 1", parity)
+        self._network, self._mask, self._parity = network, mask, parity
+        self._training = bool(training)
+        self._last = (None, None)
+        super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
+                         parameters=parameters,
+                         name=name or f"affine_coupling_{mask}_{parity}")
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    @property
+    def mask_type(self):
+        return self._mask
+
+    @property
+    def parity(self):
+        return self._parity
+
+    def mask(self, x):
+        """The mask b broadcastable against x (its dtype)."""
+        height, width, channels = x.shape[-3:]
+        if self._mask == "checkerboard":
+            return checkerboard_mask(height, width, self._parity, x.dtype)
+        return channel_mask(channels, self._parity, x.dtype)
+
+    def _scale_and_shift(self, x):
+        # The inverse and the log-det of one tensor share one network evaluation.
+        if self._last[0] is not x:
+            b = self.mask(x)
+            s, t = self._network(b * x, training=self._training)
+            self._last = (x, (b, (1.0 - b) * tf.cast(s, x.dtype),
+                              (1.0 - b) * tf.cast(t, x.dtype)))
+        return self._last[1]
+
+    def _inverse(self, y):  # data -> latent (the paper's direction)
+        b, s, t = self._scale_and_shift(y)
+        return b * y + (1.0 - b) * (y * tf.exp(s) + t)
+
+    def _forward(self, x):  # latent -> data
+        b, s, t = self._scale_and_shift(x)  # b * x is the same on both sides.
+        return b * x + (1.0 - b) * (x - t) * tf.exp(-s)
+
+    def _inverse_log_det_jacobian(self, y):
+        _, s, _ = self._scale_and_shift(y)
+        return _event_sum(s)
+
+
+class Squeeze(tfb.Bijector):
+    """Space-to-depth in the authors' channel order: forward [H, W, C] -> [H/2, W/2, 4C].
+
+    Pixel (2i + dy, 2j + dx) channel c goes to pixel (i, j) channel `4c + 2dy + dx` (not
+    `tf.nn.space_to_depth`'s `(2dy + dx) C + c`), so that a channel mask after the squeeze
+    conditions on the same units as in the authors' code. Volume preserving: log-det 0.
+    """
+
+    def __init__(self, validate_args=False, name="squeeze"):
+        parameters = dict(locals())
+        super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
+                         is_constant_jacobian=True, validate_args=validate_args,
+                         parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    def _forward(self, x):
+        batch = tf.shape(x)[:-3]
+        h, w, c = x.shape[-3:]
+        if h % 2 or w % 2:
+            raise _checks.invalid_value("x", "an even height and width to squeeze",
+                                        tuple(x.shape))
+        rank = len(x.shape)
+        x = tf.reshape(x, tf.concat([batch, [h // 2, 2, w // 2, 2, c]], 0))
+        n = rank - 3  # Batch dimensions.
+        # [.., i, dy, j, dx, c] -> [.., i, j, c, dy, dx]
+        x = tf.transpose(x, list(range(n)) + [n, n + 2, n + 4, n + 1, n + 3])
+        return tf.reshape(x, tf.concat([batch, [h // 2, w // 2, 4 * c]], 0))
+
+    def _inverse(self, y):
+        batch = tf.shape(y)[:-3]
+        h, w, c4 = y.shape[-3:]
+        if c4 % 4:
+            raise _checks.invalid_value("y", "a channel count divisible by 4 to unsqueeze",
+                                        tuple(y.shape))
+        c, n = c4 // 4, len(y.shape) - 3
+        y = tf.reshape(y, tf.concat([batch, [h, w, c, 2, 2]], 0))
+        # [.., i, j, c, dy, dx] -> [.., i, dy, j, dx, c]
+        y = tf.transpose(y, list(range(n)) + [n, n + 3, n + 1, n + 4, n + 2])
+        return tf.reshape(y, tf.concat([batch, [2 * h, 2 * w, c]], 0))
+
+    def _forward_log_det_jacobian(self, x):
+        return tf.zeros([], x.dtype)
+
+    def _forward_event_shape(self, input_shape):
+        h, w, c = tf.TensorShape(input_shape)[-3:]
+        half = lambda d: None if d is None else d // 2  # noqa: E731
+        return tf.TensorShape([half(h), half(w), None if c is None else 4 * c])
+
+    def _inverse_event_shape(self, output_shape):
+        h, w, c = tf.TensorShape(output_shape)[-3:]
+        double = lambda d: None if d is None else 2 * d  # noqa: E731
+        return tf.TensorShape([double(h), double(w), None if c is None else c // 4])
+
+    def _forward_event_shape_tensor(self, input_shape):
+        return tf.stack([input_shape[-3] // 2, input_shape[-2] // 2, 4 * input_shape[-1]])
+
+    def _inverse_event_shape_tensor(self, output_shape):
+        return tf.stack([2 * output_shape[-3], 2 * output_shape[-2], output_shape[-1] // 4])
+
+
+class RunningBatchNorm(tfb.Bijector):
+    """Batch normalisation with running statistics (Dinh et al. 2017, appendix E).
+
+        inverse (data -> latent):  y = (x - mu) / sqrt(var + epsilon)
+        forward (latent -> data):  x = y * sqrt(var + epsilon) + mu
+        log|det dy/dx| = -1/2 * H * W * sum_c log(var_c + epsilon)   (per example)
+
+    Statistics are per channel over batch, height and width. In inference
+    (`training=False`) mu and var are the running statistics. In training they are the running
+    statistics updated with the current batch, `mu = momentum * mu_run + (1 - momentum) *
+    mu_batch` (same for var), with gradients flowing only through the batch part; the values
+    used are recorded in `pending_updates` and written to the running statistics by the model
+    once per training step (`apply_updates`), after the loss has been computed, so that the
+    inverse and its log-det of one step see the same statistics.
+
+    `moving_mean` and `moving_variance` are variables of shape [C] owned by the caller (a Keras
+    layer, so that they are checkpointed and mirrored).
+    """
+
+    def __init__(self, moving_mean, moving_variance, momentum=0.9, epsilon=1e-4,
+                 training=False, validate_args=False, name="running_batch_norm"):
+        parameters = dict(locals())
+        self._momentum = _checks.check_range("momentum", momentum, 0.0, 1.0,
+                                             high_inclusive=False)
+        self._epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
+        self._mean, self._variance = moving_mean, moving_variance
+        self._training = bool(training)
+        self.pending_updates = []
+        super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
+                         parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    def statistics(self, x):
+        """(mu, var) used for data x: running, or (training) running updated with the batch."""
+        mean = tf.cast(tf.convert_to_tensor(self._mean), x.dtype)
+        variance = tf.cast(tf.convert_to_tensor(self._variance), x.dtype)
+        if not self._training:
+            return mean, variance
+        axes = list(range(len(x.shape) - 1))
+        batch_mean, batch_variance = tf.nn.moments(x, axes=axes)
+        m = self._momentum
+        return (m * tf.stop_gradient(mean) + (1.0 - m) * batch_mean,
+                m * tf.stop_gradient(variance) + (1.0 - m) * batch_variance)
+
+    def _inverse(self, y):
+        mean, variance = self.statistics(y)
+        if self._training:
+            self.pending_updates.append((mean, variance))
+        return (y - mean) * tf.math.rsqrt(variance + self._epsilon)
+
+    def _forward(self, x):
+        mean, variance = self.statistics_for_forward(x)
+        return x * tf.sqrt(variance + self._epsilon) + mean
+
+    def statistics_for_forward(self, x):
+        """The forward (sampling) direction has no data batch: always the running statistics."""
+        return (tf.cast(tf.convert_to_tensor(self._mean), x.dtype),
+                tf.cast(tf.convert_to_tensor(self._variance), x.dtype))
+
+    def _inverse_log_det_jacobian(self, y):
+        _, variance = self.statistics(y)
+        height, width = y.shape[-3], y.shape[-2]
+        return -0.5 * height * width * tf.reduce_sum(tf.math.log(variance + self._epsilon))
+
+    def apply_updates(self):
+        """Write the statistics recorded in training to the running variables; clear them."""
+        for mean, variance in self.pending_updates:
+            self._mean.assign(tf.stop_gradient(tf.cast(mean, self._mean.dtype)))
+            self._variance.assign(tf.stop_gradient(tf.cast(variance, self._variance.dtype)))
+        self.pending_updates = []

@@ -1,0 +1,353 @@
+"""The multi-scale RealNVP density model (Dinh, Sohl-Dickstein, Bengio, ICLR 2017).
+
+Architecture, data -> latent (the paper's f), for an image [H, W, C]:
+
+    scale k < num_scales - 1:  3 checkerboard couplings (parities 0, 1, 0), squeeze to
+        [H/2, W/2, 4C], 3 channel couplings (parities 0, 1, 0), factor out the second half of
+        the channels (they go straight to the latent), recurse on the first half, unsqueeze;
+    final scale:               4 checkerboard couplings (parities 0, 1, 0, 1).
+
+Every coupling is followed by a `RunningBatchNorm` bijector. The s/t networks of scale k have
+`num_filters * 2**k` feature maps. The latent z has the shape of x and a standard normal prior.
+
+`RealNVP` is a Keras model that owns every network and batch-norm statistic (TFP bijectors do
+not track Keras variables); `bijector(training)` assembles the `tfb.Bijector` between the
+preprocessed (logit) data space and the latent space, whose forward direction generates.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfimb import _checks
+from tfimb.flows import bijectors as flow_bijectors
+from tfimb.flows import preprocessing
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (Keras layers, owned by the model).
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class WeightNormConv2D(keras.layers.Layer):
+    """Conv2D with a weight-normalised kernel: `w = g * v / ||v||` per output channel
+    (Salimans & Kingma 2016). `g` starts at 1 (`scale_init`), so w starts as a unit-norm v."""
+
+    def __init__(self, filters, kernel_size=3, scale_init=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.scale_init = filters, kernel_size, scale_init
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.v = self.add_weight(shape=(k, k, input_shape[-1], self.filters), name="v",
+                                 initializer=keras.initializers.RandomNormal(stddev=0.05))
+        self.g = self.add_weight(shape=(self.filters,), name="g",
+                                 initializer=keras.initializers.Constant(self.scale_init))
+        self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+
+    def call(self, x):
+        norm = tf.sqrt(tf.reduce_sum(tf.square(self.v), axis=[0, 1, 2]) + 1e-12)
+        kernel = self.v * (self.g / norm)
+        return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME") + tf.cast(self.bias,
+                                                                            x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "scale_init": self.scale_init}
+
+
+class CouplingNetwork(keras.layers.Layer):
+    """s and t of one coupling: a ResNet of weight-normalised 3x3 convolutions with batch norm
+    and ReLU (pre-activation blocks), output 2C maps split into raw s and t;
+    `s = scale * tanh(raw s)` with a per-channel scale that starts at zero, so the coupling
+    starts as a pure shift by t and log-det 0."""
+
+    def __init__(self, channels, num_blocks, num_filters, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.stem = WeightNormConv2D(num_filters, name="stem")
+        self.blocks = []
+        for i in range(num_blocks):
+            self.blocks.append([keras.layers.BatchNormalization(name=f"block{i}_bn1"),
+                                WeightNormConv2D(num_filters, name=f"block{i}_conv1"),
+                                keras.layers.BatchNormalization(name=f"block{i}_bn2"),
+                                WeightNormConv2D(num_filters, name=f"block{i}_conv2")])
+        self.out_bn = keras.layers.BatchNormalization(name="out_bn")
+        self.out = WeightNormConv2D(2 * channels, name="out")
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(self.channels,), name="scale", initializer="zeros")
+
+    def call(self, x, training=False):
+        h = self.stem(x)
+        for bn1, conv1, bn2, conv2 in self.blocks:
+            r = conv1(tf.nn.relu(bn1(h, training=training)))
+            h = h + conv2(tf.nn.relu(bn2(r, training=training)))
+        raw = self.out(tf.nn.relu(self.out_bn(h, training=training)))
+        raw_s, t = raw[..., :self.channels], raw[..., self.channels:]
+        return self.scale * tf.tanh(raw_s), t
+
+
+class MovingMoments(keras.layers.Layer):
+    """Running per-channel mean and variance of one `RunningBatchNorm` bijector."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.moving_mean = self.add_weight(shape=(channels,), name="moving_mean",
+                                           initializer="zeros", trainable=False,
+                                           aggregation="mean")
+        self.moving_variance = self.add_weight(shape=(channels,), name="moving_variance",
+                                               initializer="ones", trainable=False,
+                                               aggregation="mean")
+
+
+class _FactorOut(tfb.Bijector):
+    """Applies `inner` to the first `keep` channels; the others pass through (they are the
+    units factored out to the latent at this scale)."""
+
+    def __init__(self, inner, keep, name="factor_out"):
+        parameters = dict(locals())
+        self._inner, self._keep = inner, keep
+        self._last = (None, None)
+        super().__init__(forward_min_event_ndims=3, parameters=parameters, name=name)
+
+    def _kept(self, y):
+        # The same slice object for inverse and log-det, so that the inner chain's cache
+        # serves the log-det instead of running every inner network a second time.
+        if self._last[0] is not y:
+            self._last = (y, y[..., :self._keep])
+        return self._last[1]
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    def _forward(self, x):
+        return tf.concat([self._inner.forward(x[..., :self._keep]), x[..., self._keep:]], -1)
+
+    def _inverse(self, y):
+        return tf.concat([self._inner.inverse(self._kept(y)), y[..., self._keep:]], -1)
+
+    def _inverse_log_det_jacobian(self, y):
+        return self._inner.inverse_log_det_jacobian(self._kept(y), event_ndims=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class RealNVP(keras.Model):
+    """Multi-scale RealNVP on images of `image_shape` [H, W, C] (H and W divisible by
+    2**(num_scales - 1)).
+
+    Args:
+        image_shape: (H, W, C) of the uint8 images.
+        num_scales: scales; each but the last squeezes and factors out half of its units.
+        num_blocks: residual blocks per s/t network (paper, CIFAR-10: 8).
+        num_filters: feature maps of the first scale's s/t networks (CIFAR-10: 64); doubled at
+            each coarser scale.
+        momentum: running-average momentum of the batch-norm bijectors.
+        epsilon: their variance epsilon.
+        alpha: the logit transform's alpha (0.05).
+        l2: L2 penalty on the weight-norm scales g (paper: 5e-5).
+        seed: dequantisation noise seed for training.
+
+    Methods take uint8 images unless they say otherwise: `bits_per_dim`, `encode` (to z),
+    `decode` (z to uint8), `sample(n, temperature)`; `log_prob(l)` is the density of
+    preprocessed (logit-space) data. `fit` on batches of uint8 images trains by bits/dim.
+    """
+
+    def __init__(self, image_shape, num_scales=2, num_blocks=8, num_filters=64, momentum=0.9,
+                 epsilon=1e-4, alpha=preprocessing.ALPHA, l2=5e-5, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise _checks.invalid_value("image_shape", "(height, width, channels)", image_shape)
+        num_scales = _checks.check_int("num_scales", num_scales, 1)
+        factor = 2 ** (num_scales - 1)
+        if image_shape[0] % factor or image_shape[1] % factor:
+            raise _checks.invalid_value(
+                "image_shape", f"height and width divisible by 2**(num_scales - 1) = {factor} "
+                f"(num_scales={num_scales})", image_shape)
+        self.image_shape = image_shape
+        self.num_scales = num_scales
+        self.num_blocks = _checks.check_int("num_blocks", num_blocks, 1)
+        self.num_filters = _checks.check_int("num_filters", num_filters, 1)
+        self.momentum = _checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
+        self.epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
+        self.alpha = _checks.check_range("alpha", alpha, 0.0, 0.5, low_inclusive=False,
+                                         high_inclusive=False)
+        self.l2 = _checks.check_range("l2", l2, 0.0)
+        self.seed = seed
+        self.num_dims = math.prod(image_shape)
+        self._layout = self._make_layout()
+        self.noise_seed = keras.random.SeedGenerator(seed)
+        self.bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
+        self._built_flow = False
+
+    def _make_layout(self):
+        """Per scale: [(kind, mask, parity, channels, filters, network, moments), ...]."""
+        h, w, c = self.image_shape
+        layout = []
+        for k in range(self.num_scales):
+            filters = self.num_filters * 2 ** k
+            final = k == self.num_scales - 1
+            steps = [("checkerboard", p, c) for p in ((0, 1, 0, 1) if final else (0, 1, 0))]
+            if not final:
+                steps += [("channel", p, 4 * c) for p in (0, 1, 0)]
+            scale = []
+            for i, (mask, parity, channels) in enumerate(steps):
+                network = CouplingNetwork(channels, self.num_blocks, filters,
+                                          name=f"scale{k}_coupling{i}_{mask}")
+                moments = MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
+                scale.append((mask, parity, network, moments))
+            layout.append(scale)
+            h, w, c = h // 2, w // 2, 2 * c
+        return layout
+
+    # -- The bijector ----------------------------------------------------------------------
+
+    def bijector(self, training=False):
+        """The `tfb.Bijector` latent z -> logit-space data l (inverse: l -> z).
+
+        `training=True`: batch statistics in the coupling networks and the batch-norm bijectors
+        (their running statistics change only through `train_step`)."""
+        chain, _ = self._assemble(training)
+        return chain
+
+    def _assemble(self, training):
+        batch_norms = []
+        inner = None
+        for k in reversed(range(self.num_scales)):
+            steps = []  # In data -> latent order; tfb.Chain applies inverses first to last.
+            for i, (mask, parity, network, moments) in enumerate(self._layout[k]):
+                if mask == "channel" and i == 3:
+                    steps.append(tfb.Invert(flow_bijectors.Squeeze()))
+                steps.append(flow_bijectors.AffineCoupling(network, mask, parity,
+                                                           training=training))
+                bn = flow_bijectors.RunningBatchNorm(
+                    moments.moving_mean, moments.moving_variance, momentum=self.momentum,
+                    epsilon=self.epsilon, training=training, name=f"{moments.name}_bn")
+                batch_norms.append(bn)
+                steps.append(bn)
+            if inner is not None:
+                channels = 4 * self.image_shape[2] * 2 ** k // 2  # Keep half after squeeze.
+                steps.append(_FactorOut(inner, channels, name=f"scale{k}_factor_out"))
+                steps.append(flow_bijectors.Squeeze())  # Unsqueeze (data -> latent).
+            inner = tfb.Chain(steps, name=f"scale{k}")
+        return inner, batch_norms
+
+    def distribution(self, training=False):
+        """`tfd.TransformedDistribution`: standard normal latent pushed to logit space."""
+        base = tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
+        return tfd.TransformedDistribution(base, self.bijector(training))
+
+    # -- Densities -------------------------------------------------------------------------
+
+    def log_prob(self, l, training=False):
+        """log density of logit-space data l [B, H, W, C] (nats per example)."""
+        l = tf.identity(tf.convert_to_tensor(l, tf.float32))  # Fresh tensor: no stale cache.
+        return self.distribution(training).log_prob(l)
+
+    def _log_px(self, images, training, noise, seed=None):
+        x = preprocessing.dequantize(images, noise, seed)
+        l, log_det = preprocessing.to_logit(x, self.alpha)
+        chain, batch_norms = self._assemble(training)
+        base = tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
+        log_pl = tfd.TransformedDistribution(base, chain).log_prob(l)
+        return log_pl + log_det, batch_norms
+
+    def bits_per_dim(self, images, noise="uniform", seed=None, training=False):
+        """Bits/dim of uint8 images [B, H, W, C], per example (uniform dequantisation noise by
+        default; noise="mid" is deterministic)."""
+        images = tf.convert_to_tensor(images)
+        log_px, _ = self._log_px(images, training, noise, seed)
+        return preprocessing.bits_per_dim(log_px, self.num_dims)
+
+    def call(self, images, training=False):
+        """Bits/dim per example with mid-bin dequantisation (deterministic)."""
+        return self.bits_per_dim(images, noise="mid", training=training)
+
+    # -- Latents and samples (inference mode: running statistics) --------------------------
+
+    def encode(self, images, noise="mid", seed=None):
+        """uint8 images -> latent z (same shape, float32); mid-bin dequantisation by default."""
+        x = preprocessing.dequantize(tf.convert_to_tensor(images), noise, seed)
+        l, _ = preprocessing.to_logit(x, self.alpha)
+        return self.bijector(training=False).inverse(tf.identity(l))
+
+    def decode(self, z):
+        """latent z -> uint8 images."""
+        l = self.bijector(training=False).forward(tf.identity(tf.convert_to_tensor(z,
+                                                                                   tf.float32)))
+        return preprocessing.to_uint8(preprocessing.from_logit(l, self.alpha))
+
+    def sample(self, n, temperature=1.0, seed=None):
+        """n uint8 images from z ~ N(0, temperature^2 I)."""
+        n = _checks.check_int("n", n, 1)
+        temperature = _checks.check_range("temperature", temperature, 0.0,
+                                          low_inclusive=False)
+        shape = (n,) + self.image_shape
+        if seed is None:
+            z = tf.random.normal(shape)
+        else:
+            z = tf.random.stateless_normal(shape, [int(seed), 0])
+        return self.decode(temperature * z)
+
+    # -- Training --------------------------------------------------------------------------
+
+    def weight_norm_scales(self):
+        return [w for w in self.trainable_weights if w.path.endswith("/g")]
+
+    def build(self, input_shape=None):
+        if not self._built_flow:
+            self._built_flow = True
+            self.bits_per_dim(tf.zeros((2,) + self.image_shape, tf.uint8), noise="mid")
+        super().build(input_shape)
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        seed = keras.random.draw_seed(self.noise_seed)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            log_px, batch_norms = self._log_px(images, True, "uniform", seed)
+            bpd = preprocessing.bits_per_dim(log_px, self.num_dims)
+            penalty = self.l2 * tf.add_n([tf.reduce_sum(tf.square(g))
+                                          for g in self.weight_norm_scales()])
+            loss = tf.reduce_mean(bpd) + penalty
+            loss = tf.debugging.check_numerics(
+                loss, "RealNVP: the training loss (bits/dim) is NaN or infinite; training "
+                "stopped before writing a checkpoint of this step")
+            scaled = loss / replicas  # The optimizer sums gradients over replicas.
+        weights = self.trainable_weights
+        grads = tape.gradient(scaled, weights)
+        tf.debugging.check_numerics(tf.linalg.global_norm(grads),
+                                    "RealNVP: the gradient norm is NaN or infinite")
+        self.optimizer.apply_gradients(zip(grads, weights))
+        for bn in batch_norms:
+            bn.apply_updates()
+        self.bpd_tracker.update_state(bpd)
+        return {"loss": loss, "bits_per_dim": self.bpd_tracker.result()}
+
+    def test_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        seed = keras.random.draw_seed(self.noise_seed)
+        bpd = self.bits_per_dim(images, noise="uniform", seed=seed, training=False)
+        self.bpd_tracker.update_state(bpd)
+        return {"bits_per_dim": self.bpd_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.bpd_tracker]
+
+    def get_config(self):
+        return {"image_shape": list(self.image_shape), "num_scales": self.num_scales,
+                "num_blocks": self.num_blocks, "num_filters": self.num_filters,
+                "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,
+                "l2": self.l2, "seed": self.seed, "name": self.name}
