@@ -341,6 +341,89 @@ def _in_range(key, value, check, expected):
                           f"Received: {key}={value!r}") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# `tfimb flow train`: RealNVP configs.
+
+
+@dataclasses.dataclass
+class FlowModelConfig:
+    num_scales: int = 2              # the paper's CIFAR-10 model: 2 scales, 8 blocks, 64 maps
+    num_blocks: int = 8
+    num_filters: int = 64
+    momentum: float = 0.9            # running statistics of the batch-norm bijectors
+    epsilon: float = 1.0e-4
+    alpha: float = 0.05              # logit transform
+
+    def validate(self):
+        for key in ("num_scales", "num_blocks", "num_filters"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError("Invalid value for key `model.momentum`. Expected 0 <= momentum "
+                              f"< 1. Received: model.momentum={self.momentum}")
+        if not 0 < self.alpha < 0.5 or not self.epsilon > 0:
+            raise ConfigError("Invalid value for keys `model.alpha` / `model.epsilon`. Expected "
+                              "0 < alpha < 0.5 and epsilon > 0. Received: "
+                              f"alpha={self.alpha}, epsilon={self.epsilon}")
+
+
+@dataclasses.dataclass
+class FlowTrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1.0e-3    # Adam, default betas
+    l2: float = 5.0e-5               # on the weight-norm scales only
+    clip_norm: float = 100.0         # global gradient norm
+    flip: bool = True                # random horizontal flips
+    seed: int = 0
+    max_train_images: typing.Optional[int] = None  # a subset, for CPU-sized runs
+    max_eval_images: typing.Optional[int] = None
+
+    def validate(self):
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.batch_size", self.batch_size, 2)  # Batch statistics need 2.
+        for key in ("max_train_images", "max_eval_images"):
+            if getattr(self, key) is not None:
+                _at_least(f"train.{key}", getattr(self, key), 2)
+        for key in ("learning_rate", "clip_norm"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"Invalid value for key `train.{key}`. Expected a number > 0. "
+                                  f"Received: train.{key}={getattr(self, key)}")
+        if self.l2 < 0:
+            raise ConfigError("Invalid value for key `train.l2`. Expected a number >= 0. "
+                              f"Received: train.l2={self.l2}")
+
+
+@dataclasses.dataclass
+class FlowConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: FlowModelConfig = dataclasses.field(default_factory=FlowModelConfig)
+    train: FlowTrainConfig = dataclasses.field(default_factory=FlowTrainConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+
+    def validate(self):
+        for section in (self.data, self.model, self.train, self.distribute):
+            section.validate()
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def resolve_flow(raw, overrides=()):
+    """A validated `FlowConfig`: defaults, then the YAML dict, then `--set` overrides."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
+    _build(FlowConfig, raw or {}, "")  # Unknown keys in the file are reported as such.
+    merged = merge(FlowConfig().to_dict(), raw or {})
+    for text in overrides:
+        merged = merge(merged, parse_override(text))
+    return _build(FlowConfig, merged, "").validate()
+
+
+def dump_flow(config):
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def _one_of(key, value, valid):
     if value not in valid:
         raise ConfigError(f"Invalid value for key `{key}`. Expected one of {list(valid)}. "

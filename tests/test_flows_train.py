@@ -1,0 +1,110 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+
+from tfimb import config
+from tfimb.flows import train as flow_train
+
+# One scale (4 couplings) keeps the traced training step small; test_flows.py covers scales.
+TINY = ["data.source=digits", "data.augment=false", "model.num_scales=1", "model.num_blocks=1",
+        "model.num_filters=4",
+        "train.epochs=2", "train.batch_size=32", "train.max_train_images=128",
+        "train.max_eval_images=64", "train.flip=false"]
+
+
+def _tiny(*overrides):
+    return config.resolve_flow({}, TINY + list(overrides))
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "tfimb", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_flow_config_validation():
+    with pytest.raises(config.ConfigError, match="Unknown key `model.num_layers`. Valid keys"):
+        config.resolve_flow({"model": {"num_layers": 3}})
+    with pytest.raises(config.ConfigError, match="train.batch_size=1"):
+        config.resolve_flow({}, ["train.batch_size=1"])
+    with pytest.raises(config.ConfigError, match="model.momentum"):
+        config.resolve_flow({}, ["model.momentum=1.0"])
+    cfg = config.resolve_flow({}, ["train.epochs=3"])
+    assert cfg.model.num_blocks == 8 and cfg.train.batch_size == 64 and cfg.train.epochs == 3
+
+
+def test_interpolation_manifold_corners():
+    z = np.arange(4 * 2 * 2 * 1, dtype=np.float32).reshape(4, 2, 2, 1)
+    grid = flow_train.interpolation_latents(z, 3)
+    assert grid.shape == (9, 2, 2, 1)
+    np.testing.assert_allclose(grid[0], z[0], atol=1e-6)   # phi = phi' = 0
+    np.testing.assert_allclose(grid[2], z[1], atol=1e-6)   # phi = 0, phi' = pi/2
+    np.testing.assert_allclose(grid[6], z[2], atol=1e-6)   # phi = pi/2, phi' = 0
+    np.testing.assert_allclose(grid[8], z[3], atol=1e-6)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.slow
+def test_flow_training_resumes_and_a_nan_step_stops_it(tmp_path):
+    cfg = _tiny()
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        flow_train.run(cfg, run_dir, verbose=0, callbacks=[_Interrupt()])
+    assert not (run_dir / "results.json").exists()
+    with pytest.raises(flow_train.FlowRunError, match="--resume"):
+        flow_train.run(cfg, run_dir, verbose=0)
+    results = flow_train.run(cfg, run_dir, resume=True, verbose=0)
+    assert results["epochs_completed"] == 2
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_bits_per_dim" in history[0]
+    assert np.isfinite(results["bits_per_dim"]["test"]) and results["bits_per_dim"]["test"] > 0
+    with pytest.raises(flow_train.FlowRunError, match="finished run"):
+        flow_train.run(cfg, run_dir, resume=True, verbose=0)
+    # The trained weights reload to the same bits/dim.
+    _, model, dataset = flow_train.load_run(run_dir)
+    images = dataset.evaluation.images[:8]
+    np.testing.assert_allclose(model(images).numpy(), model(images).numpy())
+
+    # A non-finite step stops training with a clear message (eagerly here: the traced step
+    # runs the same check) instead of updating the weights.
+    scale = [w for w in model.weights if w.path.endswith("/scale")][0]
+    scale.assign(np.full(scale.shape, np.nan, np.float32))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = [w.numpy().copy() for w in model.weights if w.path.endswith("/v")]
+    with pytest.raises(Exception, match="RealNVP: the training loss .* NaN or infinite"):
+        model.train_step(images)
+    for w, old in zip([w for w in model.weights if w.path.endswith("/v")], before):
+        np.testing.assert_array_equal(w.numpy(), old)
+
+
+@pytest.mark.slow
+def test_flow_cli_end_to_end_mirrored_over_two_cpus(tmp_path):
+    args = ["flow", "train", "flow_default", "--workdir", str(tmp_path / "run"),
+            "--set", "distribute.strategy=mirrored"]
+    for item in TINY:
+        args += ["--set", item]
+    result = _cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["replicas"] == 2 and results["epochs_completed"] == 2
+    assert set(results["bits_per_dim"]) == {"train", "test"}
+    assert (tmp_path / "run" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    for command in (["sample", str(tmp_path / "run"), "--n", "9", "--temperature", "0.5"],
+                    ["interpolate", str(tmp_path / "run"), "--steps", "3"],
+                    ["evaluate", str(tmp_path / "run")]):
+        result = _cli("flow", *command, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "samples_T0.5.png").exists()
+    assert (tmp_path / "run" / "interpolation.png").exists()
+    assert "test bits/dim:" in result.stdout

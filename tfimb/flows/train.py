@@ -1,0 +1,271 @@
+"""`tfimb flow train / evaluate / sample / interpolate`: RealNVP runs under tf.distribute.
+
+Training follows the paper and the authors' code: Adam (default betas), L2 on the weight-norm
+scales, gradient clipping at a global norm, uniform dequantisation noise drawn per step, random
+horizontal flips, and a numerics check that stops training with a clear message before a
+checkpoint of a non-finite step can be written.
+
+A run directory holds `config.yaml`, `history.csv` (per epoch: training bits/dim in training
+mode, evaluation bits/dim in inference mode), `logs/` (TensorBoard: bits/dim and samples),
+`checkpoints/` (every epoch; `--resume` continues), `model.weights.h5`, `samples.png` and, written
+atomically once the run has finished, `results.json`.
+"""
+
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import yaml
+
+from tfimb import config as config_lib
+
+RESULTS = "results.json"
+WEIGHTS = "model.weights.h5"
+
+
+class FlowRunError(RuntimeError):
+    """A run directory that cannot be used as asked."""
+
+
+def _atomic_write(path, text):
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _subset(split, limit, seed):
+    if limit is None or limit >= len(split):
+        return split.images
+    index = np.random.default_rng(seed).permutation(len(split))[:limit]
+    return split.images[np.sort(index)]
+
+
+def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=False):
+    """uint8 images -> batches (shuffled and randomly flipped when training)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images)
+    if training:
+        ds = ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=True)
+        if flip:
+            ds = ds.map(lambda x: tf.image.random_flip_left_right(x, seed=seed),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder or training)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def build_model(cfg, image_shape):
+    from tfimb.flows import realnvp
+
+    m = cfg.model
+    model = realnvp.RealNVP(image_shape, num_scales=m.num_scales, num_blocks=m.num_blocks,
+                            num_filters=m.num_filters, momentum=m.momentum, epsilon=m.epsilon,
+                            alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed)
+    model.build()
+    return model
+
+
+def _prepare(run_dir, cfg, resume):
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / "config.yaml"
+    text = config_lib.dump_flow(cfg)
+    if (run_dir / RESULTS).exists():
+        raise FlowRunError(f"{run_dir} holds a finished run ({RESULTS} exists); it is never "
+                           "overwritten. Pass another --workdir, or delete the directory.")
+    if path.exists():
+        if not resume:
+            raise FlowRunError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
+                               "it, or another --workdir to start afresh.")
+        if path.read_text() != text:
+            raise FlowRunError(f"--resume refused: the config differs from {path}.")
+        return True
+    if resume:
+        raise FlowRunError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text)
+    return False
+
+
+def _sample_callback(log_dir, n=16):
+    import keras
+    import tensorflow as tf
+
+    class SampleImages(keras.callbacks.Callback):
+        """Samples (temperature 1 and 0.7) to TensorBoard at the end of every epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.writer = tf.summary.create_file_writer(str(log_dir / "samples"))
+
+        def on_epoch_end(self, epoch, logs=None):
+            with self.writer.as_default():
+                for temperature in (1.0, 0.7):
+                    images = self.model.sample(n, temperature, seed=epoch)
+                    tf.summary.image(f"samples_T{temperature}", images, step=epoch,
+                                     max_outputs=n)
+            self.writer.flush()
+
+    return SampleImages()
+
+
+def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
+    """Train RealNVP per `cfg` into `run_dir`; evaluate; write samples and results.json.
+
+    `callbacks`: extra Keras callbacks for `fit` (after tfimb's own)."""
+    from tfimb import data as data_lib
+    from tfimb import train as classifier_train
+
+    classifier_train.configure_devices(cfg.distribute)
+    import keras
+    import tensorflow as tf
+
+    run_dir = pathlib.Path(run_dir)
+    resuming = _prepare(run_dir, cfg, resume)
+    keras.utils.set_random_seed(cfg.train.seed)
+    dataset = data_lib.load(cfg.data, None)
+    train_images = _subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
+    eval_images = _subset(dataset.evaluation, cfg.train.max_eval_images, cfg.train.seed + 1)
+    image_shape = train_images.shape[1:]
+    strategy = classifier_train.make_strategy(cfg.distribute)
+    with strategy.scope():
+        model = build_model(cfg, image_shape)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
+                                                      global_clipnorm=cfg.train.clip_norm))
+    train_ds = pipeline(train_images, cfg.train.batch_size, True, cfg.train.seed,
+                        cfg.train.flip, drop_remainder=True)
+    eval_ds = pipeline(eval_images, cfg.train.batch_size, False,
+                       drop_remainder=strategy.num_replicas_in_sync > 1)
+    timer = classifier_train.EpochTimer()
+    extra, callbacks = list(callbacks), [
+        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
+                                         save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        _sample_callback(run_dir / "logs"),
+        timer,
+    ]
+    callbacks += extra
+    if verbose == "auto":
+        verbose = 1 if os.isatty(1) else 2
+    try:
+        model.fit(train_ds, validation_data=eval_ds, epochs=cfg.train.epochs,
+                  callbacks=callbacks, verbose=verbose)
+    except tf.errors.InvalidArgumentError as error:
+        if "RealNVP:" not in str(error):
+            raise
+        message = str(error).split("RealNVP:")[1].split(" : ")[0].split("\n")[0]
+        raise FloatingPointError(
+            f"RealNVP training stopped: {message.strip()}. {run_dir} keeps the checkpoint of "
+            "the last completed epoch (resume with --resume after lowering "
+            "train.learning_rate or train.clip_norm).") from None
+
+    test_bpd = evaluate_images(model, eval_images, cfg.train.batch_size)
+    tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, run_dir / WEIGHTS)
+    write_grid(model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
+    history = _read_history(run_dir / "history.csv")
+    results = {
+        "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
+                         "test": test_bpd},
+        "epochs_completed": len(history),
+        "train_seconds": timer.seconds,
+        "images_per_second": (timer.epochs * (len(train_images) // cfg.train.batch_size)
+                              * cfg.train.batch_size / timer.seconds) if timer.seconds else None,
+        "num_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "evaluation_split": "validation" if len(dataset.validation) else "test",
+        "evaluation_images": int(len(eval_images)),
+        "replicas": strategy.num_replicas_in_sync,
+        "config": cfg.to_dict(),
+    }
+    _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
+    return results
+
+
+def _read_history(path):
+    import csv
+
+    if not pathlib.Path(path).exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)]
+
+
+def evaluate_images(model, images, batch_size, seed=1234):
+    """Mean bits/dim of uint8 images (inference mode, uniform dequantisation, fixed seed)."""
+    import tensorflow as tf
+
+    @tf.function
+    def batch_bpd(batch, seed):
+        return model.bits_per_dim(batch, noise="uniform", seed=seed)
+
+    total, count = 0.0, 0
+    for i, start in enumerate(range(0, len(images), batch_size)):
+        batch = images[start:start + batch_size]
+        bpd = batch_bpd(tf.constant(batch), tf.constant([seed, i], tf.int32)).numpy()
+        total += float(bpd.sum())
+        count += len(batch)
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished runs: evaluate, sample, interpolate.
+
+
+def load_run(run_dir):
+    """(config, model with the trained weights, dataset) of a finished run directory."""
+    from tfimb import data as data_lib
+
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / WEIGHTS).exists():
+        raise FlowRunError(f"{run_dir} holds no finished flow ({WEIGHTS} is missing); train "
+                           "it with `tfimb flow train CONFIG --workdir DIR` (or --resume).")
+    cfg = config_lib.resolve_flow(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    dataset = data_lib.load(cfg.data, None)
+    model = build_model(cfg, dataset.train.images.shape[1:])
+    model.load_weights(run_dir / WEIGHTS)
+    return cfg, model, dataset
+
+
+def write_grid(images, path, columns=None):
+    """uint8 images [N, H, W, C] -> one PNG grid (1-pixel gaps), written atomically."""
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    columns = columns or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / columns))
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, np.uint8)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[k]
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(tf.io.encode_png(grid).numpy())
+    os.replace(tmp, path)
+    return path
+
+
+def interpolation_latents(z, steps):
+    """The paper's eq. 19 over a steps x steps grid of (phi, phi') in [0, pi/2]^2:
+    z = cos(phi) (cos(phi') z1 + sin(phi') z2) + sin(phi) (cos(phi') z3 + sin(phi') z4)."""
+    z1, z2, z3, z4 = (np.asarray(v, np.float32) for v in z[:4])
+    angles = np.linspace(0.0, np.pi / 2, steps)
+    return np.stack([np.cos(a) * (np.cos(b) * z1 + np.sin(b) * z2)
+                     + np.sin(a) * (np.cos(b) * z3 + np.sin(b) * z4)
+                     for a in angles for b in angles])
+
+
+def interpolate(model, images, steps=8):
+    """uint8 grid images decoded from the eq. 19 manifold through four images' latents."""
+    from tfimb import _checks
+
+    steps = _checks.check_int("steps", steps, 2)
+    if len(images) < 4:
+        raise _checks.invalid_value("images", "4 images (the corners)", f"{len(images)} images")
+    z = model.encode(images[:4]).numpy()
+    return model.decode(interpolation_latents(z, steps)).numpy()
