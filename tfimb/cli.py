@@ -166,6 +166,19 @@ def _flow_interpolate(args):
     return 0
 
 
+def _flow_two_moons(args):
+    from tfimb.flows import two_moons
+
+    output = pathlib.Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    model, data = two_moons.train(epochs=args.epochs, seed=args.seed)
+    nll = -float(np.mean(model.log_prob(data).numpy()))
+    path = two_moons.plot_figure(model, data, output / "two_moons.png", seed=args.seed)
+    print(f"two moons: mean negative log-likelihood {nll:.3f} nats on the training points; "
+          f"figure: {path}")
+    return 0
+
+
 def _report(args):
     from tfimb import report
 
@@ -252,6 +265,13 @@ def build_parser():
     interpolate.add_argument("--seed", type=int, default=0, help="picks the 4 test images")
     interpolate.add_argument("--output", help="PNG path (default RUN_DIR/interpolation.png)")
     interpolate.set_defaults(handler=_flow_interpolate)
+
+    moons = flow_commands.add_parser(
+        "two-moons", help="a 2-D RealNVP on two moons, drawn like the paper's Figure 1")
+    moons.add_argument("--output", default="runs/flows/two_moons", help="folder for the PNG")
+    moons.add_argument("--epochs", type=int, default=60)
+    moons.add_argument("--seed", type=int, default=0)
+    moons.set_defaults(handler=_flow_two_moons)
 
     report = commands.add_parser("report", help="table and plots from finished runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
