@@ -42,7 +42,7 @@ _LAZY_NAMES = {
     "class_balanced_weights": "tfimb.weights",
     "class_counts": "tfimb.weights",
 }
-_SUBMODULES = ("losses", "metrics", "models", "weights", "cli")
+_SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli")
 
 __all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__"]
 
