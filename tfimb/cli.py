@@ -179,6 +179,19 @@ def _flow_two_moons(args):
     return 0
 
 
+def _export(args):
+    from tfimb import export
+
+    try:
+        path = export.export(args.run_dir, name=args.name, version=args.version,
+                             output_dir=args.output_dir, overwrite=args.overwrite)
+    except export.ExportError as error:
+        raise SystemExit(f"tfimb: {error}") from None
+    print(f"SavedModel written to {path} ({export.run_kind(args.run_dir)}); signatures: "
+          "saved_model_cli show --all --dir " + str(path))
+    return 0
+
+
 def _report(args):
     from tfimb import report
 
@@ -272,6 +285,18 @@ def build_parser():
     moons.add_argument("--epochs", type=int, default=60)
     moons.add_argument("--seed", type=int, default=0)
     moons.set_defaults(handler=_flow_two_moons)
+
+    export = commands.add_parser(
+        "export", help="a self-contained SavedModel for TF Serving from a finished run",
+        description="Write saved_models/NAME/VERSION/ (a temporary directory renamed into "
+                    "place) from a classifier or flow run directory.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--name", help="model name (default: the run directory's name)")
+    export.add_argument("--version", type=int, help="version (default: the next free integer)")
+    export.add_argument("--output-dir", default="saved_models",
+                        help="model base path (default: saved_models)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.set_defaults(handler=_export)
 
     report = commands.add_parser("report", help="table and plots from finished runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

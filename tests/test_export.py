@@ -1,0 +1,147 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+from tfimb import config, data, export, train
+from tfimb.flows import train as flow_train
+
+# Runs in a process where tfimb cannot be imported: the SavedModel must stand alone.
+LOADER = r"""
+import json, sys
+sys.modules["tfimb"] = None                      # `import tfimb` now raises ImportError.
+import numpy as np
+import tensorflow as tf
+try:
+    import tfimb  # noqa
+    raise SystemExit("tfimb was importable")
+except ImportError:
+    pass
+args = json.loads(sys.argv[1])
+out = {}
+cls = tf.saved_model.load(args["classifier"])
+images = tf.constant(np.load(args["images"]))
+r = cls.signatures["serving_default"](images=images)
+out["probabilities"] = r["probabilities"].numpy().tolist()
+out["class_ids"] = r["class_ids"].numpy().tolist()
+out["class_names"] = [s.decode() for s in r["class_names"].numpy()]
+for kind in ("png", "jpeg"):
+    blobs = [open(p, "rb").read() for p in args[kind]]
+    r = cls.signatures["serving_bytes"](image_bytes=tf.constant(blobs))
+    out[kind] = r["probabilities"].numpy().tolist()
+flow = tf.saved_model.load(args["flow"])
+fimages = tf.constant(np.load(args["flow_images"]))
+out["bits_per_dim"] = flow.signatures["bits_per_dim"](images=fimages)["bits_per_dim"].numpy().tolist()
+out["default"] = flow.signatures["serving_default"](images=fimages)["bits_per_dim"].numpy().tolist()
+out["log_prob"] = flow.signatures["log_prob"](images=fimages)["log_prob"].numpy().tolist()
+s = flow.signatures["sample"](n=tf.constant(5), temperature=tf.constant(0.7))["images"]
+out["sample"] = [list(s.shape), s.dtype.name]
+print(json.dumps(out))
+"""
+
+
+def _classifier_run(root):
+    """A finished classifier run directory (untrained weights: export does not care)."""
+    cfg = config.resolve({}, ["data.source=digits", "model.name=resnet20", "imbalance=null"])
+    dataset = data.load(cfg.data, None)
+    keras.utils.set_random_seed(0)
+    model = train.build_model(cfg, dataset)
+    root.mkdir()
+    model.save(root / "model.keras")
+    (root / "counts.json").write_text(json.dumps({"class_names": dataset.class_names,
+                                                  "counts": dataset.counts.tolist()}))
+    (root / "results.json").write_text(json.dumps({"accuracy": {"all": 0.1}}))
+    return model, dataset
+
+
+def _flow_run(root, num_scales=2):
+    cfg = config.resolve_flow({}, ["data.source=digits", f"model.num_scales={num_scales}",
+                                   "model.num_blocks=1", "model.num_filters=4"])
+    root.mkdir()
+    (root / "config.yaml").write_text(config.dump_flow(cfg))
+    model = flow_train.build_model(cfg, (8, 8, 1))
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        if w.path.endswith("/scale"):
+            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
+    model.save_weights(root / "model.weights.h5")
+    (root / "results.json").write_text(json.dumps({"bits_per_dim": {"test": 5.0}}))
+    return model
+
+
+@pytest.mark.slow
+def test_exported_models_stand_alone_and_match_keras(tmp_path):
+    model, dataset = _classifier_run(tmp_path / "cls")
+    flow = _flow_run(tmp_path / "flow")
+    cls_path = export.export(tmp_path / "cls", output_dir=tmp_path / "saved")
+    flow_path = export.export(tmp_path / "flow", output_dir=tmp_path / "saved")
+    assert cls_path == tmp_path / "saved" / "cls" / "1"
+    assert not [p for p in (tmp_path / "saved" / "cls").iterdir() if p.name.startswith(".")]
+
+    images = dataset.test.images[:6]
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "flow_images.npy", images)
+    files = {"png": [], "jpeg": []}
+    for i, image in enumerate(images[:3]):
+        for kind, encode in (("png", tf.io.encode_png), ("jpeg", tf.io.encode_jpeg)):
+            path = tmp_path / f"{i}.{kind}"
+            path.write_bytes(encode(image).numpy())
+            files[kind].append(str(path))
+    args = {"classifier": str(cls_path), "flow": str(flow_path),
+            "images": str(tmp_path / "images.npy"),
+            "flow_images": str(tmp_path / "flow_images.npy"), **files}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", LOADER, json.dumps(args)], cwd=tmp_path,
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    expected = keras.ops.softmax(model.predict(images.astype(np.float32), verbose=0)).numpy()
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-4, atol=1e-6)
+    assert out["class_ids"] == expected.argmax(1).tolist()
+    assert out["class_names"] == [dataset.class_names[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose(out["png"], expected[:3], rtol=1e-4, atol=1e-6)  # Lossless.
+    decoded = np.stack([tf.io.decode_jpeg(open(p, "rb").read()).numpy() for p in files["jpeg"]])
+    np.testing.assert_allclose(
+        out["jpeg"], keras.ops.softmax(model.predict(decoded.astype(np.float32), verbose=0)),
+        rtol=1e-4, atol=1e-6)
+
+    bpd = flow.bits_per_dim(images, noise="mid").numpy()
+    np.testing.assert_allclose(out["bits_per_dim"], bpd, rtol=1e-5)
+    np.testing.assert_allclose(out["default"], bpd, rtol=1e-5)
+    np.testing.assert_allclose(out["log_prob"], -bpd * 64 * np.log(2.0), rtol=1e-5)
+    assert out["sample"] == [[5, 8, 8, 1], "uint8"]
+
+    cli = pathlib.Path(sys.executable).with_name("saved_model_cli")
+    if cli.exists():
+        shown = subprocess.run([str(cli), "show", "--all", "--dir", str(cls_path)], env=env,
+                               capture_output=True, text=True, timeout=300).stdout
+        for name in ("serving_default", "serving_bytes", "probabilities", "class_names"):
+            assert name in shown
+
+
+def test_export_refuses_to_overwrite_and_validates_the_run(tmp_path):
+    _flow_run(tmp_path / "flow", num_scales=1)
+    first = export.export(tmp_path / "flow", name="density", output_dir=tmp_path / "saved")
+    second = export.export(tmp_path / "flow", name="density", output_dir=tmp_path / "saved")
+    assert (first.name, second.name) == ("1", "2")
+    with pytest.raises(export.ExportError, match="exists; pass --overwrite"):
+        export.export(tmp_path / "flow", name="density", version=1, output_dir=tmp_path / "saved")
+    marker = first / "marker"
+    marker.write_text("old")
+    export.export(tmp_path / "flow", name="density", version=1, output_dir=tmp_path / "saved",
+                  overwrite=True)
+    assert not marker.exists() and (first / "saved_model.pb").exists()
+    assert sorted(p.name for p in (tmp_path / "saved" / "density").iterdir()) == ["1", "2"]
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(export.ExportError, match="no finished run"):
+        export.export(tmp_path / "unfinished", output_dir=tmp_path / "saved")
+    with pytest.raises(export.ExportError, match="--version"):
+        export.export(tmp_path / "flow", version=0, output_dir=tmp_path / "saved")

@@ -1,0 +1,162 @@
+"""`tfimb export`: self-contained SavedModels for TF Serving, from classifier or flow runs.
+
+`saved_models/NAME/VERSION/` loads with `tf.saved_model.load` in a process that imports only
+TensorFlow: every computation (normalisation, the network, softmax, image decoding, the flow's
+preprocessing and bijectors) is in the graph, and no custom object is needed.
+
+Classifier signatures (`keras.export.ExportArchive`):
+  serving_default(images: uint8 [batch, H, W, C]) and serving_bytes(image_bytes: string [batch],
+  encoded JPEG or PNG) -> probabilities float32 [batch, classes], class_ids int64 [batch],
+  class_names string [batch]. Outputs are float32 for mixed-precision models too.
+Flow signatures:
+  bits_per_dim / serving_default(images: uint8) -> bits_per_dim float32 [batch];
+  log_prob(images: uint8) -> log_prob float32 [batch]: log P(image) in nats of the discrete
+  image, `log p(x) - D log 256`; both dequantise deterministically at mid-bin (x_int + 1/2)/256.
+  sample(n: int32 [], temperature: float32 []) -> images uint8 [n, H, W, C].
+
+The version is written to a temporary directory and renamed into place, so a server never sees
+a half-written version; an existing version is replaced only with `overwrite=True`.
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+
+
+class ExportError(RuntimeError):
+    """A run directory that cannot be exported, or a version that exists."""
+
+
+def run_kind(run_dir):
+    """"classifier" or "flow" for a finished run directory; ExportError otherwise."""
+    run_dir = pathlib.Path(run_dir)
+    results = run_dir / "results.json"
+    if not results.exists():
+        raise ExportError(f"{run_dir} holds no finished run (no results.json): train it to the "
+                          "end first (`tfimb train` / `tfimb flow train`, with --resume).")
+    with open(results) as f:
+        keys = json.load(f)
+    if "accuracy" in keys and (run_dir / "model.keras").exists():
+        return "classifier"
+    if "bits_per_dim" in keys and (run_dir / "model.weights.h5").exists():
+        return "flow"
+    raise ExportError(f"{run_dir} has results.json but no model.keras (classifier) or "
+                      "model.weights.h5 (flow) to export.")
+
+
+def _classifier_archive(run_dir):
+    import importlib
+
+    import keras
+    import tensorflow as tf
+
+    importlib.import_module("tfimb.losses")  # Registers the losses model.keras may name.
+
+    run_dir = pathlib.Path(run_dir)
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
+    with open(run_dir / "counts.json") as f:
+        class_names = json.load(f)["class_names"]
+    height, width, channels = model.input_shape[1:]
+    names = tf.constant(class_names)
+
+    def predict(images):
+        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        return {"probabilities": tf.nn.softmax(logits), "class_ids": class_ids,
+                "class_names": tf.gather(names, class_ids)}
+
+    def decode(data):
+        """Encoded JPEG/PNG -> [H, W, C] float pixel values (resized only if its size differs)."""
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        same = tf.reduce_all(tf.shape(image)[:2] == [height, width])
+        return tf.cond(
+            same, lambda: tf.reshape(tf.cast(image, tf.float32), [height, width, channels]),
+            lambda: tf.round(tf.image.resize(image, (height, width), antialias=True)))
+
+    def predict_bytes(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)
+        return predict(tf.cast(tf.clip_by_value(images, 0, 255), tf.uint8))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", predict, [tf.TensorSpec(
+        [None, height, width, channels], tf.uint8, name="images")])
+    archive.add_endpoint("serving_bytes", predict_bytes,
+                         [tf.TensorSpec([None], tf.string, name="image_bytes")])
+    return archive
+
+
+def _flow_archive(run_dir):
+    import keras
+    import tensorflow as tf
+
+    from tfimb.flows import train as flow_train
+
+    _, model, _ = flow_train.load_run(run_dir)
+    shape = list(model.image_shape)
+    num_dims = model.num_dims
+    image_spec = [tf.TensorSpec([None] + shape, tf.uint8, name="images")]
+
+    def bits_per_dim(images):
+        return {"bits_per_dim": model.bits_per_dim(images, noise="mid")}
+
+    def log_prob(images):
+        bpd = model.bits_per_dim(images, noise="mid")
+        return {"log_prob": -bpd * num_dims * math.log(2.0)}
+
+    def sample(n, temperature):
+        z = tf.random.normal(tf.concat([[n], shape], 0)) * temperature
+        return {"images": model.decode(z)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", bits_per_dim, image_spec)
+    archive.add_endpoint("bits_per_dim", bits_per_dim, image_spec)
+    archive.add_endpoint("log_prob", log_prob, image_spec)
+    archive.add_endpoint("sample", sample, [tf.TensorSpec([], tf.int32, name="n"),
+                                            tf.TensorSpec([], tf.float32, name="temperature")])
+    return archive
+
+
+def next_version(model_dir):
+    versions = [int(p.name) for p in pathlib.Path(model_dir).glob("*") if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export(run_dir, name=None, version=None, output_dir="saved_models", overwrite=False):
+    """Export a finished run to `output_dir/NAME/VERSION/`; return that path."""
+    run_dir = pathlib.Path(run_dir)
+    kind = run_kind(run_dir)
+    name = name or run_dir.resolve().name
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"Invalid value for argument `--name`. Expected a folder name. "
+                          f"Received: --name={name!r}")
+    model_dir = pathlib.Path(output_dir) / name
+    if version is None:
+        version = next_version(model_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError("Invalid value for argument `--version`. Expected an integer >= 1. "
+                          f"Received: --version={version!r}")
+    target = model_dir / str(version)
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; pass --overwrite to replace it, or another "
+                          "--version.")
+    archive = _classifier_archive(run_dir) if kind == "classifier" else _flow_archive(run_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
+    try:
+        archive.write_out(str(staging / "model"), verbose=False)
+        if target.exists():  # --overwrite: move the old version aside, then swap.
+            old = model_dir / f".{version}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(staging / "model", target)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging / "model", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
