@@ -1,13 +1,11 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import keras
 
+from cli_helpers import run_tfimb
 from tfimb import config
 from tfimb.flows import train as flow_train
 
@@ -20,12 +18,6 @@ TINY = ["data.source=digits", "data.augment=false", "model.num_scales=1", "model
 
 def _tiny(*overrides):
     return config.resolve_flow({}, TINY + list(overrides))
-
-
-def _cli(*args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "tfimb", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_flow_config_validation():
@@ -94,7 +86,7 @@ def test_flow_cli_end_to_end_mirrored_over_two_cpus(tmp_path, capsys):
             "--set", "distribute.strategy=mirrored"]
     for item in TINY:
         args += ["--set", item]
-    result = _cli(*args, cwd=tmp_path)
+    result = run_tfimb(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["replicas"] == 2 and results["epochs_completed"] == 2

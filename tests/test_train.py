@@ -1,13 +1,11 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import keras
 
+from cli_helpers import run_tfimb
 from tfimb import config, report, train
 
 TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
@@ -17,12 +15,6 @@ TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30
 
 def _tiny(*overrides):
     return config.resolve({}, TINY + list(overrides))
-
-
-def _cli(*args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "tfimb", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_learning_rate_schedule():
@@ -56,7 +48,7 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
     args = ["train", "default", "--workdir", str(tmp_path / "runs")]
     for item in TINY:
         args += ["--set", item]
-    result = _cli(*args, cwd=tmp_path)
+    result = run_tfimb(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| imbalanced, CE |" in result.stdout
     assert "| class-balanced softmax beta=0.999 |" in result.stdout
@@ -86,11 +78,11 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
     predicted = model.predict(test.images.astype(np.float32), verbose=0).argmax(-1)
     assert np.mean(predicted == test.labels) == pytest.approx(results["accuracy"]["all"])
 
-    again = _cli(*args, cwd=tmp_path)
+    again = run_tfimb(*args, cwd=tmp_path)
     assert again.returncode != 0 and "finished run" in again.stderr
 
     out = tmp_path / "report"
-    shown = _cli("report", str(tmp_path / "runs" / "cross_entropy"), str(run_dir),
+    shown = run_tfimb("report", str(tmp_path / "runs" / "cross_entropy"), str(run_dir),
                  "--output", str(out), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "| training data / loss | majority | minority | all |" in shown.stdout
@@ -147,7 +139,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     for item in TINY + ["train.epochs=1", "train.lr_boundaries=[1]",
                         "train.lr_values=[0.1, 0.01]"]:
         args += ["--set", item]
-    result = _cli(*args, cwd=tmp_path)
+    result = run_tfimb(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("cross_entropy", "class_balanced_softmax"):
         results = json.loads((tmp_path / "runs" / name / "results.json").read_text())

@@ -203,6 +203,15 @@ def _report(args):
     return 0
 
 
+def _add_run_arguments(parser, default_dir):
+    """--workdir, --set and --resume of the training commands."""
+    parser.add_argument("--workdir", help=f"run directory (default: {default_dir})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=10 (YAML value)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its last completed epoch")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfimb",
@@ -219,11 +228,7 @@ def build_parser():
                     "(config.yaml, counts.json, history.csv, logs/, checkpoints/, model.keras, "
                     "plots/, results.json).")
     train.add_argument("config", help="YAML config file, or 'default' (offline digits demo)")
-    train.add_argument("--workdir", help="run directory (default: runs/<config name>)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.epochs=10 (YAML value)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run from its last completed epoch")
+    _add_run_arguments(train, "runs/<config name>")
     train.set_defaults(handler=_train)
 
     tune = commands.add_parser(
@@ -254,11 +259,7 @@ def build_parser():
                     "history.csv, logs/, checkpoints/, model.weights.h5, samples.png, "
                     "results.json).")
     flow_train.add_argument("config", help="YAML config, or 'flow_default' (offline digits)")
-    flow_train.add_argument("--workdir", help="run directory (default: runs/flows/<name>)")
-    flow_train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config key, e.g. --set train.epochs=10")
-    flow_train.add_argument("--resume", action="store_true",
-                            help="continue an interrupted run from its last completed epoch")
+    _add_run_arguments(flow_train, "runs/flows/<config name>")
     flow_train.set_defaults(handler=_flow_train)
     evaluate = flow_commands.add_parser("evaluate", help="test bits/dim of a finished run")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")

@@ -411,13 +411,7 @@ class FlowConfig:
 
 def resolve_flow(raw, overrides=()):
     """A validated `FlowConfig`: defaults, then the YAML dict, then `--set` overrides."""
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
-    _build(FlowConfig, raw or {}, "")  # Unknown keys in the file are reported as such.
-    merged = merge(FlowConfig().to_dict(), raw or {})
-    for text in overrides:
-        merged = merge(merged, parse_override(text))
-    return _build(FlowConfig, merged, "").validate()
+    return _resolve(FlowConfig, raw, overrides)
 
 
 def dump_flow(config):
@@ -534,15 +528,21 @@ def merge(base, update):
     return out
 
 
-def resolve(raw, overrides=()):
-    """Defaults, then the YAML dict, then `--set` overrides, merged key by key; validated."""
+def _resolve(cls, raw, overrides):
+    """Defaults of `cls`, then the YAML dict, then `--set` overrides, merged key by key;
+    validated."""
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
-    _build(ExperimentConfig, raw or {}, "")  # Unknown keys in the file are reported as such.
-    merged = merge(ExperimentConfig().to_dict(), raw or {})
+    _build(cls, raw or {}, "")  # Unknown keys in the file are reported as such.
+    merged = merge(cls().to_dict(), raw or {})
     for text in overrides:
         merged = merge(merged, parse_override(text))
-    return from_dict(merged)
+    return _build(cls, merged, "").validate()
+
+
+def resolve(raw, overrides=()):
+    """A validated `ExperimentConfig`: defaults, then the YAML dict, then `--set` overrides."""
+    return _resolve(ExperimentConfig, raw, overrides)
 
 
 def load(path=None, overrides=()):

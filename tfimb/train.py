@@ -23,13 +23,12 @@ import time
 import keras
 import numpy as np
 
+from tfimb import _files
 from tfimb import config as config_lib
 
-RESULTS = "results.json"
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
+RESULTS = _files.RESULTS
+RunDirError = _files.RunDirError
+_atomic_write = _files.atomic_write
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,13 +177,6 @@ def minority_classes(cfg, counts):
     return np.flatnonzero(counts < np.sqrt(counts.max() * counts.min())).tolist()
 
 
-def _atomic_write(path, text):
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _callbacks(cfg, run_dir, resume, timer, loss):
     return [
         keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
@@ -243,26 +235,7 @@ class DeferredReweighting(keras.callbacks.Callback):
 
 def prepare_run_dir(run_dir, cfg, resume):
     """Create or check the run directory; return True when resuming."""
-    run_dir = pathlib.Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    text = config_lib.dump(cfg)
-    if (run_dir / RESULTS).exists():
-        raise RunDirError(f"{run_dir} holds a finished run ({RESULTS} exists); it is never "
-                          "overwritten. Pass another --workdir, or delete the directory.")
-    if config_path.exists():
-        if not resume:
-            raise RunDirError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
-                              "it, or another --workdir to start afresh.")
-        if config_path.read_text() != text:
-            raise RunDirError(f"--resume refused: the config differs from {config_path}. "
-                              "Resume with the same config and overrides, or use another "
-                              "--workdir.")
-        return True
-    if resume:
-        raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(config_path, text)
-    return False
+    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg), resume)
 
 
 def group_accuracy(matrix, classes):

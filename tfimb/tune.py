@@ -38,6 +38,7 @@ import time
 
 import yaml
 
+from tfimb import _files
 from tfimb import config as config_lib
 
 PROJECT = "tuner"
@@ -297,7 +298,7 @@ def write_reports(workdir, cfg, search):
     writer.writerow(header)
     for trial in trials:
         writer.writerow(_row(trial, search, extra))
-    _atomic_write(workdir / "trials.csv", buffer.getvalue())
+    _files.atomic_write(workdir / "trials.csv", buffer.getvalue())
 
     ranked = _sorted_by_objective(trials, search)
     lines = [f"# Search results: {search.algorithm}, objective {search.objective} "
@@ -309,7 +310,7 @@ def write_reports(workdir, cfg, search):
     for rank, trial in enumerate(ranked, 1):
         cells = [str(c) for c in _row(trial, search, extra)]
         lines.append(f"| {rank} | " + " | ".join(cells) + " |")
-    _atomic_write(workdir / "results.md", "\n".join(lines) + "\n")
+    _files.atomic_write(workdir / "results.md", "\n".join(lines) + "\n")
 
     best = ranked[0] if ranked and ranked[0]["status"] == "COMPLETED" else None
     if best is not None:
@@ -321,16 +322,9 @@ def write_reports(workdir, cfg, search):
             "training data (no validation split).",
             f"# Command: tfimb train {workdir / 'best.yaml'}   (or: tfimb tune CONFIG --final)",
         ]
-        _atomic_write(workdir / "best.yaml",
+        _files.atomic_write(workdir / "best.yaml",
                       "\n".join(header_lines) + "\n" + config_lib.dump(winner))
     return best
-
-
-def _atomic_write(path, text):
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +343,7 @@ def check_workdir(workdir, cfg, search):
                               "pass another --workdir.")
         return True
     workdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, text)
+    _files.atomic_write(path, text)
     return False
 
 

@@ -245,8 +245,11 @@ class RealNVP(keras.Model):
 
     def distribution(self, training=False):
         """`tfd.TransformedDistribution`: standard normal latent pushed to logit space."""
+        return self._pushed_forward(self.bijector(training))
+
+    def _pushed_forward(self, bijector):
         base = tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
-        return tfd.TransformedDistribution(base, self.bijector(training))
+        return tfd.TransformedDistribution(base, bijector)
 
     # -- Densities -------------------------------------------------------------------------
 
@@ -259,8 +262,7 @@ class RealNVP(keras.Model):
         x = preprocessing.dequantize(images, noise, seed)
         l, log_det = preprocessing.to_logit(x, self.alpha)
         chain, batch_norms = self._assemble(training)
-        base = tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
-        log_pl = tfd.TransformedDistribution(base, chain).log_prob(l)
+        log_pl = self._pushed_forward(chain).log_prob(l)
         return log_pl + log_det, batch_norms
 
     def bits_per_dim(self, images, noise="uniform", seed=None, training=False):

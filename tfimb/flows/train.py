@@ -19,21 +19,15 @@ import pathlib
 import numpy as np
 import yaml
 
+from tfimb import _files
 from tfimb import config as config_lib
 
-RESULTS = "results.json"
+RESULTS = _files.RESULTS
 WEIGHTS = "model.weights.h5"
 
 
-class FlowRunError(RuntimeError):
-    """A run directory that cannot be used as asked."""
-
-
-def _atomic_write(path, text):
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+FlowRunError = _files.RunDirError  # A run directory that cannot be used as asked.
+_atomic_write = _files.atomic_write
 
 
 def _subset(split, limit, seed):
@@ -66,27 +60,6 @@ def build_model(cfg, image_shape):
                             alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed)
     model.build()
     return model
-
-
-def _prepare(run_dir, cfg, resume):
-    run_dir = pathlib.Path(run_dir)
-    path = run_dir / "config.yaml"
-    text = config_lib.dump_flow(cfg)
-    if (run_dir / RESULTS).exists():
-        raise FlowRunError(f"{run_dir} holds a finished run ({RESULTS} exists); it is never "
-                           "overwritten. Pass another --workdir, or delete the directory.")
-    if path.exists():
-        if not resume:
-            raise FlowRunError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
-                               "it, or another --workdir to start afresh.")
-        if path.read_text() != text:
-            raise FlowRunError(f"--resume refused: the config differs from {path}.")
-        return True
-    if resume:
-        raise FlowRunError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, text)
-    return False
 
 
 def _sample_callback(log_dir, n=16):
@@ -123,7 +96,7 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     import tensorflow as tf
 
     run_dir = pathlib.Path(run_dir)
-    resuming = _prepare(run_dir, cfg, resume)
+    resuming = _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg), resume)
     keras.utils.set_random_seed(cfg.train.seed)
     dataset = data_lib.load(cfg.data, None)
     train_images = _subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
@@ -243,11 +216,8 @@ def write_grid(images, path, columns=None):
     for k in range(n):
         r, q = divmod(k, columns)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[k]
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(tf.io.encode_png(grid).numpy())
-    os.replace(tmp, path)
-    return path
+    _atomic_write(path, tf.io.encode_png(grid).numpy())
+    return pathlib.Path(path)
 
 
 def interpolation_latents(z, steps):

@@ -1,0 +1,49 @@
+"""Run-directory files shared by `tfimb train`, `tfimb flow train` and `tfimb tune`."""
+
+import os
+import pathlib
+
+RESULTS = "results.json"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
+
+
+def atomic_write(path, data):
+    """Write text or bytes to `path` through a temporary file and a rename, so a crash never
+    leaves a half-written file under the final name."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir, config_text, resume):
+    """Create a run directory holding `config.yaml`, or check one to resume; True if resuming.
+
+    A finished run (results.json) is never reused; an unfinished one needs `resume` and the same
+    config text.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if (run_dir / RESULTS).exists():
+        raise RunDirError(f"{run_dir} holds a finished run ({RESULTS} exists); it is never "
+                          "overwritten. Pass another --workdir, or delete the directory.")
+    if config_path.exists():
+        if not resume:
+            raise RunDirError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
+                              "it, or another --workdir to start afresh.")
+        if config_path.read_text() != config_text:
+            raise RunDirError(f"--resume refused: the config differs from {config_path}. "
+                              "Resume with the same config and overrides, or use another "
+                              "--workdir.")
+        return True
+    if resume:
+        raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(config_path, config_text)
+    return False
