@@ -22,11 +22,12 @@ def atomic_write(path, data):
     os.replace(tmp, path)
 
 
-def prepare_run_dir(run_dir, config_text, resume):
+def prepare_run_dir(run_dir, config_text, resume, writable=True):
     """Create a run directory holding `config.yaml`, or check one to resume; True if resuming.
 
-    A finished run (results.json) is never reused; an unfinished one needs `resume` and the same
-    config text.
+    A finished run (results.json) is never reused; an unfinished one needs `resume` (True, or
+    "auto" to resume whenever the config matches) and the same config text. `writable=False`
+    (a non-chief worker) only checks.
     """
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -42,8 +43,9 @@ def prepare_run_dir(run_dir, config_text, resume):
                               "Resume with the same config and overrides, or use another "
                               "--workdir.")
         return True
-    if resume:
+    if resume is True:
         raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(config_path, config_text)
+    if writable:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(config_path, config_text)
     return False

@@ -12,7 +12,8 @@ dotted key and a YAML value: `--set train.epochs=10 --set loss.beta=0.999 --set 
     train:     {epochs: 25, batch_size: 128, momentum: 0.9, weight_decay: 5.0e-4,
                 lr_values: [0.1, 0.01, 0.001], lr_boundaries: [15, 20], seed: 0, ...}
     mixed_precision: auto | float32 | mixed_bfloat16 | mixed_float16
-    distribute: {strategy: default | mirrored, num_cpu_devices: 2}
+    distribute: {strategy: default | mirrored | multi_worker, num_cpu_devices: 2,
+                 sync_batch_norm: false}
     evaluation: {minority: null}     # minority group of the table; default imbalance.minority
 """
 
@@ -131,12 +132,15 @@ class TrainConfig:
     warmup_epochs: int = 0           # linear warm-up to lr_values[0] (Cui et al. use 5)
     seed: int = 0
     steps_per_execution: int = 1
+    checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
 
     def validate(self):
         _at_least("train.epochs", self.epochs, 1)
         _at_least("train.batch_size", self.batch_size, 1)
         _at_least("train.warmup_epochs", self.warmup_epochs, 0)
         _at_least("train.steps_per_execution", self.steps_per_execution, 1)
+        if self.checkpoint_every is not None:
+            _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         if len(self.lr_values) != len(self.lr_boundaries) + 1:
             raise ConfigError("Invalid value for key `train.lr_values`. Expected one more value "
                               f"than train.lr_boundaries ({len(self.lr_boundaries)}). Received: "
@@ -157,12 +161,19 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class DistributeConfig:
-    strategy: str = "default"        # default | mirrored
+    strategy: str = "default"        # default | mirrored | multi_worker (hosts from TF_CONFIG)
     num_cpu_devices: int = 2         # logical CPU replicas for `mirrored` when there is no GPU
+    # Batch-norm statistics over the global batch (all replicas) rather than each replica's
+    # share: the same math as one device with the same global batch, at one all-reduce per
+    # batch-norm layer and step. Classifier models only.
+    sync_batch_norm: bool = False
 
     def validate(self):
-        _one_of("distribute.strategy", self.strategy, ("default", "mirrored"))
+        _one_of("distribute.strategy", self.strategy, STRATEGIES)
         _at_least("distribute.num_cpu_devices", self.num_cpu_devices, 1)
+        if not isinstance(self.sync_batch_norm, bool):
+            raise ConfigError("Invalid value for key `distribute.sync_batch_norm`. Expected true "
+                              f"or false. Received: {self.sync_batch_norm!r}")
 
 
 @dataclasses.dataclass
@@ -177,6 +188,7 @@ class EvaluationConfig:
 
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
 @dataclasses.dataclass
@@ -375,12 +387,17 @@ class FlowTrainConfig:
     clip_norm: float = 100.0         # global gradient norm
     flip: bool = True                # random horizontal flips
     seed: int = 0
+    steps_per_execution: int = 1
+    checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
     max_train_images: typing.Optional[int] = None  # a subset, for CPU-sized runs
     max_eval_images: typing.Optional[int] = None
 
     def validate(self):
         _at_least("train.epochs", self.epochs, 1)
         _at_least("train.batch_size", self.batch_size, 2)  # Batch statistics need 2.
+        _at_least("train.steps_per_execution", self.steps_per_execution, 1)
+        if self.checkpoint_every is not None:
+            _at_least("train.checkpoint_every", self.checkpoint_every, 1)
         for key in ("max_train_images", "max_eval_images"):
             if getattr(self, key) is not None:
                 _at_least(f"train.{key}", getattr(self, key), 2)

@@ -282,28 +282,39 @@ def _augment(image, seed):
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=False):
+def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=False,
+             epoch=None):
     """A batched `tf.data.Dataset` of (float32 images in [0, 255], int32 labels).
 
-    Training: shuffled each epoch (seeded), augmented with per-example stateless seeds (the same
-    seed gives the same epochs). Evaluation: in order, no augmentation. `drop_remainder` drops
-    the last partial batch (needed under MirroredStrategy, where a remainder smaller than the
-    number of replicas leaves a replica an empty batch that batch normalisation rejects).
+    Training: shuffled (seeded) and augmented with per-example stateless seeds. With `epoch`
+    the dataset is that one epoch, its order and augmentation a function of (seed, epoch), so a
+    resumed epoch (or another worker) sees the same batches; without it, each iteration is the
+    next epoch. Evaluation: in order, no augmentation. `drop_remainder` drops the last partial
+    batch (needed under several replicas, where a remainder smaller than the number of replicas
+    leaves a replica an empty batch that batch normalisation rejects).
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32)))
     if training:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        reshuffle = epoch is None
+        if epoch is not None:
+            seed = epoch_seed(seed, epoch)
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=reshuffle)
         if augment:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-            ds = tf.data.Dataset.zip(ds, seeds).map(
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
+            ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
                 lambda xy, s: (_augment(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed, epoch):
+    """A seed for one epoch's shuffle and augmentation, derived from (seed, epoch)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
 def shared_data_dir():

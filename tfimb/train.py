@@ -18,7 +18,6 @@ and refuses a changed config; a finished run is never overwritten.
 import json
 import os
 import pathlib
-import time
 
 import keras
 import numpy as np
@@ -51,10 +50,19 @@ def configure_devices(distribute):
 
 
 def make_strategy(distribute):
+    """The configured strategy; `multi_worker` reads the cluster from TF_CONFIG (create it before
+    any other TensorFlow work: its collectives are configured at start-up)."""
     import tensorflow as tf
 
     if distribute.strategy == "default":
         return tf.distribute.get_strategy()
+    if distribute.strategy == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise RunDirError(
+                "distribute.strategy=multi_worker reads the cluster from the TF_CONFIG "
+                "environment variable, which is not set. Set it on every host (README: "
+                "'Several hosts'), or pass --local-workers N to start N workers on this machine.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
@@ -96,6 +104,10 @@ def build_model(cfg, dataset):
     normalized = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),
                                             name="normalize")(inputs)
     model = keras.Model(inputs, backbone(normalized), name=cfg.model.name)
+    if cfg.distribute.sync_batch_norm and cfg.distribute.strategy != "default":
+        for layer in backbone.layers:  # Read at call time: batch moments over all replicas.
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
     return model
 
 
@@ -148,11 +160,15 @@ def build_trainer(cfg, dataset, minority):
     return model, trainer, loss
 
 
-def schedule_callbacks(cfg, loss):
-    """The learning-rate schedule, and LDAM's deferred re-weighting when configured."""
+def schedule_callbacks(cfg, loss, retrace=None):
+    """The learning-rate schedule, and LDAM's deferred re-weighting when configured.
+
+    `retrace()` forgets the compiled train step when the loss's weights change (default: the
+    Keras model's own train function, for `fit`)."""
     callbacks = [keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(epoch, cfg))]
     if cfg.loss.drw_epoch is not None:
-        callbacks.append(DeferredReweighting(loss, cfg.loss.drw_epoch, cfg.loss.drw_beta))
+        callbacks.append(DeferredReweighting(loss, cfg.loss.drw_epoch, cfg.loss.drw_beta,
+                                             retrace))
     return callbacks
 
 
@@ -177,65 +193,39 @@ def minority_classes(cfg, counts):
     return np.flatnonzero(counts < np.sqrt(counts.max() * counts.min())).tolist()
 
 
-def _callbacks(cfg, run_dir, resume, timer, loss):
-    return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
-                                         save_freq="epoch", delete_checkpoint=False),
-        *schedule_callbacks(cfg, loss),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        keras.callbacks.TerminateOnNaN(),
-        timer,
-    ]
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of the training part of each epoch (evaluation excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds, self.epochs, self._start, self._in_epoch = 0.0, 0, None, False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._in_epoch = time.perf_counter(), True
-
-    def _stop(self):
-        if self._in_epoch:
-            self.seconds += time.perf_counter() - self._start
-            self.epochs += 1
-            self._in_epoch = False
-
-    def on_test_begin(self, logs=None):
-        self._stop()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._stop()
-
-
 class DeferredReweighting(keras.callbacks.Callback):
     """Class-balanced weights (beta) on `loss` from `start_epoch` on (Cao et al.'s DRW).
 
     Re-traces the train function when the weights change, since they are graph constants.
     """
 
-    def __init__(self, loss, start_epoch, beta):
+    def __init__(self, loss, start_epoch, beta, retrace=None):
         super().__init__()
         self.loss, self.start_epoch, self.beta = loss, start_epoch, beta
+        self.retrace = retrace
 
     def on_epoch_begin(self, epoch, logs=None):
         wanted = self.beta if epoch >= self.start_epoch else None
         if self.loss.beta != wanted:
             self.loss.set_beta(wanted)
-            self.model.make_train_function(force=True)
+            if self.retrace is not None:
+                self.retrace()
+            else:
+                self.model.make_train_function(force=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # The run.
 
 
-def prepare_run_dir(run_dir, cfg, resume):
-    """Create or check the run directory; return True when resuming."""
-    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg), resume)
+def prepare_run_dir(run_dir, cfg, resume, is_chief=True):
+    """Create or check the run directory; return True when resuming.
+
+    Multi-worker runs resume an unfinished run of the same config without --resume: a worker
+    that died is restarted with the command that started it."""
+    if cfg.distribute.strategy == "multi_worker":
+        resume = "auto"
+    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg), resume, writable=is_chief)
 
 
 def group_accuracy(matrix, classes):
@@ -244,18 +234,31 @@ def group_accuracy(matrix, classes):
     return float(np.trace(matrix[np.ix_(classes, classes)]) / total) if total else None
 
 
+def predict(model, dataset):
+    """Scores of a dataset of (images, labels) batches, on this process (no collectives)."""
+    import tensorflow as tf
+
+    step = tf.function(lambda x: keras.ops.cast(model(x, training=False), "float32"),
+                       reduce_retracing=True)
+    return np.concatenate([step(x).numpy() for x, _ in dataset])
+
+
 def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     """Train, evaluate on the test split and write the run directory; returns the results.
 
-    `callbacks` are extra Keras callbacks for `fit` (after tfimb's own).
+    Every strategy trains through `tfimb.loop.TrainingLoop`; under several workers only the
+    chief writes. `callbacks` are extra Keras callbacks (after tfimb's own).
     """
     configure_devices(cfg.distribute)
+    strategy = make_strategy(cfg.distribute)
 
     from tfimb import data as data_lib
+    from tfimb import loop as loop_lib
     from tfimb import metrics as metrics_lib
 
+    is_chief, _ = loop_lib.worker_role(strategy)
     run_dir = pathlib.Path(run_dir)
-    resuming = prepare_run_dir(run_dir, cfg, resume)
+    prepare_run_dir(run_dir, cfg, resume, is_chief)
     keras.utils.set_random_seed(cfg.train.seed)
     precision = resolve_precision(cfg.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
@@ -265,33 +268,38 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
         if np.any(counts == 0):
             raise data_lib.DataError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no "
                                      "training image after subsampling.")
-        _atomic_write(run_dir / "counts.json", json.dumps(
-            {"class_names": dataset.class_names, "counts": counts.tolist()}, indent=1))
+        if is_chief:
+            _atomic_write(run_dir / "counts.json", json.dumps(
+                {"class_names": dataset.class_names, "counts": counts.tolist()}, indent=1))
         minority = minority_classes(cfg, counts)
-        strategy = make_strategy(cfg.distribute)
         with strategy.scope():
             model, trainer, loss = build_trainer(cfg, dataset, minority)
-        train_ds = data_lib.pipeline(dataset.train, cfg.train.batch_size, training=True,
-                                     seed=cfg.data.seed, augment=cfg.data.augment,
-                                     drop_remainder=strategy.num_replicas_in_sync > 1)
-        eval_ds = data_lib.pipeline(dataset.evaluation, cfg.train.batch_size, training=False)
-        timer = EpochTimer()
+        replicated = strategy.num_replicas_in_sync > 1
+        batch = cfg.train.batch_size
+        steps = len(dataset.train) // batch if replicated else -(-len(dataset.train) // batch)
+        if steps < 1:
+            raise data_lib.DataError(
+                f"Invalid value for key `train.batch_size`. Expected at most the "
+                f"{len(dataset.train)} training images under {strategy.num_replicas_in_sync} "
+                f"replicas (which drop the last partial batch). Received: {batch}")
+        loop = loop_lib.TrainingLoop(trainer, strategy, run_dir, cfg.train.steps_per_execution,
+                                     cfg.train.checkpoint_every)
+
+        def train_data(epoch):
+            return data_lib.pipeline(dataset.train, batch, training=True, seed=cfg.data.seed,
+                                     augment=cfg.data.augment, drop_remainder=replicated,
+                                     epoch=epoch)
+
+        eval_ds = data_lib.pipeline(dataset.evaluation, batch, training=False)
         if verbose == "auto":
             verbose = 1 if os.isatty(1) else 2
-        trainer.fit(train_ds, validation_data=eval_ds, epochs=cfg.train.epochs,
-                    callbacks=_callbacks(cfg, run_dir, resuming, timer, loss) + list(callbacks),
-                    verbose=verbose, shuffle=False)  # The pipeline shuffles, seeded.
-        if trainer.stop_training:  # TerminateOnNaN: no results that look final.
-            raise FloatingPointError(f"Training stopped on a NaN loss; {run_dir} keeps its "
-                                     "checkpoints but gets no results.json.")
+        rows = loop.fit(train_data, steps, cfg.train.epochs, batch, eval_data=eval_ds,
+                        callbacks=schedule_callbacks(cfg, loss, loop.retrace) + list(callbacks),
+                        verbose=verbose)
 
-        scores = model.predict(data_lib.pipeline(dataset.test, 512, training=False), verbose=0)
+        scores = predict(model, data_lib.pipeline(dataset.test, 512, training=False))
         matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
         majority = [c for c in range(dataset.num_classes) if c not in minority]
-        tmp_model = run_dir / ".model.keras.tmp.keras"
-        model.save(tmp_model)
-        os.replace(tmp_model, run_dir / "model.keras")
-        epochs_completed = _epochs_in_history(run_dir / "history.csv")
         results = {
             "accuracy": {"majority": group_accuracy(matrix, majority) if minority else None,
                          "minority": group_accuracy(matrix, minority) if minority else None,
@@ -302,23 +310,22 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
             "counts": counts.tolist(),
             "class_names": dataset.class_names,
             "minority_classes": minority,
-            "epochs_completed": epochs_completed,
-            "train_seconds": timer.seconds,
-            "images_per_second": (timer.epochs * len(dataset.train) / timer.seconds
-                                  if timer.seconds else None),
+            "epochs_completed": len(rows),
+            "train_seconds": loop.train_seconds,
+            "images_per_second": (loop.train_images / loop.train_seconds
+                                  if loop.train_seconds else None),
             "precision": precision,
             "replicas": strategy.num_replicas_in_sync,
             "config": cfg.to_dict(),
         }
-        from tfimb import report
+        if is_chief:
+            tmp_model = run_dir / ".model.keras.tmp.keras"
+            model.save(tmp_model)
+            os.replace(tmp_model, run_dir / "model.keras")
+            from tfimb import report
 
-        report.plot_run(run_dir)
-        _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
+            report.plot_run(run_dir)
+            _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
         return results
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def _epochs_in_history(path):
-    with open(path) as f:
-        return max(0, sum(1 for line in f if line.strip()) - 1)

@@ -37,18 +37,28 @@ def _subset(split, limit, seed):
     return split.images[np.sort(index)]
 
 
-def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=False):
-    """uint8 images -> batches (shuffled and randomly flipped when training)."""
+def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=False,
+             epoch=None):
+    """uint8 images -> batches (shuffled and randomly flipped when training; with `epoch`, that
+    one epoch, its order and flips a function of (seed, epoch), as `tfimb.data.pipeline`)."""
     import tensorflow as tf
+
+    from tfimb import data as data_lib
 
     ds = tf.data.Dataset.from_tensor_slices(images)
     if training:
-        ds = ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=True)
+        reshuffle = epoch is None
+        if epoch is not None:
+            seed = data_lib.epoch_seed(seed, epoch)
+        ds = ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=reshuffle)
         if flip:
-            ds = ds.map(lambda x: tf.image.random_flip_left_right(x, seed=seed),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
+            ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
+                tf.image.stateless_random_flip_left_right, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder or training)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def build_model(cfg, image_shape):
@@ -87,45 +97,52 @@ def _sample_callback(log_dir, n=16):
 def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     """Train RealNVP per `cfg` into `run_dir`; evaluate; write samples and results.json.
 
-    `callbacks`: extra Keras callbacks for `fit` (after tfimb's own)."""
+    Trains through `tfimb.loop.TrainingLoop` under every strategy; under several workers only
+    the chief writes. `callbacks`: extra Keras callbacks (after tfimb's own)."""
     from tfimb import data as data_lib
+    from tfimb import loop as loop_lib
     from tfimb import train as classifier_train
 
     classifier_train.configure_devices(cfg.distribute)
+    strategy = classifier_train.make_strategy(cfg.distribute)
     import keras
     import tensorflow as tf
 
+    is_chief, _ = loop_lib.worker_role(strategy)
     run_dir = pathlib.Path(run_dir)
-    resuming = _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg), resume)
+    if cfg.distribute.strategy == "multi_worker":
+        resume = "auto"  # A restarted worker resumes with the command that started it.
+    _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg), resume, writable=is_chief)
     keras.utils.set_random_seed(cfg.train.seed)
     dataset = data_lib.load(cfg.data, None)
     train_images = _subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
     eval_images = _subset(dataset.evaluation, cfg.train.max_eval_images, cfg.train.seed + 1)
     image_shape = train_images.shape[1:]
-    strategy = classifier_train.make_strategy(cfg.distribute)
+    batch = cfg.train.batch_size
+    steps = len(train_images) // batch
+    if steps < 1:
+        raise data_lib.DataError(
+            f"Invalid value for key `train.batch_size`. Expected at most the "
+            f"{len(train_images)} training images. Received: {batch}")
     with strategy.scope():
         model = build_model(cfg, image_shape)
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
                                                       global_clipnorm=cfg.train.clip_norm))
-    train_ds = pipeline(train_images, cfg.train.batch_size, True, cfg.train.seed,
-                        cfg.train.flip, drop_remainder=True)
-    eval_ds = pipeline(eval_images, cfg.train.batch_size, False,
+    loop = loop_lib.TrainingLoop(model, strategy, run_dir, cfg.train.steps_per_execution,
+                                 cfg.train.checkpoint_every)
+
+    def train_data(epoch):
+        return pipeline(train_images, batch, True, cfg.train.seed, cfg.train.flip,
+                        drop_remainder=True, epoch=epoch)
+
+    eval_ds = pipeline(eval_images, batch, False,
                        drop_remainder=strategy.num_replicas_in_sync > 1)
-    timer = classifier_train.EpochTimer()
-    extra, callbacks = list(callbacks), [
-        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / "backup"),
-                                         save_freq="epoch", delete_checkpoint=False),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        _sample_callback(run_dir / "logs"),
-        timer,
-    ]
-    callbacks += extra
+    own = [_sample_callback(run_dir / "logs")] if is_chief else []
     if verbose == "auto":
         verbose = 1 if os.isatty(1) else 2
     try:
-        model.fit(train_ds, validation_data=eval_ds, epochs=cfg.train.epochs,
-                  callbacks=callbacks, verbose=verbose)
+        rows = loop.fit(train_data, steps, cfg.train.epochs, batch, eval_data=eval_ds,
+                        callbacks=own + list(callbacks), verbose=verbose)
     except tf.errors.InvalidArgumentError as error:
         if "RealNVP:" not in str(error):
             raise
@@ -135,37 +152,28 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
             "the last completed epoch (resume with --resume after lowering "
             "train.learning_rate or train.clip_norm).") from None
 
-    test_bpd = evaluate_images(model, eval_images, cfg.train.batch_size)
-    tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, run_dir / WEIGHTS)
-    write_grid(model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
-    history = _read_history(run_dir / "history.csv")
+    test_bpd = evaluate_images(model, eval_images, batch)
+    history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
     results = {
         "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
                          "test": test_bpd},
         "epochs_completed": len(history),
-        "train_seconds": timer.seconds,
-        "images_per_second": (timer.epochs * (len(train_images) // cfg.train.batch_size)
-                              * cfg.train.batch_size / timer.seconds) if timer.seconds else None,
+        "train_seconds": loop.train_seconds,
+        "images_per_second": (loop.train_images / loop.train_seconds
+                              if loop.train_seconds else None),
         "num_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "evaluation_split": "validation" if len(dataset.validation) else "test",
         "evaluation_images": int(len(eval_images)),
         "replicas": strategy.num_replicas_in_sync,
         "config": cfg.to_dict(),
     }
-    _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
+    if is_chief:
+        tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, run_dir / WEIGHTS)
+        write_grid(model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
+        _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
     return results
-
-
-def _read_history(path):
-    import csv
-
-    if not pathlib.Path(path).exists():
-        return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(f)]
 
 
 def evaluate_images(model, images, batch_size, seed=1234):

@@ -1,0 +1,292 @@
+"""One training loop for every strategy: one device, several local devices, several hosts.
+
+Keras 3 `fit` fails under `MultiWorkerMirroredStrategy` on TF 2.21 (keras#20585), so `tfimb
+train` and `tfimb flow train` train through this loop whatever the strategy. Each step runs the
+model's own `train_step` (the loss, metrics, loss scaling and gradient all-reduce `fit` would
+use) through `strategy.run`, `steps_per_execution` steps per `tf.function` call; Keras callbacks
+(learning-rate schedule, progress bar, user callbacks) are driven as `fit` drives them.
+
+Fault tolerance:
+
+* Checkpoints (`run_dir/checkpoints/ckpt-N`, the newest `keep`): model and optimizer variables,
+  the completed epochs and the step within the epoch. One at every epoch end and, with
+  `checkpoint_every=K`, every K steps. Under several workers every worker writes (saving may
+  need collectives) but only the chief keeps its copy; the others write to a temporary folder
+  and delete it, so `run_dir` must be on storage that all workers share.
+* Restore tries the newest checkpoint first; an unreadable one (partial or corrupt) is reported
+  on stderr, naming it, and the previous one is used.
+* `history.csv` is rewritten atomically, by the chief, with an epoch's row before that epoch's
+  checkpoint; on restore, rows of epochs after the checkpoint are dropped (those epochs train
+  again), so the history always matches the weights. The epoch order of the data is a function
+  of (seed, epoch), so a resumed epoch sees the same batches; a mid-epoch restore skips the
+  batches already trained (the epoch's training metrics then cover the steps after it).
+"""
+
+import csv
+import io
+import math
+import pathlib
+import re
+import shutil
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from tfimb import _files
+
+CHECKPOINTS = "checkpoints"
+HISTORY = "history.csv"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run directory could be restored."""
+
+
+def worker_role(strategy):
+    """(is_chief, worker index) of this process under `strategy` ((True, 0) on one host)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True, 0
+    resolver = strategy.cluster_resolver
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    index = int(resolver.task_id or 0)
+    if resolver.task_type == "chief":
+        return True, 0
+    return (not has_chief and index == 0), index
+
+
+def checkpoint_paths(directory):
+    """Checkpoint prefixes in `directory`, newest first (from the files, not the state file,
+    which a crash may leave pointing at a checkpoint that was never completed)."""
+    numbers = []
+    for path in pathlib.Path(directory).glob("ckpt-*.index"):
+        match = re.fullmatch(r"ckpt-(\d+)\.index", path.name)
+        if match:
+            numbers.append(int(match.group(1)))
+    return [str(pathlib.Path(directory) / f"ckpt-{n}") for n in sorted(numbers, reverse=True)]
+
+
+class History:
+    """`history.csv`: one row per completed epoch, rewritten atomically by the chief."""
+
+    def __init__(self, path, writable):
+        self.path, self.writable = pathlib.Path(path), writable
+        self.rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [dict(row) for row in csv.DictReader(f)]
+
+    def truncate(self, epochs):
+        """Keep the rows of epochs 0 .. epochs-1 (those the restored checkpoint has seen)."""
+        kept = [row for row in self.rows if int(row["epoch"]) < epochs]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._write()
+
+    def append(self, epoch, logs):
+        self.rows.append({"epoch": str(epoch), **{k: repr(float(v)) for k, v in logs.items()}})
+        self._write()
+
+    def _write(self):
+        if not self.writable:
+            return
+        keys = sorted({k for row in self.rows for k in row} - {"epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, ["epoch"] + keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        _files.atomic_write(self.path, out.getvalue())
+
+
+def _floats(values):
+    return {k: float(v) for k, v in values.items()}
+
+
+class TrainingLoop:
+    """Trains a compiled Keras model under `strategy` with checkpoints in `run_dir`.
+
+    Create under nothing in particular (the model and its optimizer must have been built under
+    `strategy.scope()`); call `fit`. `train_seconds` / `train_images` measure the training part
+    of the epochs run by this call (evaluation excluded).
+    """
+
+    def __init__(self, model, strategy, run_dir, steps_per_execution=1, checkpoint_every=None,
+                 keep=3):
+        self.model, self.strategy = model, strategy
+        self.run_dir = pathlib.Path(run_dir)
+        self.steps_per_execution = int(steps_per_execution)
+        self.checkpoint_every = checkpoint_every
+        self.is_chief, self.worker = worker_role(strategy)
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                              epoch=self.epoch, step=self.step)
+        self.directory = self.run_dir / CHECKPOINTS
+        self.keep = keep
+        self.train_seconds, self.train_images = 0.0, 0
+        self._train_function = self._test_function = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def restore(self):
+        """Restore the newest readable checkpoint; return (epoch, step) to continue from."""
+        paths = checkpoint_paths(self.directory)
+        for i, path in enumerate(paths):
+            try:
+                self.checkpoint.read(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                reason = str(error).strip().splitlines()[0][:300] if str(error) else type(error)
+                fallback = paths[i + 1] if i + 1 < len(paths) else None
+                print(f"tfimb: checkpoint {path} is unreadable ({reason}); "
+                      + (f"using the previous one, {fallback}." if fallback else
+                         "no earlier checkpoint is left."), file=sys.stderr, flush=True)
+                continue
+            return int(self.epoch.numpy()), int(self.step.numpy())
+        if paths:
+            raise CheckpointError(
+                f"No checkpoint in {self.directory} could be restored ({len(paths)} tried, "
+                f"newest {paths[0]}). Move the directory away to train the run from epoch 0.")
+        return 0, 0
+
+    def save(self, epoch, step):
+        """Checkpoint (epoch, step): the chief keeps it as ckpt-N and prunes to the newest
+        `keep`; other workers write to a temporary folder and delete it."""
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        if self.is_chief:
+            self.checkpoint.write(str(self.directory / f"ckpt-{self._next_number()}"))
+            for old in checkpoint_paths(self.directory)[self.keep:]:
+                for path in pathlib.Path(old).parent.glob(pathlib.Path(old).name + ".*"):
+                    path.unlink(missing_ok=True)
+        else:
+            scratch = self.directory / f".worker-{self.worker}.tmp"
+            self.checkpoint.write(str(scratch / "ckpt"))
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _next_number(self):
+        # One past the newest on disk, so numbers keep increasing after a fallback restore.
+        paths = checkpoint_paths(self.directory)
+        return int(paths[0].rsplit("-", 1)[1]) + 1 if paths else 1
+
+    # -- compiled functions --------------------------------------------------------------------
+
+    def retrace(self):
+        """Forget the compiled step functions (call when a graph constant of the loss changes)."""
+        self._train_function = self._test_function = None
+
+    def _train(self, iterator, steps):
+        if self._train_function is None:
+            model, strategy = self.model, self.strategy
+
+            @tf.function
+            def train_function(iterator, steps):
+                for _ in tf.range(steps):
+                    strategy.run(model.train_step, args=(next(iterator),))
+
+            self._train_function = train_function
+        self._train_function(iterator, tf.constant(steps, tf.int64))
+
+    def evaluate(self, dataset):
+        """Metrics of `dataset` (reset first), every batch through `test_step`."""
+        model, strategy = self.model, self.strategy
+        for metric in model.metrics:
+            metric.reset_state()
+        distributed = strategy.experimental_distribute_dataset(_data_sharded(dataset))
+        if self._test_function is None:
+            self._test_function = tf.function(
+                lambda batch: strategy.run(model.test_step, args=(batch,)),
+                reduce_retracing=True)
+        for batch in distributed:
+            self._test_function(batch)
+        return _floats(model.get_metrics_result())
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, train_data, steps_per_epoch, epochs, global_batch_size, eval_data=None,
+            callbacks=(), verbose=2, stop_on_nan=True):
+        """Train epochs up to `epochs`, continuing from the newest checkpoint.
+
+        `train_data(epoch)` returns that epoch's dataset of global batches (the same on every
+        worker; each takes its share of every batch). Returns the history rows.
+        """
+        start_epoch, start_step = self.restore()
+        history = History(self.run_dir / HISTORY, self.is_chief)
+        history.truncate(start_epoch)
+        writers = _summary_writers(self.run_dir / "logs") if self.is_chief else None
+        callback_list = keras.callbacks.CallbackList(
+            list(callbacks), add_progbar=verbose != 0, model=self.model, verbose=verbose,
+            epochs=epochs, steps=steps_per_epoch)
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(start_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            first = start_step if epoch == start_epoch else 0
+            logs = self._train_epoch(train_data(epoch), epoch, first, steps_per_epoch,
+                                     global_batch_size, callback_list, verbose)
+            if stop_on_nan and not math.isfinite(logs.get("loss", 0.0)):
+                raise FloatingPointError(
+                    f"Training stopped on a non-finite loss ({logs['loss']}) in epoch "
+                    f"{epoch}; {self.directory} keeps the checkpoint of the last completed "
+                    "epoch and no results.json is written.")
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+            if eval_data is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(eval_data).items()})
+            callback_list.on_epoch_end(epoch, logs)
+            history.append(epoch, logs)
+            if writers:
+                _write_summaries(writers, epoch, logs)
+            self.save(epoch + 1, 0)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+        return history.rows
+
+    def _train_epoch(self, dataset, epoch, first, steps, global_batch_size, callbacks, verbose):
+        for metric in self.model.metrics:
+            metric.reset_state()
+        if first:
+            dataset = dataset.skip(first)
+        iterator = iter(self.strategy.experimental_distribute_dataset(_data_sharded(dataset)))
+        start, step = time.perf_counter(), first
+        while step < steps:
+            n = min(self.steps_per_execution, steps - step)
+            if self.checkpoint_every:
+                n = min(n, self.checkpoint_every - step % self.checkpoint_every)
+            callbacks.on_train_batch_begin(step)
+            self._train(iterator, n)
+            step += n
+            callbacks.on_train_batch_end(step - 1, _floats(self.model.get_metrics_result())
+                                         if verbose == 1 else None)
+            if self.checkpoint_every and step % self.checkpoint_every == 0 and step < steps:
+                self.save(epoch, step)
+        logs = _floats(self.model.get_metrics_result())
+        self.train_seconds += time.perf_counter() - start
+        self.train_images += (steps - first) * global_batch_size
+        return logs
+
+
+def _data_sharded(dataset):
+    """Workers share each global batch (the first worker the first part, ...) instead of
+    reading files of their own: every worker builds the same dataset from the same seed."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _summary_writers(log_dir):
+    return {"train": tf.summary.create_file_writer(str(log_dir / "train")),
+            "validation": tf.summary.create_file_writer(str(log_dir / "validation"))}
+
+
+def _write_summaries(writers, epoch, logs):
+    """Keras TensorBoard's layout: `epoch_<metric>` under train/ and validation/."""
+    for key, value in logs.items():
+        split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+        with writers[split].as_default():
+            tf.summary.scalar(f"epoch_{name}", value, step=epoch)
+    for writer in writers.values():
+        writer.flush()
