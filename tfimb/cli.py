@@ -58,13 +58,17 @@ def _train(args):
             jobs.append((config_lib.resolve(raw, args.set), workdir))
     except config_lib.ConfigError as error:
         raise SystemExit(f"tfimb: {path}: {error}") from None
+    if args.local_workers is not None:
+        return _launch_local_workers(args, ["train"], workdir)
+    finished = []
     for cfg, run_dir in jobs:
         print(f"== {run_dir}", flush=True)
         try:
-            train.run(cfg, run_dir, resume=args.resume)
+            results = train.run(cfg, run_dir, resume=args.resume)
         except train.RunDirError as error:
             raise SystemExit(f"tfimb: {error}") from None
-    print(report.table([report.load_run(run_dir) for _, run_dir in jobs]))
+        finished.append({"dir": run_dir, "results": results})
+    print(report.table(finished))
     return 0
 
 
@@ -111,6 +115,8 @@ def _flow_train(args):
     except config_lib.ConfigError as error:
         raise SystemExit(f"tfimb: {path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
+    if args.local_workers is not None:
+        return _launch_local_workers(args, ["flow", "train"], workdir)
     try:
         results = flow_train.run(cfg, workdir, resume=args.resume)
     except (flow_train.FlowRunError, FloatingPointError) as error:
@@ -119,6 +125,23 @@ def _flow_train(args):
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "
           f"{bpd['test']:.4f} after {results['epochs_completed']} epochs; samples: "
           f"{workdir / 'samples.png'}")
+    return 0
+
+
+def _launch_local_workers(args, command, workdir):
+    """`--local-workers N`: the same command as N multi-worker processes on this machine."""
+    from tfimb import launch
+
+    argv = [sys.executable, "-m", "tfimb", *command, str(args.config), "--workdir", str(workdir)]
+    for text in args.set:
+        argv += ["--set", text]
+    argv += ["--set", "distribute.strategy=multi_worker"]
+    if args.resume:
+        argv.append("--resume")
+    try:
+        launch.run_local_workers(argv, args.local_workers, workdir / "workers")
+    except launch.LaunchError as error:
+        raise SystemExit(f"tfimb: {error}") from None
     return 0
 
 
@@ -209,7 +232,11 @@ def _add_run_arguments(parser, default_dir):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=10 (YAML value)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from its last completed epoch")
+                        help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--local-workers", type=int, metavar="N",
+                        help="train as N multi-worker processes on 127.0.0.1 "
+                             "(distribute.strategy=multi_worker); workers 1.. log to "
+                             "WORKDIR/workers; all stop when one fails")
 
 
 def build_parser():

@@ -10,16 +10,10 @@ on Ctrl-C, and rewrites the reports as trials end.
 
 import os
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
 from tfimb import _checks
-
-
-class LaunchError(RuntimeError):
-    """A distributed search that could not be started or whose processes failed."""
+from tfimb.launch import LaunchError, check_count, free_port, supervise
 
 
 def parse_address(arg, text):
@@ -53,75 +47,24 @@ def set_environment(chief=None, worker=None, worker_id=None):
                       KERASTUNER_ORACLE_PORT=str(port))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(processes, grace=10.0):
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    deadline = time.monotonic() + grace
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def run_local(args, workdir, cfg, search):
     """Start a chief and `args.local_workers` workers on 127.0.0.1; return the best trial."""
     from tfimb import tune
 
-    workers = args.local_workers
-    if workers < 1:
-        raise LaunchError("Invalid value for argument `--local-workers`. Expected an integer "
-                          f">= 1. Received: --local-workers={workers}")
+    workers = check_count(args.local_workers)
     tune.validate(cfg, search)
     workdir = pathlib.Path(workdir)
     tune.check_workdir(workdir, cfg, search)  # Before the children, which only compare.
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
     base = [sys.executable, "-m", "tfimb", "tune", str(args.config), "--workdir", str(workdir)]
     for text in args.set:
         base += ["--set", text]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
-    commands = [("chief", base + ["--chief", address])]
-    commands += [(f"worker{i}", base + ["--worker", address, "--worker-id", str(i)])
+    commands = [("chief", base + ["--chief", address], env)]
+    commands += [(f"worker{i}", base + ["--worker", address, "--worker-id", str(i)], env)
                  for i in range(workers)]
-    processes, logs = [], []
-    try:
-        for name, command in commands:
-            log = open(workdir / "logs" / f"{name}.log", "a")
-            logs.append(log)
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                              env=env))
-        print(f"search on {address}: a chief and {workers} workers; logs in "
-              f"{workdir / 'logs'}", flush=True)
-        last_report = 0.0
-        while any(p.poll() is None for p in processes):
-            failed = [(name, p.returncode) for (name, _), p in zip(commands, processes)
-                      if p.poll() not in (None, 0)]
-            if failed:
-                name, code = failed[0]
-                raise LaunchError(f"{name} exited with status {code}; see "
-                                  f"{workdir / 'logs' / (name + '.log')}. Stopped the others; "
-                                  "the same command resumes the search.")
-            if time.monotonic() - last_report > 5:
-                tune.write_reports(workdir, cfg, search)
-                last_report = time.monotonic()
-            time.sleep(0.5)
-        failed = [(name, p.returncode) for (name, _), p in zip(commands, processes)
-                  if p.returncode != 0]
-        if failed:
-            name, code = failed[0]
-            raise LaunchError(f"{name} exited with status {code}; see "
-                              f"{workdir / 'logs' / (name + '.log')}.")
-    finally:
-        _stop(processes)
-        for log in logs:
-            log.close()
+    print(f"search on {address}: a chief and {workers} workers; logs in "
+          f"{workdir / 'logs'}", flush=True)
+    supervise(commands, workdir / "logs", poll=lambda: tune.write_reports(workdir, cfg, search),
+              retry_hint=" The same command resumes the search.")
     return tune.write_reports(workdir, cfg, search)

@@ -137,8 +137,9 @@ class TrainingLoop:
         for i, path in enumerate(paths):
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, AssertionError, ValueError) as error:
-                reason = str(error).strip().splitlines()[0][:300] if str(error) else type(error)
+            except Exception as error:  # Unreadable in any way (truncated, garbled, stale).
+                text = str(error).strip()
+                reason = text.splitlines()[0][:300] if text else type(error).__name__
                 fallback = paths[i + 1] if i + 1 < len(paths) else None
                 print(f"tfimb: checkpoint {path} is unreadable ({reason}); "
                       + (f"using the previous one, {fallback}." if fallback else

@@ -49,6 +49,9 @@ def configure_devices(distribute):
             raise
 
 
+_MULTI_WORKER = None
+
+
 def make_strategy(distribute):
     """The configured strategy; `multi_worker` reads the cluster from TF_CONFIG (create it before
     any other TensorFlow work: its collectives are configured at start-up)."""
@@ -62,7 +65,10 @@ def make_strategy(distribute):
                 "distribute.strategy=multi_worker reads the cluster from the TF_CONFIG "
                 "environment variable, which is not set. Set it on every host (README: "
                 "'Several hosts'), or pass --local-workers N to start N workers on this machine.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        global _MULTI_WORKER  # One per process: a second one's collectives do not connect.
+        if _MULTI_WORKER is None:
+            _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MULTI_WORKER
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)

@@ -1,0 +1,184 @@
+"""The training loop shared by every strategy: checkpoints, fallback, history, multi-worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from cli_helpers import run_tfimb
+from tfimb import config, launch, loop, train
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, "relu")(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _data(epoch, n=40, batch=8):
+    rng = np.random.default_rng(epoch)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype(np.int32))).batch(batch)
+
+
+def _fit(run_dir, epochs, callbacks=(), **kwargs):
+    model = _model()
+    training = loop.TrainingLoop(model, tf.distribute.get_strategy(), run_dir, **kwargs)
+    rows = training.fit(_data, 5, epochs, 8, callbacks=callbacks, verbose=0)
+    return model, rows
+
+
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch=None):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+        if epoch == self.epoch and self.batch is None:
+            raise KeyboardInterrupt("simulated crash")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    reference, rows = _fit(tmp_path / "whole", 3)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "cut", 3, [_StopAt(2)])
+    resumed, rows = _fit(tmp_path / "cut", 3)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_mid_epoch_checkpoints_resume_where_they_stopped(tmp_path):
+    reference, _ = _fit(tmp_path / "whole", 2)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "cut", 2, [_StopAt(1, batch=3)], checkpoint_every=2)
+    # Epoch 0's checkpoint and epoch 1 after its second step are on disk.
+    model = _model()
+    training = loop.TrainingLoop(model, tf.distribute.get_strategy(), tmp_path / "cut")
+    assert training.restore() == (1, 2)
+    resumed, rows = _fit(tmp_path / "cut", 2, checkpoint_every=2)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_corrupt_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capfd):
+    reference, _ = _fit(tmp_path / "whole", 3)
+    run_dir = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(run_dir, 3, [_StopAt(2)])
+    newest = loop.checkpoint_paths(run_dir / loop.CHECKPOINTS)[0]
+    assert newest.endswith("ckpt-2")
+    data = next((run_dir / loop.CHECKPOINTS).glob("ckpt-2.data-*"))
+    data.write_bytes(b"\0garbage" * 8)  # A partial, overwritten write.
+    history = (run_dir / loop.HISTORY).read_text().splitlines()
+    assert len(history) == 3  # header + epochs 0 and 1
+
+    resumed, rows = _fit(run_dir, 3)
+    err = capfd.readouterr().err
+    assert f"checkpoint {newest} is unreadable" in err and "ckpt-1" in err
+    # Epoch 1 trained again from ckpt-1; the history holds each epoch once.
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert len((run_dir / loop.HISTORY).read_text().splitlines()) == 4
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+    _fit(tmp_path, 1)
+    for path in (tmp_path / loop.CHECKPOINTS).glob("ckpt-*.data-*"):
+        path.write_bytes(b"")
+    with pytest.raises(loop.CheckpointError, match="could be restored"):
+        _fit(tmp_path, 2)
+
+
+def test_multi_worker_needs_tf_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    cfg = config.resolve({}, ["distribute.strategy=multi_worker", "data.source=digits"])
+    with pytest.raises(train.RunDirError, match="TF_CONFIG.*--local-workers"):
+        train.run(cfg, tmp_path)
+    with pytest.raises(launch.LaunchError, match="--local-workers=0"):
+        launch.check_count(0)
+
+
+def test_local_worker_environments():
+    envs = [json.loads(e) for e in launch.multi_worker_environments(3)]
+    assert [e["task"] for e in envs] == [{"type": "worker", "index": i} for i in range(3)]
+    workers = envs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(e["cluster"]["worker"] == workers for e in envs)
+
+
+TINY_YAML = """\
+data: {source: digits, augment: true}
+imbalance: {minority: [1, 4, 6], minority_count: 7, majority_count: 25}
+model: {name: resnet20}
+loss: {name: softmax_cross_entropy}
+train: {epochs: 2, batch_size: 28, lr_values: [0.01, 0.001], lr_boundaries: [1]}
+mixed_precision: float32
+distribute: {sync_batch_norm: true}
+"""
+
+
+def _load_weights(run_dir):
+    return keras.saving.load_model(run_dir / "model.keras").get_weights()
+
+
+@pytest.mark.slow
+def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
+    """2 local workers, one SIGKILLed after the first epoch; the same command again completes
+    the run, with the weights and history one worker trains with the same global batch."""
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)  # 196 images: 7 global batches of 28.
+    one = run_tfimb("train", "tiny.yaml", "--workdir", "one", "--local-workers", "1",
+                    cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    run_dir = tmp_path / "two"
+    command = [sys.executable, "-m", "tfimb", "train", "tiny.yaml", "--workdir", "two",
+               "--local-workers", "2"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not loop.checkpoint_paths(run_dir / "checkpoints"):  # Epoch 0 is done.
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(int((run_dir / "workers" / "worker1.pid").read_text()), signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert "worker1 exited" in err and "same command resumes" in err
+    assert not (run_dir / "results.json").exists()
+
+    again = run_tfimb(*command[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = [json.loads((tmp_path / w / "results.json").read_text()) for w in ("one", "two")]
+    assert [r["replicas"] for r in results] == [1, 2]
+    assert [r["epochs_completed"] for r in results] == [2, 2]
+    history = [np.loadtxt(tmp_path / w / "history.csv", delimiter=",", skiprows=1)
+               for w in ("one", "two")]
+    np.testing.assert_allclose(history[0], history[1], rtol=1e-4)
+    for a, b in zip(_load_weights(tmp_path / "one"), _load_weights(run_dir)):
+        assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
+    # Only the chief wrote: one set of checkpoints, no worker scratch folders left.
+    assert not list((run_dir / "checkpoints").glob(".worker-*"))

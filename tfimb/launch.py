@@ -1,0 +1,111 @@
+"""Local process groups: `--local-workers N` of `tfimb train`, `tfimb flow train` and `tfimb tune`.
+
+`supervise` starts the processes, waits for them all, and stops every one of them as soon as one
+fails or on Ctrl-C (a multi-worker job cannot go on without a member: the others would wait in
+their collectives). `multi_worker_environments` writes the `TF_CONFIG` of N workers on
+127.0.0.1 for `tf.distribute.MultiWorkerMirroredStrategy`.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+
+class LaunchError(RuntimeError):
+    """A process group that could not be started or one of whose processes failed."""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_count(workers, minimum=1):
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < minimum:
+        raise LaunchError("Invalid value for argument `--local-workers`. Expected an integer "
+                          f">= {minimum}. Received: --local-workers={workers}")
+    return workers
+
+
+def multi_worker_environments(workers):
+    """One TF_CONFIG per worker of a cluster of `workers` processes on free local ports."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+    return [json.dumps({"cluster": {"worker": addresses},
+                        "task": {"type": "worker", "index": i}}) for i in range(workers)]
+
+
+def stop(processes, grace=10.0):
+    """Terminate the running processes; kill those still alive after `grace` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def supervise(commands, log_dir, console=None, poll=None, retry_hint=""):
+    """Run `commands` ([(name, argv, env)]) until all exit; raise LaunchError when one fails.
+
+    Each process writes to `log_dir/<name>.log`, except `console` (a name), which keeps this
+    process's stdout and stderr. `log_dir/<name>.pid` holds each pid while it runs. `poll()` is
+    called about every 5 seconds.
+    """
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes, logs = [], []
+
+    def failure(name, code, running):
+        where = "above" if name == console else f"in {log_dir / (name + '.log')}"
+        stopped = " Stopped the others." if running else ""
+        return LaunchError(f"{name} exited with status {code} (its output is {where})."
+                           f"{stopped}{retry_hint}")
+
+    try:
+        for name, argv, env in commands:
+            out = None
+            if name != console:
+                out = open(log_dir / f"{name}.log", "a")
+                logs.append(out)
+            processes.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT
+                                              if out else None, env=env))
+            (log_dir / f"{name}.pid").write_text(str(processes[-1].pid))
+        last_poll = time.monotonic()
+        while any(p.poll() is None for p in processes):
+            for (name, _, _), process in zip(commands, processes):
+                if process.poll() not in (None, 0):
+                    raise failure(name, process.returncode, True)
+            if poll is not None and time.monotonic() - last_poll > 5:
+                poll()
+                last_poll = time.monotonic()
+            time.sleep(0.5)
+        for (name, _, _), process in zip(commands, processes):
+            if process.returncode != 0:
+                raise failure(name, process.returncode, False)
+    finally:
+        stop(processes)
+        for out in logs:
+            out.close()
+        for name, _, _ in commands:
+            (log_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def run_local_workers(argv, workers, log_dir):
+    """Run `argv` (a `tfimb` command with distribute.strategy=multi_worker) as `workers` local
+    workers; worker 0 (the chief) prints to this console, the others log to `log_dir`."""
+    envs = multi_worker_environments(check_count(workers))
+    base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    commands = [(f"worker{i}", argv, {**base, "TF_CONFIG": tf_config})
+                for i, tf_config in enumerate(envs)]
+    print(f"{workers} local workers; worker0 is the chief, the others log to {log_dir}",
+          flush=True)
+    supervise(commands, log_dir, console="worker0",
+              retry_hint=" The same command resumes from the last checkpoint.")
