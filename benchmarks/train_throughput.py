@@ -5,7 +5,8 @@
 
 tfimb: the training pipeline of `tfimb train` (uint8 images in memory, seeded shuffle, pad-4
 random crop and flip as a parallel map, prefetch), the model with its normalisation layer and
-coupled weight decay, `ClassBalancedFocal` and the three group metrics, `model.fit`.
+coupled weight decay, `ClassBalancedFocal` and the three group metrics, trained by
+`tfimb.loop.TrainingLoop` (the loop `tfimb train` uses under every strategy).
 Keras: the same model (normalisation included, no weight decay) compiled with
 `SparseCategoricalCrossentropy` and plain accuracy, `fit` on in-memory float32 arrays (no
 augmentation). Both: SGD with momentum, batch 128, the same number of timed steps after a
@@ -25,7 +26,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 import tfimb  # noqa: E402
-from tfimb import config, data, metrics, train  # noqa: E402
+from tfimb import config, data, loop, metrics, train  # noqa: E402
 
 
 def _images(count):
@@ -44,11 +45,21 @@ def _images(count):
                         [str(i) for i in range(10)], 10), images, labels, "random pixels"
 
 
-def _timed_fit(model, dataset, steps, warmup):
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    return time.perf_counter() - start
+def _timed_loop(model, dataset, steps, warmup):
+    import tempfile
+
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    with tempfile.TemporaryDirectory() as run_dir:
+        training = loop.TrainingLoop(model, strategy, run_dir)
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        training.run_steps(iterator, warmup)
+        float(model.optimizer.iterations.numpy())
+        start = time.perf_counter()
+        training.run_steps(iterator, steps)
+        float(model.optimizer.iterations.numpy())  # Waits for the last step.
+        return time.perf_counter() - start
 
 
 def measure(name, precision, args, dataset, images, labels):
@@ -67,7 +78,7 @@ def measure(name, precision, args, dataset, images, labels):
                     metrics=metrics.group_accuracies([1, 4, 6], 10))
     split = data.Split(images, labels)
     ds = data.pipeline(split, batch, training=True, seed=0).repeat()
-    tfimb_seconds = _timed_fit(trainer, ds, args.steps, args.warmup)
+    tfimb_seconds = _timed_loop(trainer, ds, args.steps, args.warmup)
 
     # Bare Keras: the same model on in-memory arrays.
     keras.utils.set_random_seed(0)

@@ -41,7 +41,7 @@ def test_unknown_keys_list_the_valid_ones():
                                                  r"distribute, evaluation, imbalance"):
         config.resolve({"trian": {}})
     with pytest.raises(config.ConfigError, match=r"Unknown key `train.epoch`. Valid keys: "
-                                                 r"batch_size, epochs"):
+                                                 r"batch_size, checkpoint_every, epochs"):
         config.resolve({}, ["train.epoch=3"])
     with pytest.raises(config.ConfigError, match=r"Unknown key `loss.gama` for loss 'focal'. "
                                                  r"Valid keys: .*gamma"):

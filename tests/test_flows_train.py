@@ -81,9 +81,10 @@ def test_flow_training_resumes_and_a_nan_step_stops_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_flow_cli_end_to_end_mirrored_over_two_cpus(tmp_path, capsys):
+def test_flow_cli_end_to_end_on_two_local_workers(tmp_path, capsys):
+    # Mirrored and default strategies run the same loop (tests/test_train.py, test_loop.py).
     args = ["flow", "train", "flow_default", "--workdir", str(tmp_path / "run"),
-            "--set", "distribute.strategy=mirrored"]
+            "--local-workers", "2"]
     for item in TINY:
         args += ["--set", item]
     result = run_tfimb(*args, cwd=tmp_path)
@@ -92,6 +93,7 @@ def test_flow_cli_end_to_end_mirrored_over_two_cpus(tmp_path, capsys):
     assert results["replicas"] == 2 and results["epochs_completed"] == 2
     assert set(results["bits_per_dim"]) == {"train", "test"}
     assert (tmp_path / "run" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["config"]["distribute"]["strategy"] == "multi_worker"
     # The other subcommands in this process (a fresh interpreter per command costs seconds).
     from tfimb import cli
 

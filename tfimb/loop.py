@@ -178,14 +178,19 @@ class TrainingLoop:
         """Forget the compiled step functions (call when a graph constant of the loss changes)."""
         self._train_function = self._test_function = None
 
-    def _train(self, iterator, steps):
+    def run_steps(self, iterator, steps):
+        """`steps` training steps from a distributed iterator (no callbacks, no checkpoint)."""
         if self._train_function is None:
             model, strategy = self.model, self.strategy
 
             @tf.function
             def train_function(iterator, steps):
-                for _ in tf.range(steps):
+                def step(i):
                     strategy.run(model.train_step, args=(next(iterator),))
+                    return (i + 1,)
+
+                # An explicit loop: it must not depend on AutoGraph converting this function.
+                tf.while_loop(lambda i: i < steps, step, (tf.constant(0, tf.int64),))
 
             self._train_function = train_function
         self._train_function(iterator, tf.constant(steps, tf.int64))
@@ -258,7 +263,7 @@ class TrainingLoop:
             if self.checkpoint_every:
                 n = min(n, self.checkpoint_every - step % self.checkpoint_every)
             callbacks.on_train_batch_begin(step)
-            self._train(iterator, n)
+            self.run_steps(iterator, n)
             step += n
             callbacks.on_train_batch_end(step - 1, _floats(self.model.get_metrics_result())
                                          if verbose == 1 else None)

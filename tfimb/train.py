@@ -11,7 +11,7 @@ Optimisation matches the published protocol (PyTorch-style SGD):
 
 A run directory holds `config.yaml` (resolved), `counts.json`, `history.csv`, `logs/`
 (TensorBoard), `checkpoints/` (every epoch), `model.keras`, `plots/` and `results.json`, the last
-written atomically once the run has finished. `--resume` continues from the last completed epoch
+written atomically once the run has finished. `--resume` continues from the last checkpoint
 and refuses a changed config; a finished run is never overwritten.
 """
 
