@@ -45,7 +45,10 @@ def test_weight_decay_is_coupled_l2_on_every_weight():
 
 @pytest.mark.slow
 def test_cli_end_to_end_run_report_and_refusals(tmp_path):
-    args = ["train", "default", "--workdir", str(tmp_path / "runs")]
+    # Under `mirrored` over 2 logical CPUs: every strategy trains through the same loop, and
+    # the default strategy is covered in-process below.
+    args = ["train", "default", "--workdir", str(tmp_path / "runs"),
+            "--set", "distribute.strategy=mirrored", "--set", "distribute.num_cpu_devices=2"]
     for item in TINY:
         args += ["--set", item]
     result = run_tfimb(*args, cwd=tmp_path)
@@ -60,7 +63,7 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) >= {"accuracy", "per_class_accuracy", "confusion_matrix", "counts",
                             "epochs_completed", "train_seconds", "images_per_second", "config"}
-    assert results["epochs_completed"] == 2
+    assert results["epochs_completed"] == 2 and results["replicas"] == 2
     assert results["counts"] == json.loads((run_dir / "counts.json").read_text())["counts"]
     assert [results["counts"][c] for c in (1, 4, 6)] == [5, 5, 5]
     matrix = np.array(results["confusion_matrix"])
@@ -90,31 +93,27 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
         assert (out / name).is_file()
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-
-
-@pytest.mark.slow
-def test_resume_after_interruption(tmp_path):
-    cfg = _tiny("train.epochs=3", "train.lr_boundaries=[1, 2]")
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path, verbose=0, callbacks=[_Interrupt()])
-    assert not (tmp_path / "results.json").exists()
-    assert len((tmp_path / "history.csv").read_text().splitlines()) == 2  # header + epoch 0
+def test_run_directory_refusals_and_resume_modes(tmp_path):
+    # Training-level resume is covered by tests/test_loop.py (in-process and a killed worker).
+    cfg, other = _tiny(), _tiny("train.epochs=3")
+    assert train.prepare_run_dir(tmp_path, cfg, resume=False) is False
     with pytest.raises(train.RunDirError, match="--resume"):
-        train.run(cfg, tmp_path, verbose=0)
+        train.prepare_run_dir(tmp_path, cfg, resume=False)
     with pytest.raises(train.RunDirError, match="config differs"):
-        train.run(_tiny("train.epochs=4", "train.lr_boundaries=[1, 2]"), tmp_path,
-                  resume=True, verbose=0)
-    results = train.run(cfg, tmp_path, resume=True, verbose=0)
-    epochs = [line.split(",")[0] for line in
-              (tmp_path / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == ["0", "1", "2"]
-    assert results["epochs_completed"] == 3
+        train.prepare_run_dir(tmp_path, other, resume=True)
+    assert train.prepare_run_dir(tmp_path, cfg, resume=True) is True
+    # Multi-worker runs resume without --resume (a restarted worker reruns its command).
+    multi = _tiny("distribute.strategy=multi_worker")
+    assert train.prepare_run_dir(tmp_path / "mw", multi, resume=False) is False
+    assert train.prepare_run_dir(tmp_path / "mw", multi, resume=False) is True
+    # A non-chief worker only checks: it writes nothing.
+    assert train.prepare_run_dir(tmp_path / "worker", multi, False, is_chief=False) is False
+    assert not (tmp_path / "worker").exists()
+    with pytest.raises(train.RunDirError, match="nothing to resume"):
+        train.prepare_run_dir(tmp_path / "fresh", cfg, resume=True)
+    (tmp_path / "results.json").write_text("{}")
     with pytest.raises(train.RunDirError, match="finished run"):
-        train.run(cfg, tmp_path, resume=True, verbose=0)
+        train.prepare_run_dir(tmp_path, cfg, resume=True)
 
 
 @pytest.mark.slow
@@ -130,18 +129,3 @@ def test_ldam_with_deferred_reweighting(tmp_path):
     assert seen == [None, 0.9999]
     assert np.isfinite(results["accuracy"]["all"])
     assert "DRW from epoch 2" in report.describe(results["config"])
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
-    # One run of the tiny config (the CLI's `default` would train two variants).
-    (tmp_path / "tiny.yaml").write_text("loss: {name: class_balanced_softmax, beta: 0.999}\n")
-    args = ["train", "tiny.yaml", "--workdir", str(tmp_path / "run"),
-            "--set", "distribute.strategy=mirrored", "--set", "distribute.num_cpu_devices=2"]
-    for item in TINY + ["train.epochs=1", "train.lr_boundaries=[1]",
-                        "train.lr_values=[0.1, 0.01]"]:
-        args += ["--set", item]
-    result = run_tfimb(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["replicas"] == 2 and results["epochs_completed"] == 1

@@ -164,8 +164,8 @@ class DistributeConfig:
     strategy: str = "default"        # default | mirrored | multi_worker (hosts from TF_CONFIG)
     num_cpu_devices: int = 2         # logical CPU replicas for `mirrored` when there is no GPU
     # Batch-norm statistics over the global batch (all replicas) rather than each replica's
-    # share: the same math as one device with the same global batch, at one all-reduce per
-    # batch-norm layer and step. Classifier models only.
+    # share, at one all-reduce per batch-norm layer and step; one device then trains the
+    # weights N workers train (both compute the moments as E[x^2] - E[x]^2). Classifiers only.
     sync_batch_norm: bool = False
 
     def validate(self):

@@ -110,8 +110,10 @@ def build_model(cfg, dataset):
     normalized = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),
                                             name="normalize")(inputs)
     model = keras.Model(inputs, backbone(normalized), name=cfg.model.name)
-    if cfg.distribute.sync_batch_norm and cfg.distribute.strategy != "default":
-        for layer in backbone.layers:  # Read at call time: batch moments over all replicas.
+    if cfg.distribute.sync_batch_norm:
+        # Read at call time: batch moments over all replicas, computed as E[x^2] - E[x]^2
+        # (also on one device, which then trains the weights N workers train).
+        for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
     return model
