@@ -54,7 +54,7 @@ def _classifier_run(root):
     keras.utils.set_random_seed(0)
     model = train.build_model(cfg, dataset)
     root.mkdir()
-    model.save(root / "model.keras")
+    train.save_model(model, root / "model.keras")
     (root / "counts.json").write_text(json.dumps({"class_names": dataset.class_names,
                                                   "counts": dataset.counts.tolist()}))
     (root / "results.json").write_text(json.dumps({"accuracy": {"all": 0.1}}))

@@ -116,7 +116,21 @@ def build_model(cfg, dataset):
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
+    elif keras.backend.backend() == "tensorflow":
+        from tfimb import fused_batch_norm  # One oneDNN kernel per batch norm and direction.
+
+        model = fused_batch_norm.fuse_batch_norms(model)
     return model
+
+
+def save_model(model, path):
+    """`model.keras` with Keras' own batch-norm layers (loads without tfimb), atomically."""
+    from tfimb import fused_batch_norm
+
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    fused_batch_norm.unfuse_batch_norms(model).save(tmp)
+    os.replace(tmp, path)
 
 
 class WeightDecayModel(keras.Model):
@@ -327,9 +341,7 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
             "config": cfg.to_dict(),
         }
         if is_chief:
-            tmp_model = run_dir / ".model.keras.tmp.keras"
-            model.save(tmp_model)
-            os.replace(tmp_model, run_dir / "model.keras")
+            save_model(model, run_dir / "model.keras")
             from tfimb import report
 
             report.plot_run(run_dir)
