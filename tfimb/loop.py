@@ -106,8 +106,8 @@ def _floats(values):
 class TrainingLoop:
     """Trains a compiled Keras model under `strategy` with checkpoints in `run_dir`.
 
-    Create under nothing in particular (the model and its optimizer must have been built under
-    `strategy.scope()`); call `fit`. `train_seconds` / `train_images` measure the training part
+    The model must have been built and compiled under `strategy.scope()`; the loop builds the
+    optimizer's variables there too. Call `fit`. `train_seconds` / `train_images` measure the training part
     of the epochs run by this call (evaluation excluded).
     """
 
