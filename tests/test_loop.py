@@ -106,6 +106,13 @@ def test_a_corrupt_checkpoint_is_reported_and_the_previous_one_used(tmp_path, ca
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    _fit(tmp_path, 5, keep=3)
+    paths = loop.checkpoint_paths(tmp_path / loop.CHECKPOINTS)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["ckpt-5", "ckpt-4", "ckpt-3"]
+    assert len(list((tmp_path / loop.CHECKPOINTS).glob("ckpt-*"))) == 6  # .index + .data
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     _fit(tmp_path, 1)
     for path in (tmp_path / loop.CHECKPOINTS).glob("ckpt-*.data-*"):

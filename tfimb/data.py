@@ -297,13 +297,9 @@ def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=F
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32)))
     if training:
-        reshuffle = epoch is None
-        if epoch is not None:
-            seed = epoch_seed(seed, epoch)
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=reshuffle)
+        ds, seeds = shuffled_with_seeds(ds, len(split), seed, epoch)
         if augment:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
-            ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
+            ds = tf.data.Dataset.zip(ds, seeds).map(
                 lambda xy, s: (_augment(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
@@ -312,9 +308,20 @@ def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=F
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_seed(seed, epoch):
-    """A seed for one epoch's shuffle and augmentation, derived from (seed, epoch)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+def shuffled_with_seeds(ds, buffer_size, seed, epoch=None):
+    """(`ds` shuffled, a dataset of per-example [2] seeds for stateless random ops).
+
+    Without `epoch`, every iteration reshuffles and draws new seeds (the next epoch); with it,
+    both are fixed functions of (seed, epoch), the same in every process and on every resume.
+    """
+    import tensorflow as tf
+
+    reshuffle = epoch is None
+    if epoch is not None:
+        seed = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+    ds = ds.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=reshuffle)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle).batch(2)
+    return ds, seeds
 
 
 def shared_data_dir():

@@ -153,24 +153,22 @@ class TrainingLoop:
         return 0, 0
 
     def save(self, epoch, step):
-        """Checkpoint (epoch, step): the chief keeps it as ckpt-N and prunes to the newest
-        `keep`; other workers write to a temporary folder and delete it."""
+        """Checkpoint (epoch, step): the chief keeps it as ckpt-N, N one past the newest on disk
+        (so numbers keep increasing after a fallback restore), and prunes to the newest `keep`;
+        other workers write to a temporary folder and delete it."""
         self.epoch.assign(epoch)
         self.step.assign(step)
         if self.is_chief:
-            self.checkpoint.write(str(self.directory / f"ckpt-{self._next_number()}"))
-            for old in checkpoint_paths(self.directory)[self.keep:]:
+            paths = checkpoint_paths(self.directory)
+            number = int(paths[0].rsplit("-", 1)[1]) + 1 if paths else 1
+            self.checkpoint.write(str(self.directory / f"ckpt-{number}"))
+            for old in paths[self.keep - 1:]:
                 for path in pathlib.Path(old).parent.glob(pathlib.Path(old).name + ".*"):
                     path.unlink(missing_ok=True)
         else:
             scratch = self.directory / f".worker-{self.worker}.tmp"
             self.checkpoint.write(str(scratch / "ckpt"))
             shutil.rmtree(scratch, ignore_errors=True)
-
-    def _next_number(self):
-        # One past the newest on disk, so numbers keep increasing after a fallback restore.
-        paths = checkpoint_paths(self.directory)
-        return int(paths[0].rsplit("-", 1)[1]) + 1 if paths else 1
 
     # -- compiled functions --------------------------------------------------------------------
 

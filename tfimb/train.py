@@ -240,14 +240,17 @@ class DeferredReweighting(keras.callbacks.Callback):
 # The run.
 
 
-def prepare_run_dir(run_dir, cfg, resume, is_chief=True):
-    """Create or check the run directory; return True when resuming.
+def resume_mode(distribute, resume):
+    """`resume` for `_files.prepare_run_dir`: multi-worker runs resume an unfinished run of the
+    same config without --resume ("auto"), since a worker that died is restarted with the
+    command that started it."""
+    return "auto" if distribute.strategy == "multi_worker" else resume
 
-    Multi-worker runs resume an unfinished run of the same config without --resume: a worker
-    that died is restarted with the command that started it."""
-    if cfg.distribute.strategy == "multi_worker":
-        resume = "auto"
-    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg), resume, writable=is_chief)
+
+def prepare_run_dir(run_dir, cfg, resume, is_chief=True):
+    """Create or check the run directory; return True when resuming."""
+    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg),
+                                  resume_mode(cfg.distribute, resume), writable=is_chief)
 
 
 def group_accuracy(matrix, classes):

@@ -47,13 +47,9 @@ def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=Fal
 
     ds = tf.data.Dataset.from_tensor_slices(images)
     if training:
-        reshuffle = epoch is None
-        if epoch is not None:
-            seed = data_lib.epoch_seed(seed, epoch)
-        ds = ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=reshuffle)
+        ds, seeds = data_lib.shuffled_with_seeds(ds, min(len(images), 20000), seed, epoch)
         if flip:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
-            ds = tf.data.Dataset.zip(ds, seeds.batch(2)).map(
+            ds = tf.data.Dataset.zip(ds, seeds).map(
                 tf.image.stateless_random_flip_left_right, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder or training)
     options = tf.data.Options()
@@ -110,9 +106,9 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
 
     is_chief, _ = loop_lib.worker_role(strategy)
     run_dir = pathlib.Path(run_dir)
-    if cfg.distribute.strategy == "multi_worker":
-        resume = "auto"  # A restarted worker resumes with the command that started it.
-    _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg), resume, writable=is_chief)
+    _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg),
+                           classifier_train.resume_mode(cfg.distribute, resume),
+                           writable=is_chief)
     keras.utils.set_random_seed(cfg.train.seed)
     dataset = data_lib.load(cfg.data, None)
     train_images = _subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
