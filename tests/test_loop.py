@@ -113,6 +113,19 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     assert len(list((tmp_path / loop.CHECKPOINTS).glob("ckpt-*"))) == 6  # .index + .data
 
 
+def test_a_non_finite_loss_stops_before_any_checkpoint_of_it(tmp_path):
+    model = _model()
+    model.optimizer.learning_rate.assign(1e30)  # Diverges within the first steps.
+    training = loop.TrainingLoop(model, tf.distribute.get_strategy(), tmp_path,
+                                 checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        training.fit(_data, 5, 2, 8, verbose=0)
+    for path in loop.checkpoint_paths(tmp_path / loop.CHECKPOINTS):  # None, or finite ones.
+        training.checkpoint.read(path)
+        assert all(np.isfinite(w).all() for w in model.get_weights()), path
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     _fit(tmp_path, 1)
     for path in (tmp_path / loop.CHECKPOINTS).glob("ckpt-*.data-*"):

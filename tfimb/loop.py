@@ -229,12 +229,7 @@ class TrainingLoop:
             callback_list.on_epoch_begin(epoch)
             first = start_step if epoch == start_epoch else 0
             logs = self._train_epoch(train_data(epoch), epoch, first, steps_per_epoch,
-                                     global_batch_size, callback_list, verbose)
-            if stop_on_nan and not math.isfinite(logs.get("loss", 0.0)):
-                raise FloatingPointError(
-                    f"Training stopped on a non-finite loss ({logs['loss']}) in epoch "
-                    f"{epoch}; {self.directory} keeps the checkpoint of the last completed "
-                    "epoch and no results.json is written.")
+                                     global_batch_size, callback_list, verbose, stop_on_nan)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
             if eval_data is not None:
@@ -249,7 +244,16 @@ class TrainingLoop:
         callback_list.on_train_end()
         return history.rows
 
-    def _train_epoch(self, dataset, epoch, first, steps, global_batch_size, callbacks, verbose):
+    def _check_finite(self, logs, epoch):
+        """Raise before a checkpoint of non-finite weights could be written."""
+        if not math.isfinite(logs.get("loss", 0.0)):
+            raise FloatingPointError(
+                f"Training stopped on a non-finite loss ({logs['loss']}) in epoch {epoch}; "
+                f"{self.directory} keeps the last checkpoint written before it and no "
+                "results.json is written.")
+
+    def _train_epoch(self, dataset, epoch, first, steps, global_batch_size, callbacks, verbose,
+                     stop_on_nan):
         for metric in self.model.metrics:
             metric.reset_state()
         if first:
@@ -266,8 +270,12 @@ class TrainingLoop:
             callbacks.on_train_batch_end(step - 1, _floats(self.model.get_metrics_result())
                                          if verbose == 1 else None)
             if self.checkpoint_every and step % self.checkpoint_every == 0 and step < steps:
+                if stop_on_nan:
+                    self._check_finite(_floats(self.model.get_metrics_result()), epoch)
                 self.save(epoch, step)
         logs = _floats(self.model.get_metrics_result())
+        if stop_on_nan:
+            self._check_finite(logs, epoch)
         self.train_seconds += time.perf_counter() - start
         self.train_images += (steps - first) * global_batch_size
         return logs
