@@ -54,8 +54,10 @@ class WeightNormConv2D(keras.layers.Layer):
     def call(self, x):
         norm = tf.sqrt(tf.reduce_sum(tf.square(self.v), axis=[0, 1, 2]) + 1e-12)
         kernel = self.v * (self.g / norm)
-        return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME") + tf.cast(self.bias,
-                                                                            x.dtype)
+        # bias_add, not "+": its gradient is one BiasAddGrad instead of a broadcast Sum, and
+        # oneDNN fuses it into the convolution.
+        return tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME"),
+                              tf.cast(self.bias, x.dtype))
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
@@ -94,7 +96,7 @@ class CouplingNetwork(keras.layers.Layer):
             r = conv1(tf.nn.relu(bn1(h, training=training)))
             h = h + conv2(tf.nn.relu(bn2(r, training=training)))
         raw = self.out(tf.nn.relu(self.out_bn(h, training=training)))
-        raw_s, t = raw[..., :self.channels], raw[..., self.channels:]
+        raw_s, t = tf.split(raw, 2, axis=-1)  # Gradient: a concat, not two StridedSliceGrads.
         return self.scale * tf.tanh(raw_s), t
 
 
