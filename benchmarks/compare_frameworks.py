@@ -1,12 +1,12 @@
 """Training images/second: tfimb's training path beside PyTorch, same models, same machine.
 
     pip install -e ".[benchmarks]"          # torch==2.13.0 (CPU build)
-    python benchmarks/compare_frameworks.py                       # both models, float32 and bf16
+    python benchmarks/compare_frameworks.py            # ResNets in float32 and bf16, RealNVP
     python benchmarks/compare_frameworks.py --models resnet20 --rounds 2 --steps 10
 
-tfimb: `tfimb.train.build_trainer` (the model with its normalisation layer, coupled L2 weight
-decay 5e-4 on every weight, softmax cross-entropy, the group metrics, SGD with momentum 0.9),
-trained by `tfimb.loop.TrainingLoop` (the loop of `tfimb train` under every strategy) from
+ResNets. tfimb: `tfimb.train.build_trainer` (the model with its normalisation layer, coupled L2
+weight decay 5e-4 on every weight, softmax cross-entropy, the group metrics, SGD with momentum
+0.9), trained by `tfimb.loop.TrainingLoop` (the loop of `tfimb train` under every strategy) from
 `tfimb.data.pipeline` over uint8 images in memory, without augmentation (as the PyTorch side).
 PyTorch: the same architecture in `torch.nn` (3x3 stem, basic blocks with 1x1 projection
 shortcuts, global average pooling, dense head; batch-norm eps 1e-5 and momentum 0.1, i.e.
@@ -14,10 +14,17 @@ Keras' 0.9), channels-last, the same normalisation as the first op, cross-entrop
 `torch.optim.SGD(momentum=0.9, weight_decay=5e-4)` (coupled L2, the same math), bf16 through
 `torch.autocast("cpu")`; batches from tensors in memory.
 
-Protocol: for each model, every (framework, precision) is built and warmed up first (tracing,
-oneDNN primitive creation), then `--rounds` rounds run tfimb and PyTorch alternately (A/B/A/B)
-for `--steps` timed steps each; the table gives the median img/s of the rounds and the ratio
-tfimb / PyTorch. Random images and labels (the step time does not depend on the pixels).
+RealNVP (float32, as `tfimb flow train`): configs/realnvp/cifar10_cpu.yaml's model, batch,
+Adam and gradient clipping; tfimb through `tfimb.flows.train.build_model` and the same loop,
+PyTorch through `torch_realnvp`, the same architecture written in `torch.nn`.
+
+Protocol: tfimb and PyTorch each run in their own worker process (neither's thread pools,
+allocator or prefetching touch the other's timings). For each model, every (framework,
+precision) is built and warmed up first (tracing, oneDNN primitive creation), then `--rounds`
+rounds run tfimb and PyTorch alternately (A/B/A/B; the idle worker blocks on a pipe) for
+`--steps` timed steps each; the table gives the median img/s of the rounds, the ratio
+tfimb / PyTorch and both parameter counts (equal when the architectures are). Random images and
+labels (the step time does not depend on the pixels).
 """
 
 import argparse
