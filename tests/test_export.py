@@ -49,7 +49,7 @@ print(json.dumps(out))
 
 def _classifier_run(root):
     """A finished classifier run directory (untrained weights: export does not care)."""
-    cfg = config.resolve({}, ["data.source=digits", "model.name=resnet20", "imbalance=null"])
+    cfg = config.resolve({}, ["data.source=digits", "model.name=resnet8", "imbalance=null"])
     dataset = data.load(cfg.data, None)
     keras.utils.set_random_seed(0)
     model = train.build_model(cfg, dataset)

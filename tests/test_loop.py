@@ -153,7 +153,7 @@ def test_local_worker_environments():
 TINY_YAML = """\
 data: {source: digits, augment: true}
 imbalance: {minority: [1, 4, 6], minority_count: 7, majority_count: 25}
-model: {name: resnet20}
+model: {name: resnet8}
 loss: {name: softmax_cross_entropy}
 train: {epochs: 2, batch_size: 28, lr_values: [0.01, 0.001], lr_boundaries: [1]}
 mixed_precision: float32

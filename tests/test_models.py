@@ -8,7 +8,8 @@ from tfimb import models
 
 
 def test_resnet_shapes_and_sizes():
-    for name, params in [("resnet20", 0.27e6), ("resnet32", 0.46e6), ("resnet18_cifar", 11.17e6)]:
+    for name, params in [("resnet8", 0.078e6), ("resnet20", 0.27e6), ("resnet32", 0.46e6),
+                         ("resnet18_cifar", 11.17e6)]:
         model = models.get(name, num_classes=10)
         assert model.output.shape == (None, 10)
         assert model.count_params() == pytest.approx(params, rel=0.03), name

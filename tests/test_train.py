@@ -9,7 +9,7 @@ from cli_helpers import run_tfimb
 from tfimb import config, report, train
 
 TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
-        "imbalance.minority_count=5", "model.name=resnet20", "train.batch_size=32",
+        "imbalance.minority_count=5", "model.name=resnet8", "train.batch_size=32",
         "train.epochs=2", "train.lr_boundaries=[1, 2]", "mixed_precision=float32"]
 
 

@@ -17,14 +17,18 @@ from tfimb import config, distributed_search, tune
 SMOKE = pathlib.Path(__file__).parents[1] / "configs" / "search" / "smoke.yaml"
 
 
+# ResNet-8 instead of the smoke search's ResNet-20: the same code paths, half the time.
+SMALL = ["model.name=resnet8"]
+
+
 def _smoke(*overrides):
     with open(SMOKE) as f:
-        return config.resolve_search(yaml.safe_load(f), list(overrides))
+        return config.resolve_search(yaml.safe_load(f), SMALL + list(overrides))
 
 
 def _tune_command(workdir, *args):
     return [sys.executable, "-m", "tfimb", "tune", str(SMOKE), "--workdir", str(workdir),
-            "--set", "search.space.beta=[0.9]", *args]
+            "--set", "search.space.beta=[0.9]", "--set", SMALL[0], *args]
 
 
 def _run(command, cwd):

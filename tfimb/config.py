@@ -7,7 +7,7 @@ dotted key and a YAML value: `--set train.epochs=10 --set loss.beta=0.999 --set 
     data:      {source: tfds | folder | digits, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
     imbalance: {minority: [1, 4, 6], minority_count: 250, majority_count: null}
                # or {long_tail_factor: 100}, or null for the data as it is
-    model:     {name: resnet18_cifar | resnet20 | resnet32, head: dense | cosine}
+    model:     {name: resnet18_cifar | resnet8 | resnet20 | resnet32, head: dense | cosine}
     loss:      {name: class_balanced_focal, beta: 0.99, gamma: 1.0, ...}   # counts filled in
     train:     {epochs: 25, batch_size: 128, momentum: 0.9, weight_decay: 5.0e-4,
                 lr_values: [0.1, 0.01, 0.001], lr_boundaries: [15, 20], seed: 0, ...}

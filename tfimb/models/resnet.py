@@ -3,9 +3,10 @@
 * `resnet18_cifar`: He et al.'s ResNet-18 with the CIFAR stem used by the imbalanced CIFAR-10
   protocol: 3x3 stride-1 convolution, no max-pool, stages of 64/128/256/512 channels with two
   basic blocks each, global average pool, dense classifier (11.2M parameters).
-* `resnet20` / `resnet32`: the 6n+2-layer CIFAR ResNets of He et al. (2016), stages of 16/32/64
-  channels (0.27M / 0.46M parameters); projection (1x1 convolution) shortcuts where the shape
-  changes.
+* `resnet8` / `resnet20` / `resnet32`: the 6n+2-layer CIFAR ResNets of He et al. (2016)
+  (n = 1, 3, 5), stages of 16/32/64 channels (0.08M / 0.27M / 0.46M parameters); projection
+  (1x1 convolution) shortcuts where the shape changes. `resnet8` is for smoke tests and quick
+  experiments on tiny data, not for reproducing published numbers.
 
 The classifier head outputs logits in float32 even under a mixed precision policy.
 """
@@ -77,6 +78,11 @@ def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3), head="dense", weight
                   weight_decay)
 
 
+def resnet8(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+    """ResNet-8 for CIFAR (3 stages of 1 basic block, 16/32/64 channels). Args as above."""
+    return _build("resnet8", (16, 32, 64), 1, num_classes, input_shape, head, weight_decay)
+
+
 def resnet20(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
     """ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels). Args as above."""
     return _build("resnet20", (16, 32, 64), 3, num_classes, input_shape, head, weight_decay)
@@ -87,7 +93,8 @@ def resnet32(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay
     return _build("resnet32", (16, 32, 64), 5, num_classes, input_shape, head, weight_decay)
 
 
-MODELS = {"resnet18_cifar": resnet18_cifar, "resnet20": resnet20, "resnet32": resnet32}
+MODELS = {"resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
+          "resnet32": resnet32}
 
 
 def get(name, **kwargs):
