@@ -102,15 +102,12 @@ class TfimbFlowRunner:
     def __init__(self, images, batch, run_dir):
         import keras
         import tensorflow as tf
-        import yaml
 
-        from tfimb import config, loop
+        from tfimb import loop
         from tfimb.flows import train as flow_train
 
         keras.utils.set_random_seed(0)
-        with open(FLOW_CONFIG) as f:
-            cfg = config.resolve_flow(yaml.safe_load(f))
-        self.cfg = cfg
+        cfg = _flow_config()
         strategy = tf.distribute.get_strategy()
         self.model = flow_train.build_model(cfg, images.shape[1:])
         self.model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
