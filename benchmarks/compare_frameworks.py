@@ -65,56 +65,18 @@ def cpu_model():
 # tfimb
 
 
-class TfimbRunner:
-    def __init__(self, name, precision, images, labels, batch, run_dir):
-        import keras
-        import tensorflow as tf
+class _LoopRunner:
+    """Times steps of `tfimb.loop.TrainingLoop` over a compiled model and a repeated dataset."""
 
-        from tfimb import config, data, loop, train
-
-        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
-        keras.utils.set_random_seed(0)
-        cfg = config.resolve({"model": {"name": name}, "loss": {"name": "softmax_cross_entropy"},
-                              "mixed_precision": PRECISIONS[precision]})
-        split = data.Split(images, labels)
-        dataset = data.Dataset(split, data.Split(images[:0], labels[:0]), split,
-                               [str(i) for i in range(10)], 10)
-        strategy = tf.distribute.get_strategy()
-        _, self.trainer, _ = train.build_trainer(cfg, dataset, [1, 4, 6])
-        keras.mixed_precision.set_global_policy("float32")
-        self.loop = loop.TrainingLoop(self.trainer, strategy, run_dir)
-        ds = data.pipeline(split, batch, training=True, augment=False).repeat()
-        self.iterator = iter(strategy.experimental_distribute_dataset(ds))
-
-    def num_parameters(self):
-        return sum(int(np.prod(w.shape)) for w in self.trainer.trainable_weights)
-
-    def run(self, steps):
-        start = time.perf_counter()
-        self.loop.run_steps(self.iterator, steps)
-        int(self.trainer.optimizer.iterations.numpy())  # Waits for the last step.
-        return time.perf_counter() - start
-
-
-class TfimbFlowRunner:
-    """RealNVP per `FLOW_CONFIG` through `tfimb flow train`'s model, optimizer and loop."""
-
-    def __init__(self, images, batch, run_dir):
-        import keras
+    def _start(self, model, dataset, run_dir):
         import tensorflow as tf
 
         from tfimb import loop
-        from tfimb.flows import train as flow_train
 
-        keras.utils.set_random_seed(0)
-        cfg = _flow_config()
         strategy = tf.distribute.get_strategy()
-        self.model = flow_train.build_model(cfg, images.shape[1:])
-        self.model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
-                                                           global_clipnorm=cfg.train.clip_norm))
-        self.loop = loop.TrainingLoop(self.model, strategy, run_dir)
-        ds = flow_train.pipeline(images, batch, True, flip=False).repeat()
-        self.iterator = iter(strategy.experimental_distribute_dataset(ds))
+        self.model = model
+        self.loop = loop.TrainingLoop(model, strategy, run_dir)
+        self.iterator = iter(strategy.experimental_distribute_dataset(dataset.repeat()))
 
     def num_parameters(self):
         return sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
@@ -124,6 +86,40 @@ class TfimbFlowRunner:
         self.loop.run_steps(self.iterator, steps)
         int(self.model.optimizer.iterations.numpy())  # Waits for the last step.
         return time.perf_counter() - start
+
+
+class TfimbRunner(_LoopRunner):
+    def __init__(self, name, precision, images, labels, batch, run_dir):
+        import keras
+
+        from tfimb import config, data, train
+
+        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+        keras.utils.set_random_seed(0)
+        cfg = config.resolve({"model": {"name": name}, "loss": {"name": "softmax_cross_entropy"},
+                              "mixed_precision": PRECISIONS[precision]})
+        split = data.Split(images, labels)
+        dataset = data.Dataset(split, data.Split(images[:0], labels[:0]), split,
+                               [str(i) for i in range(10)], 10)
+        _, trainer, _ = train.build_trainer(cfg, dataset, [1, 4, 6])
+        keras.mixed_precision.set_global_policy("float32")
+        self._start(trainer, data.pipeline(split, batch, training=True, augment=False), run_dir)
+
+
+class TfimbFlowRunner(_LoopRunner):
+    """RealNVP per `FLOW_CONFIG` through `tfimb flow train`'s model, optimizer and loop."""
+
+    def __init__(self, images, batch, run_dir):
+        import keras
+
+        from tfimb.flows import train as flow_train
+
+        keras.utils.set_random_seed(0)
+        cfg = _flow_config()
+        model = flow_train.build_model(cfg, images.shape[1:])
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
+                                                      global_clipnorm=cfg.train.clip_norm))
+        self._start(model, flow_train.pipeline(images, batch, True, flip=False), run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
