@@ -75,27 +75,44 @@ def _pyplot():
     return plt
 
 
+def _line_styles(count):
+    """A distinct (colour, dash) pair per run: ten colours, then the next dash pattern, so
+    runs beyond the tenth do not reuse a line another run already has."""
+    colors = _pyplot().get_cmap("tab10").colors
+    dashes = ("-", "--", ":", "-.")
+    return [dict(color=colors[i % len(colors)], linestyle=dashes[(i // len(colors)) % len(dashes)])
+            for i in range(count)]
+
+
 def plot_curves(runs, path):
-    """Training loss and evaluation all/minority accuracy per epoch, a line per run."""
+    """Training loss and evaluation all/minority accuracy per epoch, a line per run.
+
+    The loss axis is logarithmic because losses differ in scale (LDAM's scaled logits give it
+    several times the cross-entropy), and the legend sits below the panels so that a full
+    table's 17 runs do not cover the curves.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run in runs:
+    runs = [run for run in runs if run["history"]]
+    legend_rows = -(-len(runs) // 3)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2 + 0.22 * legend_rows))
+    for run, style in zip(runs, _line_styles(len(runs))):
         history = run["history"]
-        if not history:
-            continue
         epochs = history["epoch"] + 1
         label = describe(run["results"]["config"]) if "results" in run else run["dir"].name
-        axes[0].plot(epochs, history["loss"], label=label)
+        axes[0].plot(epochs, history["loss"], label=label, **style)
         for ax, key in ((axes[1], "val_all_accuracy"), (axes[2], "val_minority_accuracy")):
             if key in history:
-                ax.plot(epochs, 100 * history[key], label=label)
+                ax.plot(epochs, 100 * history[key], label=label, **style)
     for ax, title in zip(axes, ("training loss", "all-class accuracy (%)",
                                 "minority accuracy (%)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.22 * legend_rows / (4.2 + 0.22 * legend_rows), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
