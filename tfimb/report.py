@@ -93,8 +93,10 @@ def plot_curves(runs, path):
     """
     plt = _pyplot()
     runs = [run for run in runs if run["history"]]
-    legend_rows = -(-len(runs) // 3)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2 + 0.22 * legend_rows))
+    legend_columns = 3
+    legend_height = 0.22 * -(-len(runs) // legend_columns)  # Inches: a row per 3 runs.
+    height = 4.2 + legend_height
+    fig, axes = plt.subplots(1, 3, figsize=(15, height))
     for run, style in zip(runs, _line_styles(len(runs))):
         history = run["history"]
         epochs = history["epoch"] + 1
@@ -111,8 +113,9 @@ def plot_curves(runs, path):
     axes[0].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.22 * legend_rows / (4.2 + 0.22 * legend_rows), 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=legend_columns, fontsize=8,
+                   frameon=False)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
