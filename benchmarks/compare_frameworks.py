@@ -116,9 +116,7 @@ class TfimbFlowRunner(_LoopRunner):
 
         keras.utils.set_random_seed(0)
         cfg = _flow_config()
-        model = flow_train.build_model(cfg, images.shape[1:])
-        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
-                                                      global_clipnorm=cfg.train.clip_norm))
+        model = flow_train.build_compiled_model(cfg, images.shape[1:])
         self._start(model, flow_train.pipeline(images, batch, True, flip=False), run_dir)
 
 

@@ -51,9 +51,7 @@ def main(argv=None):
     train_images = flow_train._subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
     eval_images = flow_train._subset(dataset.test, cfg.train.max_eval_images, cfg.train.seed + 1)
     keras.utils.set_random_seed(cfg.train.seed)
-    model = flow_train.build_model(cfg, train_images.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
-                                                  global_clipnorm=cfg.train.clip_norm))
+    model = flow_train.build_compiled_model(cfg, train_images.shape[1:])
     ds = flow_train.pipeline(train_images, cfg.train.batch_size, True, cfg.train.seed,
                              cfg.train.flip).repeat()
     budget = Budget(args.minutes * 60)

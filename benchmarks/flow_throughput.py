@@ -20,8 +20,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
-import keras  # noqa: E402
-
 from tfimb import config  # noqa: E402
 from tfimb.flows import train as flow_train  # noqa: E402
 
@@ -39,9 +37,7 @@ def main(argv=None):
     shape = tuple(args.image_shape)
     images = np.random.default_rng(0).integers(0, 256, (batch * (args.steps + args.warmup),)
                                                + shape).astype(np.uint8)
-    model = flow_train.build_model(cfg, shape)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
-                                                  global_clipnorm=cfg.train.clip_norm))
+    model = flow_train.build_compiled_model(cfg, shape)
     ds = flow_train.pipeline(images, batch, True, flip=cfg.train.flip).repeat()
     print(f"{args.config}: {sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} "
           f"parameters, images {shape}, batch {batch}; {platform.machine()}, "

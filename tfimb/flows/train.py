@@ -68,6 +68,17 @@ def build_model(cfg, image_shape):
     return model
 
 
+def build_compiled_model(cfg, image_shape):
+    """`build_model`, compiled with the training optimizer: Adam (default betas) at
+    `train.learning_rate`, gradients clipped to global norm `train.clip_norm`."""
+    import keras
+
+    model = build_model(cfg, image_shape)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
+                                                  global_clipnorm=cfg.train.clip_norm))
+    return model
+
+
 def _sample_callback(log_dir, n=16):
     import keras
     import tensorflow as tf
@@ -121,9 +132,7 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
             f"Invalid value for key `train.batch_size`. Expected at most the "
             f"{len(train_images)} training images. Received: {batch}")
     with strategy.scope():
-        model = build_model(cfg, image_shape)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
-                                                      global_clipnorm=cfg.train.clip_norm))
+        model = build_compiled_model(cfg, image_shape)
     loop = loop_lib.TrainingLoop(model, strategy, run_dir, cfg.train.steps_per_execution,
                                  cfg.train.checkpoint_every)
 
