@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Before any test module imports TensorFlow: tfimb turns oneDNN on as it does for users, so
+# the suite checks its tolerances with the kernels users get.
+import tfimb  # noqa: E402,F401
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -181,10 +181,24 @@ class EvaluationConfig:
     # Minority group for the three-group table; null: imbalance.minority, else the rarer half
     # of a long tail (classes below the geometric mean of the largest and smallest counts).
     minority: typing.Optional[typing.List[int]] = None
+    # Evaluate every `interval` epochs, every epoch from 0-based epoch `every_epoch_from` on, and
+    # always the last epoch: long protocols (CIFAR-10-LT, 200 epochs) keep their curves and
+    # the best-over-epochs statistic (reached after the last learning-rate drop) at a fraction
+    # of the evaluation cost.
+    interval: int = 1
+    every_epoch_from: typing.Optional[int] = None
 
     def validate(self):
         if self.minority is not None:
             _checks.check_classes("evaluation.minority", self.minority)
+        _at_least("evaluation.interval", self.interval, 1)
+        if self.every_epoch_from is not None:
+            _at_least("evaluation.every_epoch_from", self.every_epoch_from, 0)
+
+    def evaluates(self, epoch, epochs):
+        """Whether 0-based `epoch` of `epochs` is evaluated."""
+        return ((epoch + 1) % self.interval == 0 or epoch == epochs - 1
+                or (self.every_epoch_from is not None and epoch >= self.every_epoch_from))
 
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")

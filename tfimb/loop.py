@@ -210,11 +210,13 @@ class TrainingLoop:
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self, train_data, steps_per_epoch, epochs, global_batch_size, eval_data=None,
-            callbacks=(), verbose=2, stop_on_nan=True):
+            callbacks=(), verbose=2, stop_on_nan=True, evaluates=None):
         """Train epochs up to `epochs`, continuing from the newest checkpoint.
 
         `train_data(epoch)` returns that epoch's dataset of global batches (the same on every
-        worker; each takes its share of every batch). Returns the history rows.
+        worker; each takes its share of every batch). `evaluates(epoch)` says whether `eval_data`
+        is evaluated after that epoch (default: every epoch); the `val_*` cells of the other
+        epochs' history rows stay empty. Returns the history rows.
         """
         start_epoch, start_step = self.restore()
         history = History(self.run_dir / HISTORY, self.is_chief)
@@ -232,7 +234,7 @@ class TrainingLoop:
                                      global_batch_size, callback_list, verbose, stop_on_nan)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
-            if eval_data is not None:
+            if eval_data is not None and (evaluates is None or evaluates(epoch)):
                 logs.update({f"val_{k}": v for k, v in self.evaluate(eval_data).items()})
             callback_list.on_epoch_end(epoch, logs)
             history.append(epoch, logs)

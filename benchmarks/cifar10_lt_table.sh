@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The CIFAR-10-LT table on this CPU: trains configs/cifar10_lt/<row>.yaml for each row named
+# (e.g. `ce_r100 cb_focal_r100`) into runs/cifar10_lt/<row> on the CIFAR-10 image folder
+# $CIFAR10_DIR (root/{train,test}/<class>/*.jpg), in float32 (the same kernels on every CPU
+# kind, so a run resumed on another machine continues the same arithmetic), resuming
+# interrupted runs and skipping finished ones. Each row is about 2.5 million training images:
+# hours on 2 cores, over several sessions.
+#
+# A session's processes end with the session, and only committed files outlive it, so the
+# state of an unfinished row travels through git:
+#   benchmarks/cifar10_lt_table.sh save ROW...   copies each unfinished run's config.yaml,
+#       counts.json, history.csv and newest checkpoint to benchmarks/results/cifar10_lt/<row>/
+#       (commit them); a finished run's results.json, history.csv, config.yaml and counts.json
+#       replace them there.
+#   benchmarks/cifar10_lt_table.sh ROW...        first restores runs/cifar10_lt/<row> from that
+#       folder when the run directory is missing, then trains with --resume.
+# Finally `tfimb report` prints the table of the finished rows (plots in runs/cifar10_lt/report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=runs/cifar10_lt
+kept=benchmarks/results/cifar10_lt
+
+save() {  # save ROW: the run's resumable state (or its final files) into $kept/ROW.
+  local row=$1 dir="$runs/$1" out="$kept/$1"
+  [ -f "$dir/config.yaml" ] || { echo "no run in $dir" >&2; return 1; }
+  mkdir -p "$out"
+  rm -rf "$out/checkpoints"
+  cp "$dir/config.yaml" "$dir/counts.json" "$out/"
+  [ -f "$dir/history.csv" ] && cp "$dir/history.csv" "$out/"
+  if [ -f "$dir/results.json" ]; then
+    cp "$dir/results.json" "$out/"
+    echo "$row: finished"
+    return
+  fi
+  local newest
+  newest=$(ls "$dir/checkpoints" 2>/dev/null | sed -n 's/^ckpt-\([0-9]*\)\.index$/\1/p' \
+           | sort -n | tail -1)
+  if [ -n "$newest" ]; then
+    mkdir -p "$out/checkpoints"
+    cp "$dir/checkpoints/ckpt-$newest".* "$out/checkpoints/"
+  fi
+  echo "$row: saved at $(($(wc -l < "$dir/history.csv" 2>/dev/null || echo 1) - 1)) epochs"
+}
+
+restore() {  # restore ROW: an unfinished run from $kept/ROW when runs/ has none.
+  local dir="$runs/$1" out="$kept/$1"
+  if [ ! -e "$dir" ] && [ -f "$out/config.yaml" ] && [ ! -f "$out/results.json" ]; then
+    mkdir -p "$dir"
+    cp -r "$out/." "$dir/"
+  fi
+}
+
+if [ "${1:-}" = save ]; then
+  shift
+  for row in "$@"; do save "$row"; done
+  exit 0
+fi
+
+: "${CIFAR10_DIR:?set CIFAR10_DIR to the CIFAR-10 image folder (root/{train,test}/<class>/)}"
+for row in "$@"; do
+  [ -f "$kept/$row/results.json" ] && { echo "$row: finished (in $kept)"; continue; }
+  restore "$row"
+  dir="$runs/$row"
+  [ -f "$dir/results.json" ] && { save "$row"; continue; }
+  resume=()
+  [ -f "$dir/config.yaml" ] && resume=(--resume)
+  tfimb train "configs/cifar10_lt/$row.yaml" --workdir "$dir" "${resume[@]}" \
+    --set data.source=folder --set "data.dir=$CIFAR10_DIR" --set mixed_precision=float32
+  save "$row"
+done
+finished=($(ls -d "$kept"/*/results.json 2>/dev/null | xargs -r -n1 dirname))
+if [ ${#finished[@]} -gt 0 ]; then
+  tfimb report "${finished[@]}" --output "$runs/report"
+fi
