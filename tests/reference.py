@@ -1,6 +1,6 @@
 """Independent NumPy (float64) references for the tfimb losses.
 
-Written straight from the formulas in ../shared/reference: softmax probabilities, then
+Written straight from the published formulas: softmax probabilities, then
 `(1 - p)^gamma` and `log p` as the formulas read, with no log-space tricks. Valid for moderate
 logits (no underflow in float64).
 """
@@ -50,6 +50,24 @@ def loss(onehot, logits, gamma=0.0, weights=None, normalization="weighted_mean",
     return values
 
 
+def sigmoid_loss(targets, logits, gamma=0.0, weights=None, normalization="weighted_mean",
+                 label_smoothing=0.0):
+    """Per-example one-vs-all sigmoid losses as Cui et al.'s code writes them: binary
+    cross-entropy from sigmoid probabilities, modulator exp(-gamma y z - gamma log(1 + e^-z)),
+    the example's weight sum_c y_c w_c on every class's term."""
+    y = np.asarray(targets, np.float64)
+    z = np.asarray(logits, np.float64)
+    q = y * (1 - label_smoothing) + 0.5 * label_smoothing
+    p = 1.0 / (1.0 + np.exp(-z))
+    bce = -(q * np.log(p) + (1 - q) * np.log(1 - p))
+    modulator = np.exp(-gamma * q * z - gamma * np.log(1 + np.exp(-z)))
+    values = (modulator * bce).sum(axis=-1)
+    if weights is not None:
+        w = y @ weights
+        values = values * (w / w.mean() if normalization == "weighted_mean" else w)
+    return values
+
+
 def reference_for(name, kwargs, onehot, logits):
     """Reference values for the tfimb loss `name` built with `kwargs`."""
     kw = dict(kwargs)
@@ -78,6 +96,17 @@ def reference_for(name, kwargs, onehot, logits):
         weights = None if beta is None else cb_weights(counts, beta)
         out = loss(onehot, logits, margins=ldam_margins(counts, kw.pop("max_margin")),
                    scale=kw.pop("scale"), weights=weights, normalization=norm, **common)
+    elif name == "sigmoid_cross_entropy":
+        out = sigmoid_loss(onehot, logits, **common)
+    elif name == "sigmoid_focal":
+        out = sigmoid_loss(onehot, logits, gamma=kw.pop("gamma"), **common)
+    elif name == "class_balanced_sigmoid":
+        out = sigmoid_loss(onehot, logits, weights=cb_weights(counts, kw.pop("beta")),
+                           normalization=norm, **common)
+    elif name == "class_balanced_sigmoid_focal":
+        out = sigmoid_loss(onehot, logits, gamma=kw.pop("gamma"),
+                           weights=cb_weights(counts, kw.pop("beta")), normalization=norm,
+                           **common)
     else:
         raise KeyError(name)
     assert not kw, f"unused reference arguments {kw}"

@@ -51,6 +51,10 @@ CASES = [
     ("balanced_softmax", {"counts": COUNTS}),
     ("logit_adjusted", {"counts": COUNTS, "tau": 1.5}),
     ("ldam", {"counts": COUNTS}),
+    ("sigmoid_focal", {"gamma": 2.0, "label_smoothing": 0.1}),
+    ("class_balanced_sigmoid", {"beta": 0.999, "counts": COUNTS}),
+    ("class_balanced_sigmoid_focal", {"beta": 0.9999, "counts": COUNTS, "gamma": 1.0,
+                                      "normalization": "num_classes"}),
 ]
 
 

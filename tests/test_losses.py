@@ -34,6 +34,15 @@ CASES = [
     ("ldam", {"counts": COUNTS, "max_margin": 0.5, "scale": 30.0}),
     ("ldam", {"counts": COUNTS, "max_margin": 0.3, "scale": 10.0}),
     ("ldam", {"counts": COUNTS, "max_margin": 0.5, "scale": 30.0, "beta": 0.9999}),
+    ("sigmoid_cross_entropy", {}),
+    ("sigmoid_focal", {"gamma": 0.5}),
+    ("sigmoid_focal", {"gamma": 2.0}),
+    ("class_balanced_sigmoid", {"beta": 0.999, "counts": COUNTS}),
+    ("class_balanced_sigmoid", {"beta": 0.9999, "counts": COUNTS,
+                                "normalization": "num_classes"}),
+    ("class_balanced_sigmoid_focal", {"beta": 0.9999, "counts": COUNTS, "gamma": 1.0,
+                                      "normalization": "num_classes"}),
+    ("class_balanced_sigmoid_focal", {"beta": 0.99, "counts": COUNTS, "gamma": 0.5}),
 ]
 CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items() if k != 'counts')}"
             for name, kw in CASES]
@@ -76,7 +85,10 @@ def test_matches_numpy_reference(rng, name, kwargs, label_smoothing):
 @pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
 def test_probabilities_input_equals_logits_input(rng, name, kwargs):
     labels, _, logits = _data(rng, ldam=name == "ldam")
-    probs = reference.softmax(logits.astype(np.float64)).astype(np.float32)
+    if name in catalog.SIGMOID:  # Independent per-class probabilities.
+        probs = (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    else:
+        probs = reference.softmax(logits.astype(np.float64)).astype(np.float32)
     from_logits = losses.get(name, reduction=None, **kwargs)(labels, logits)
     from_probs = losses.get(name, reduction=None, from_logits=False, **kwargs)(labels, probs)
     if name == "ldam":  # Margins apply to whatever the model outputs: log p here, not z.
@@ -141,7 +153,7 @@ def test_weighted_mean_honours_keras_masks(rng):
                                (keep * w * ce).sum() / keep.sum(), rtol=1e-5)
 
 
-# Reference values from ../shared/reference/losses.md.
+# Published reference values (NumPy, float64) for the class-balanced losses.
 REF_LOGITS = np.array([[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]], np.float32)
 REF_LABELS = np.array([0, 1, 2])
 REF_COUNTS = [100, 10, 1]
@@ -298,6 +310,11 @@ def _extreme_cases(gamma):
         tfimb.BalancedSoftmax(EXTREME_COUNTS),
         tfimb.LogitAdjusted(EXTREME_COUNTS, tau=2.0),
         tfimb.LDAM(EXTREME_COUNTS),
+        tfimb.SigmoidCrossEntropy(),
+        tfimb.SigmoidFocal(gamma, label_smoothing=0.1),
+        tfimb.ClassBalancedSigmoid(0.999, EXTREME_COUNTS),
+        tfimb.ClassBalancedSigmoidFocal(0.9999, EXTREME_COUNTS, gamma,
+                                        normalization="num_classes"),
     ]
 
 
@@ -564,3 +581,94 @@ def test_keras_file_round_trip_of_compiled_model(tmp_path, rng, name, kwargs):
                           "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy"}
     for key, value in before.items():
         np.testing.assert_allclose(after[key], value, rtol=1e-6, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sigmoid losses: multi-label targets and Keras' own binary losses.
+
+SIGMOID_LOSSES = ["sigmoid_cross_entropy", "sigmoid_focal", "class_balanced_sigmoid",
+                  "class_balanced_sigmoid_focal"]
+
+
+def _multi_hot(rng, batch=16):
+    targets = (rng.random((batch, C)) < 0.3).astype(np.float32)
+    targets[np.arange(batch), rng.integers(0, C, batch)] = 1.0  # At least one positive each.
+    return targets
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("normalization", ["weighted_mean", "num_classes"])
+def test_multi_hot_targets_match_numpy_reference(rng, compiled, normalization):
+    targets = _multi_hot(rng)
+    logits = rng.normal(scale=3.0, size=targets.shape).astype(np.float32)
+    counts = tfimb.class_counts(targets, C, multi_label=True)
+    weights = reference.cb_weights(counts, 0.999)
+    loss = tfimb.ClassBalancedSigmoidFocal(0.999, counts, gamma=2.0,
+                                           normalization=normalization)
+    fn = tf.function(lambda y, z: loss(y, z)) if compiled else loss
+    expected = reference.sigmoid_loss(targets, logits, gamma=2.0, weights=weights,
+                                      normalization=normalization)
+    np.testing.assert_allclose(fn(tf.constant(targets), tf.constant(logits)), expected.mean(),
+                               rtol=2e-5)
+    per_example = tfimb.SigmoidCrossEntropy(reduction=None)(targets, logits)
+    np.testing.assert_allclose(per_example, reference.sigmoid_loss(targets, logits), rtol=2e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_sigmoid_losses_are_keras_binary_losses_summed_over_classes(rng, gamma):
+    # Keras averages its binary losses over the class axis; tfimb sums (Cui et al.).
+    targets = _multi_hot(rng)
+    logits = rng.normal(scale=3.0, size=targets.shape).astype(np.float32)
+    if gamma:
+        keras_loss = keras.losses.BinaryFocalCrossentropy(gamma=gamma, from_logits=True,
+                                                          reduction=None)
+    else:
+        keras_loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+    np.testing.assert_allclose(tfimb.SigmoidFocal(gamma, reduction=None)(targets, logits),
+                               C * np.asarray(keras_loss(targets, logits)), rtol=1e-4)
+    # With hard labels the modulator is (1 - p_t)^gamma.
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    p_t = np.where(targets == 1, p, 1 - p)
+    bce = -np.log(p_t)
+    np.testing.assert_allclose(tfimb.SigmoidFocal(gamma, reduction=None)(targets, logits),
+                               ((1 - p_t) ** gamma * bce).sum(-1), rtol=2e-5)
+
+
+def test_sigmoid_class_balanced_paper_setting_beta_zero_and_gamma_zero(rng):
+    labels, _, logits = _data(rng)
+    for normalization in ("weighted_mean", "num_classes"):
+        np.testing.assert_allclose(
+            tfimb.ClassBalancedSigmoidFocal(0.0, COUNTS, 1.5, normalization=normalization)(
+                labels, logits), tfimb.SigmoidFocal(1.5)(labels, logits), rtol=1e-6)
+    np.testing.assert_allclose(
+        tfimb.ClassBalancedSigmoidFocal(0.999, COUNTS, 0.0)(labels, logits),
+        tfimb.ClassBalancedSigmoid(0.999, COUNTS)(labels, logits), rtol=1e-6)
+
+
+def test_sigmoid_targets_and_counts_rules(rng):
+    logits = rng.normal(size=(2, C)).astype(np.float32)
+    _raises(r"`y_true`.*\[0, 1\].*2", tfimb.SigmoidCrossEntropy(), [[2, 0, 0, 0, 0],
+                                                                    [0, 1, 0, 0, 0]], logits)
+    _raises(r"`y_true`.*\[0, 5\)", tfimb.SigmoidFocal(), [0, 7], logits)
+    assert tfimb.class_counts([[1, 1, 0], [0, 1, 0]], 3, multi_label=True).tolist() == [1, 2, 0]
+    _raises(r"`labels`.*0 and 1", tfimb.class_counts, [[1, 0.5, 0]], 3, multi_label=True)
+    _raises(r"`labels`.*\(N, 3\)", tfimb.class_counts, [0, 1, 2], 3, multi_label=True)
+    # One logit per example: binary classification with a (batch, 1) 0/1 target.
+    value = tfimb.SigmoidCrossEntropy()([[1.0], [0.0]], [[2.0], [-1.0]])
+    np.testing.assert_allclose(value, np.mean([np.logaddexp(0, -2.0), np.logaddexp(0, -1.0)]),
+                               rtol=1e-6)
+
+
+def test_train_starts_sigmoid_logits_at_the_class_prior():
+    from tfimb import config, data, train
+
+    cfg = config.resolve({"data": {"source": "digits"}, "imbalance": None,
+                          "model": {"name": "resnet8"},
+                          "loss": {"name": "class_balanced_sigmoid_focal", "beta": 0.999}})
+    images = np.zeros((10, 8, 8, 1), np.uint8)
+    split = data.Split(images, np.arange(10))
+    dataset = data.Dataset(split, data.Split(images[:0], split.labels[:0]), split,
+                           [str(i) for i in range(10)], 10)
+    model = train.build_model(cfg, dataset)
+    bias = [w for w in model.weights if "logits" in w.path and w.path.endswith("bias")]
+    np.testing.assert_allclose(bias[0].numpy(), -np.log(9.0) * np.ones(10), rtol=1e-6)

@@ -70,3 +70,12 @@ def test_docstring_examples_run():
                                  optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
         assert result.attempted > 0, module.__name__
+
+
+def test_readme_multi_label_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = next(b for b in blocks if "multi_label=True" in b)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    auc = namespace["history"].history["auc"]
+    assert len(auc) == 2 and all(0.0 <= v <= 1.0 for v in auc)

@@ -35,6 +35,10 @@ _LAZY_NAMES = {
     "BalancedSoftmax": "tfimb.losses",
     "LogitAdjusted": "tfimb.losses",
     "LDAM": "tfimb.losses",
+    "SigmoidCrossEntropy": "tfimb.losses",
+    "SigmoidFocal": "tfimb.losses",
+    "ClassBalancedSigmoid": "tfimb.losses",
+    "ClassBalancedSigmoidFocal": "tfimb.losses",
     # Loss functions (per-example values).
     "softmax_cross_entropy": "tfimb.losses",
     "inverse_class_frequency": "tfimb.losses",
@@ -44,6 +48,10 @@ _LAZY_NAMES = {
     "balanced_softmax": "tfimb.losses",
     "logit_adjusted": "tfimb.losses",
     "ldam": "tfimb.losses",
+    "sigmoid_cross_entropy": "tfimb.losses",
+    "sigmoid_focal": "tfimb.losses",
+    "class_balanced_sigmoid": "tfimb.losses",
+    "class_balanced_sigmoid_focal": "tfimb.losses",
     # Class-count and weight helpers (NumPy only).
     "effective_number": "tfimb.weights",
     "class_balanced_weights": "tfimb.weights",

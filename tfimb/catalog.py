@@ -2,7 +2,9 @@
 
 `tests/test_losses.py` checks that this table and the classes in `tfimb.losses` agree.
 Notation: z = logits, p = softmax(z), y = true class, n_c = training examples of class c,
-C = number of classes, w_c = class weight.
+C = number of classes, w_c = class weight; for the sigmoid losses y_c is the 0/1 target of
+class c (one-hot or multi-hot) and p_t,c = sigmoid(z_c) for a positive, 1 - sigmoid(z_c) for a
+negative.
 """
 
 import collections
@@ -28,9 +30,22 @@ LOSSES = (
     LossEntry("ldam", "LDAM",
               "CE(s (z - D_y onehot(y))),  D_c = m n_c^(-1/4) / max_k n_k^(-1/4)",
               "counts, max_margin=0.5, scale=30.0"),
+    LossEntry("sigmoid_cross_entropy", "SigmoidCrossEntropy",
+              "sum_c BCE(z_c, y_c),  BCE(z, y) = softplus(z) - y z", ""),
+    LossEntry("sigmoid_focal", "SigmoidFocal",
+              "sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  p_t = sigmoid(+-z)", "gamma=2.0"),
+    LossEntry("class_balanced_sigmoid", "ClassBalancedSigmoid",
+              "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts"),
+    LossEntry("class_balanced_sigmoid_focal", "ClassBalancedSigmoidFocal",
+              "w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
+              "beta, counts, gamma=1.0"),
 )
 
-WEIGHTED = ("inverse_class_frequency", "class_balanced_softmax", "class_balanced_focal")
+WEIGHTED = ("inverse_class_frequency", "class_balanced_softmax", "class_balanced_focal",
+            "class_balanced_sigmoid", "class_balanced_sigmoid_focal")
+# Losses of one-vs-all sigmoids: the classifier's last bias starts at -log(C - 1) (Cui et al.).
+SIGMOID = ("sigmoid_cross_entropy", "sigmoid_focal", "class_balanced_sigmoid",
+           "class_balanced_sigmoid_focal")
 
 NORMALIZATION_NOTE = (
     "Weighted losses take normalization='weighted_mean' (default: batch loss = "

@@ -17,6 +17,10 @@ LOSS_TITLES = {
     "balanced_softmax": "balanced softmax",
     "logit_adjusted": "logit adjusted",
     "ldam": "LDAM",
+    "sigmoid_cross_entropy": "sigmoid CE",
+    "sigmoid_focal": "sigmoid focal",
+    "class_balanced_sigmoid": "class-balanced sigmoid",
+    "class_balanced_sigmoid_focal": "class-balanced sigmoid focal",
 }
 
 

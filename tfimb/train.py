@@ -22,7 +22,7 @@ import pathlib
 import keras
 import numpy as np
 
-from tfimb import _files
+from tfimb import _files, catalog
 from tfimb import config as config_lib
 from tfimb import platform_info
 
@@ -103,6 +103,11 @@ def build_model(cfg, dataset):
     mean, variance = data_lib.channel_statistics(dataset.train.images)
     backbone = models.get(cfg.model.name, num_classes=dataset.num_classes, input_shape=shape,
                           head=cfg.model.head)
+    if cfg.loss.name in catalog.SIGMOID and cfg.model.head == "dense":
+        # Cui et al.: one-vs-all sigmoids start at the prior 1/C per class (bias -log(C - 1)),
+        # so that the C - 1 negatives of every example do not swamp the first steps.
+        bias = backbone.get_layer("logits").bias
+        bias.assign(np.full(bias.shape, -np.log(max(dataset.num_classes - 1, 1)), "float32"))
     inputs = keras.Input(shape, name="image")
     normalized = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),
                                             name="normalize")(inputs)

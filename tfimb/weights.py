@@ -116,7 +116,7 @@ def _count_array(labels, num_classes):
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
-def class_counts(labels, num_classes):
+def class_counts(labels, num_classes, multi_label=False):
     """Number of examples of each class, from labels or from a whole dataset.
 
     Use this on the whole training set: class-balanced losses need dataset counts, never
@@ -127,6 +127,9 @@ def class_counts(labels, num_classes):
             labels `(N, num_classes)`; or a `tf.data.Dataset` whose elements are `(x, y)` or
             `(x, y, sample_weight)`, batched or not, with labels in either form.
         num_classes: int, number of classes C.
+        multi_label: labels are multi-hot rows `(N, num_classes)` of 0/1 (any number of
+            positives per example, for the sigmoid losses): count the positives of each class.
+            NumPy arrays and lists only.
 
     Returns:
         int64 NumPy array of shape `(num_classes,)`. Zero entries are kept: pass the result to a
@@ -138,9 +141,27 @@ def class_counts(labels, num_classes):
     [1, 1, 3, 0]
     """
     num_classes = _checks.check_int("num_classes", num_classes, 1)
+    if multi_label:
+        return _count_multi_hot(labels, num_classes)
     if hasattr(labels, "as_numpy_iterator") and hasattr(labels, "element_spec"):
         return _count_dataset(labels, num_classes)
     return _count_array(labels, num_classes)
+
+
+def _count_multi_hot(labels, num_classes):
+    """Positives per class of multi-hot rows `(N, num_classes)` of zeros and ones."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != num_classes:
+        raise ValueError(
+            "Invalid value for argument `labels`. Expected multi-hot rows of shape "
+            f"(N, {num_classes}) with multi_label=True. Received: labels of shape {labels.shape}")
+    values = labels.astype(np.float64)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if np.any(bad):
+        raise ValueError(
+            "Invalid value for argument `labels`. Expected multi-hot rows of 0 and 1 with "
+            f"multi_label=True. Received: labels containing {np.unique(values[bad])[:5].tolist()}")
+    return values.sum(axis=0).astype(np.int64)
 
 
 def _first_is_onehot(labels_only):
