@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "bf16": "mixed_bfloat16"}
-ARCHITECTURES = {"resnet20": ((16, 32, 64), 3), "resnet18_cifar": ((64, 128, 256, 512), 2)}
+ARCHITECTURES = {"resnet20": ((16, 32, 64), 3), "resnet32": ((16, 32, 64), 5),
+                 "resnet18_cifar": ((64, 128, 256, 512), 2)}
 # The RealNVP comparison trains the CPU-sized flow of `tfimb flow train` (float32: flows train in
 # float32) at that config's batch size.
 FLOW_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
@@ -51,14 +51,9 @@ FLOW_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir
 
 
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from tfimb import platform_info  # No TensorFlow.
+
+    return platform_info.cpu_model()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,20 +397,22 @@ def serve(framework, args):
     """A worker process: builds and warms up runners, times steps on request (JSON lines)."""
     images, labels = _data(args.batch_size)
     if framework == "tfimb":
+        import tfimb  # First, as users do: it turns oneDNN on before TensorFlow loads.
+
         import keras
         import tensorflow as tf
 
-        import tfimb
-
         version = (f"tfimb {tfimb.__version__}, TensorFlow {tf.__version__}, "
                    f"Keras {keras.__version__}")
+        machine = tfimb.platform_info.describe()
     else:
         import torch
 
         version = f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+        machine = None
     runners = {}
     with tempfile.TemporaryDirectory() as scratch:
-        _reply({"version": version})
+        _reply({"version": version, "machine": machine})
         for line in sys.stdin:
             request = json.loads(line)
             key = f"{request['model']}/{request.get('precision')}"
@@ -457,7 +454,8 @@ class Worker:
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--serve", framework] + argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.version = self.ask(None)["version"]
+        hello = self.ask(None)
+        self.version, self.machine = hello["version"], hello["machine"]
 
     def ask(self, request):
         if request is not None:
@@ -497,7 +495,7 @@ def main(argv=None):
     worker_argv = ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                    "--torch-flow-layout", args.torch_flow_layout]
     workers = {"tfimb": Worker("tfimb", worker_argv), "torch": Worker("torch", worker_argv)}
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+    print(workers["tfimb"].machine)
     print(f"{workers['tfimb'].version}; {workers['torch'].version}; one process each")
     print(f"{args.rounds} rounds of {args.steps} timed steps per framework after {args.warmup} "
           f"warm-up steps, interleaved; batch {args.batch_size} (RealNVP "

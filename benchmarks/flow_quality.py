@@ -15,6 +15,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import yaml  # noqa: E402
 
 import keras  # noqa: E402
@@ -58,6 +59,7 @@ def main(argv=None):
     model.fit(ds, epochs=1, steps_per_epoch=10**9, callbacks=[budget], verbose=0)
     seconds = time.perf_counter() - budget.start
     bpd = flow_train.evaluate_images(model, eval_images, cfg.train.batch_size)
+    print(tfimb.platform_info.describe())
     print(f"{args.config} on {cfg.data.dir or cfg.data.name}; {platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     print(f"budget {args.minutes:g} min (trained {seconds / 60:.1f} min incl. tracing): "

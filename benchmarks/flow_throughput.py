@@ -16,6 +16,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
@@ -39,6 +40,7 @@ def main(argv=None):
                                                + shape).astype(np.uint8)
     model = flow_train.build_compiled_model(cfg, shape)
     ds = flow_train.pipeline(images, batch, True, flip=cfg.train.flip).repeat()
+    print(tfimb.platform_info.describe())
     print(f"{args.config}: {sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} "
           f"parameters, images {shape}, batch {batch}; {platform.machine()}, "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}")

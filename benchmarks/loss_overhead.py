@@ -30,12 +30,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tfimb  # noqa: E402
 from tfimb import losses, models  # noqa: E402
 
 BASELINE = "keras_sparse_categorical_crossentropy"
@@ -146,6 +146,7 @@ def main(argv=None):
                         choices=list(losses.LOSSES))
     args = parser.parse_args(argv)
 
+    print(tfimb.platform_info.describe())
     print(f"tfimb {tfimb.__version__}, keras {keras.__version__} ({keras.backend.backend()}), "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"model {args.model}, batch {args.batch_size}, medians of {args.rounds} blocks of "

@@ -23,6 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +113,7 @@ def run_one(args):
         runner, batch = build_runner(args.framework, args.model, args.precision, scratch)
         runner.run(args.warmup)
         if args.framework == "tfimb":
+            print(tfimb.platform_info.describe())
             seconds, totals = profile_tfimb(runner, args.steps, scratch)
         else:
             seconds, totals = profile_torch(runner, args.steps)
@@ -135,7 +137,8 @@ def main(argv=None):
     if args.framework:
         return run_one(args)
     precision = "float32" if args.model == "realnvp" else args.precision
-    print(f"CPU: {frameworks.cpu_model()} ({os.cpu_count()} logical CPUs); {args.model} "
+    print(tfimb.platform_info.describe())
+    print(f"{args.model} "
           f"{precision}, {args.steps} profiled steps after {args.warmup} warm-up steps")
     start = time.perf_counter()
     for framework in ("tfimb", "torch"):

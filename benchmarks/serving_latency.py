@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -63,6 +64,7 @@ def main(argv=None):
         served = tf.saved_model.load(str(path)).signatures["serving_default"]
         model = keras.saving.load_model(run / "model.keras", compile=False)
         shape = model.input_shape[1:]
+        print(tfimb.platform_info.describe())
         print(f"{run.name}: images {shape}; {platform.machine()}, {os.cpu_count()} CPUs, "
               f"TF {tf.__version__}; median of {args.repeats} calls")
         print(f"\n{'batch':>5} {'SavedModel ms':>14} {'Keras predict ms':>17} "

@@ -21,11 +21,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tfimb  # noqa: E402  (first: oneDNN on before TensorFlow loads)
 import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 
-import tfimb  # noqa: E402
 from tfimb import config, data, loop, metrics, train  # noqa: E402
 
 
@@ -107,6 +107,7 @@ def main(argv=None):
 
     count = args.batch_size * (args.steps + args.warmup)
     dataset, images, labels, source = _images(count)
+    print(tfimb.platform_info.describe())
     print(f"tfimb {tfimb.__version__}, keras {keras.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs; images: {source}")
     print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps")

@@ -1,7 +1,11 @@
+import os
 import pathlib
 import re
 import subprocess
 import sys
+import warnings
+
+import pytest
 
 import tfimb
 from tfimb import catalog, cli
@@ -79,3 +83,39 @@ def test_readme_multi_label_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     auc = namespace["history"].history["auc"]
     assert len(auc) == 2 and all(0.0 <= v <= 1.0 for v in auc)
+
+
+def test_cli_turns_onednn_on_before_tensorflow_loads():
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run(["tfimb", "info"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)" in out.stdout, out.stdout
+
+
+def test_cli_respects_a_users_onednn_choice():
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0")
+    out = subprocess.run(["tfimb", "info"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)" in out.stdout, out.stdout
+
+
+def test_late_import_warns_once_where_onednn_would_help(monkeypatch):
+    from tfimb import platform_info
+
+    # This process imported TensorFlow after tfimb; simulate the other order on an AVX2 CPU.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(platform_info, "_warned", False)
+    monkeypatch.setattr(platform_info, "onednn_benefits", lambda: True)
+    monkeypatch.setattr(platform_info, "onednn_enabled", lambda: False)
+    with pytest.warns(RuntimeWarning, match="TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow"):
+        platform_info.enable_onednn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        platform_info.enable_onednn()  # Once only.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setattr(platform_info, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        platform_info.enable_onednn()  # The user's choice: no warning.

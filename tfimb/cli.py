@@ -18,6 +18,22 @@ def _losses(args):
     return 0
 
 
+def _info(args):
+    """The machine as tfimb sees it: versions, CPU kernels, devices, the precision `auto` picks."""
+    del args
+    import keras
+    import tensorflow as tf
+
+    from tfimb import train
+
+    print(f"tfimb {tfimb.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__} "
+          f"({keras.backend.backend()} backend)")
+    print(tfimb.platform_info.describe())
+    gpus = tf.config.list_physical_devices("GPU")
+    print(f"GPUs: {len(gpus)}; mixed_precision auto -> {train.resolve_precision('auto')}")
+    return 0
+
+
 def resolve_config_path(name):
     """A YAML path, or the name of a config shipped with tfimb (`default`)."""
     path = pathlib.Path(name)
@@ -248,6 +264,10 @@ def build_parser():
 
     losses = commands.add_parser("losses", help="list the losses with their formulas")
     losses.set_defaults(handler=_losses)
+
+    info = commands.add_parser(
+        "info", help="versions, CPU (model, flags), oneDNN state, GPUs, the precision auto picks")
+    info.set_defaults(handler=_info)
 
     train = commands.add_parser(
         "train", help="train and evaluate a classifier from a YAML config",

@@ -15,8 +15,8 @@ Fault tolerance:
   and delete it, so `run_dir` must be on storage that all workers share.
 * Restore tries the newest checkpoint first; an unreadable one (partial or corrupt) is reported
   on stderr, naming it, and the previous one is used.
-* `history.csv` is rewritten atomically, by the chief, with an epoch's row before that epoch's
-  checkpoint; on restore, rows of epochs after the checkpoint are dropped (those epochs train
+* `history.csv` is rewritten atomically, by the chief, with an epoch's row (its metrics and
+  `epoch_seconds`, the epoch's wall time with evaluation) before that epoch's checkpoint; on restore, rows of epochs after the checkpoint are dropped (those epochs train
   again), so the history always matches the weights. The epoch order of the data is a function
   of (seed, epoch), so a resumed epoch sees the same batches; a mid-epoch restore skips the
   batches already trained (the epoch's training metrics then cover the steps after it).
@@ -228,6 +228,7 @@ class TrainingLoop:
         self.model.stop_training = False
         callback_list.on_train_begin()
         for epoch in range(start_epoch, epochs):
+            epoch_start = time.perf_counter()
             callback_list.on_epoch_begin(epoch)
             first = start_step if epoch == start_epoch else 0
             logs = self._train_epoch(train_data(epoch), epoch, first, steps_per_epoch,
@@ -237,7 +238,8 @@ class TrainingLoop:
             if eval_data is not None and (evaluates is None or evaluates(epoch)):
                 logs.update({f"val_{k}": v for k, v in self.evaluate(eval_data).items()})
             callback_list.on_epoch_end(epoch, logs)
-            history.append(epoch, logs)
+            # Wall time of the epoch: input, training steps, evaluation and callbacks.
+            history.append(epoch, {**logs, "epoch_seconds": time.perf_counter() - epoch_start})
             if writers:
                 _write_summaries(writers, epoch, logs)
             self.save(epoch + 1, 0)
