@@ -3,7 +3,8 @@
 # arguments, e.g. `imbalanced_ce cb_softmax_b0.999`) into runs/cifar10_imbalanced_cpu/<name>,
 # resuming interrupted runs and skipping finished ones, then prints the table of every finished
 # run with `tfimb report` (plots in runs/cifar10_imbalanced_cpu/report). Run from the repository
-# root with ../shared/data/cifar10-jpeg present. About 20 minutes per config on 2 CPU cores.
+# root with TFIMB_DATA_DIR naming a CIFAR-10 image folder (root/{train,test}/<class>/*.jpg).
+# 7-13 minutes per config on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/cifar10_imbalanced_cpu

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CIFAR-10-LT table on this CPU: trains configs/cifar10_lt/<row>.yaml for each row named
 # (e.g. `ce_r100 cb_focal_r100`) into runs/cifar10_lt/<row> on the CIFAR-10 image folder
-# $CIFAR10_DIR (root/{train,test}/<class>/*.jpg), in float32 (the same kernels on every CPU
+# $TFIMB_DATA_DIR (root/{train,test}/<class>/*.jpg), in float32 (the same kernels on every CPU
 # kind, so a run resumed on another machine continues the same arithmetic), resuming
 # interrupted runs and skipping finished ones. Each row is about 2.5 million training images:
 # hours on 2 cores, over several sessions.
@@ -56,7 +56,7 @@ if [ "${1:-}" = save ]; then
   exit 0
 fi
 
-: "${CIFAR10_DIR:?set CIFAR10_DIR to the CIFAR-10 image folder (root/{train,test}/<class>/)}"
+: "${TFIMB_DATA_DIR:?set TFIMB_DATA_DIR to the CIFAR-10 image folder (root/{train,test}/<class>/)}"
 for row in "$@"; do
   [ -f "$kept/$row/results.json" ] && { echo "$row: finished (in $kept)"; continue; }
   restore "$row"
@@ -65,7 +65,7 @@ for row in "$@"; do
   resume=()
   [ -f "$dir/config.yaml" ] && resume=(--resume)
   tfimb train "configs/cifar10_lt/$row.yaml" --workdir "$dir" "${resume[@]}" \
-    --set data.source=folder --set "data.dir=$CIFAR10_DIR" --set mixed_precision=float32
+    --set data.source=folder --set "data.dir=$TFIMB_DATA_DIR" --set mixed_precision=float32
   save "$row"
 done
 finished=($(ls -d "$kept"/*/results.json 2>/dev/null | xargs -r -n1 dirname))

@@ -1,4 +1,4 @@
-"""Test bits/dim of RealNVP on ../shared/data/cifar10-jpeg after a fixed CPU time budget.
+"""Test bits/dim of RealNVP on CIFAR-10 ($TFIMB_DATA_DIR, an image folder) after a CPU time budget.
 
     python benchmarks/flow_quality.py --minutes 20        # configs/realnvp/cifar10_cpu.yaml
 
@@ -47,7 +47,7 @@ def main(argv=None):
         cfg = config.resolve_flow(yaml.safe_load(f))
     if cfg.data.source == "folder" and not os.path.isdir(cfg.data.dir):
         raise SystemExit(f"{cfg.data.dir} not found: this benchmark needs CIFAR-10 as an "
-                         "image folder (../shared/data/cifar10-jpeg).")
+                         "image folder (set TFIMB_DATA_DIR=PATH).")
     dataset = data.load(cfg.data, None)
     train_images = flow_train._subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
     eval_images = flow_train._subset(dataset.test, cfg.train.max_eval_images, cfg.train.seed + 1)

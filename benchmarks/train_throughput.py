@@ -10,7 +10,7 @@ coupled weight decay, `ClassBalancedFocal` and the three group metrics, trained 
 Keras: the same model (normalisation included, no weight decay) compiled with
 `SparseCategoricalCrossentropy` and plain accuracy, `fit` on in-memory float32 arrays (no
 augmentation). Both: SGD with momentum, batch 128, the same number of timed steps after a
-warm-up epoch that absorbs tracing. Images come from ../shared/data/cifar10-jpeg when present
+warm-up epoch that absorbs tracing. Images come from the CIFAR-10 image folder $TFIMB_DATA_DIR when set
 (the first 50 batches' worth of training images), else random pixels.
 """
 
@@ -30,7 +30,7 @@ from tfimb import config, data, loop, metrics, train  # noqa: E402
 
 
 def _images(count):
-    root = data.shared_data_dir()
+    root = data.folder_from_environment()
     if root:
         cfg = config.resolve({"data": {"source": "folder", "dir": root},
                               "imbalance": {"minority": [1, 4, 6], "minority_count": 250}})

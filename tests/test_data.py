@@ -126,3 +126,24 @@ def test_pipeline_batches_augments_and_repeats_by_seed():
     np.testing.assert_array_equal(np.concatenate(evaluation), split.labels)
     # Augmented images are shifted/flipped copies: pixel sums of crops never exceed the original.
     assert data.augmentation_padding(32) == 4 and data.augmentation_padding(8) == 1
+
+
+def test_auto_source_takes_the_folder_from_the_config_or_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("TFIMB_DATA_DIR", raising=False)
+    assert config.resolve({"data": {"source": "auto"}}).data.source == "tfds"
+    cfg = config.resolve({"data": {"source": "auto", "dir": str(tmp_path)}})
+    assert (cfg.data.source, cfg.data.dir) == ("folder", str(tmp_path))
+    monkeypatch.setenv("TFIMB_DATA_DIR", str(tmp_path / "env"))
+    cfg = config.resolve({"data": {"source": "auto"}})
+    assert (cfg.data.source, cfg.data.dir) == ("folder", str(tmp_path / "env"))
+    assert "source: folder" in config.dump(cfg)  # The run records what it read.
+    flow = config.resolve_flow({"data": {"source": "auto"}})
+    assert flow.data.source == "folder"
+
+
+def test_tfds_failure_names_both_ways_to_give_data(tmp_path):
+    cfg = config.resolve({"data": {"source": "tfds", "name": "no_such_dataset_xyz",
+                                   "dir": str(tmp_path)}, "imbalance": None})
+    with pytest.raises(data.DataError, match=r"no_such_dataset_xyz.*data.source=folder "
+                                             r"--set data.dir=PATH.*TFIMB_DATA_DIR"):
+        data.load(cfg.data, cfg.imbalance)

@@ -4,7 +4,8 @@ A config file has the sections of `ExperimentConfig`; every key is optional and 
 imbalanced CIFAR-10 protocol. Unknown keys are errors that list the valid ones. `--set` takes a
 dotted key and a YAML value: `--set train.epochs=10 --set loss.beta=0.999 --set imbalance=null`.
 
-    data:      {source: tfds | folder | digits, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
+    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
+               # auto: the folder data.dir or $TFIMB_DATA_DIR if set, else tfds
     imbalance: {minority: [1, 4, 6], minority_count: 250, majority_count: null}
                # or {long_tail_factor: 100}, or null for the data as it is
     model:     {name: resnet18_cifar | resnet8 | resnet20 | resnet32, head: dense | cosine}
@@ -20,6 +21,7 @@ dotted key and a YAML value: `--set train.epochs=10 --set loss.beta=0.999 --set 
 import copy
 import dataclasses
 import inspect
+import os
 import typing
 
 import yaml
@@ -31,9 +33,15 @@ class ConfigError(ValueError):
     """A config that cannot be used, with the offending key and what is valid."""
 
 
+DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
+
+
 @dataclasses.dataclass
 class DataConfig:
-    source: str = "tfds"             # tfds | folder | digits (scikit-learn's, ships offline)
+    # tfds | folder | digits (scikit-learn's, ships offline) | auto: an image folder from
+    # `data.dir` or $TFIMB_DATA_DIR when either is set, else tfds (resolved when the config is,
+    # so a run's config.yaml records what it read).
+    source: str = "tfds"
     name: str = "cifar10"            # tfds data set name
     dir: typing.Optional[str] = None  # folder root (`root/<split>/<class>/*.jpg`) or tfds data_dir
     validation_per_class: int = 0    # carved from training data, before the imbalance
@@ -43,8 +51,15 @@ class DataConfig:
     image_size: typing.Optional[int] = None  # resize folder images to this square size
     augment: bool = True             # pad-4 random crop + horizontal flip
 
+    def concrete(self):
+        """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
+        if self.source != "auto":
+            return self
+        folder = self.dir or os.environ.get(DATA_DIR_VARIABLE) or None
+        return dataclasses.replace(self, source="folder" if folder else "tfds", dir=folder)
+
     def validate(self):
-        _one_of("data.source", self.source, ("tfds", "folder", "digits"))
+        _one_of("data.source", self.source, ("tfds", "folder", "digits", "auto"))
         if self.source == "folder" and not self.dir:
             raise ConfigError("Invalid value for key `data.dir`. Expected the folder root "
                               "when data.source is 'folder'. Received: data.dir=None")
@@ -568,7 +583,10 @@ def _resolve(cls, raw, overrides):
     merged = merge(cls().to_dict(), raw or {})
     for text in overrides:
         merged = merge(merged, parse_override(text))
-    return _build(cls, merged, "").validate()
+    config = _build(cls, merged, "").validate()
+    if isinstance(getattr(config, "data", None), DataConfig):
+        config.data = config.data.concrete()
+    return config
 
 
 def resolve(raw, overrides=()):

@@ -5,7 +5,9 @@ Sources (`DataConfig.source`):
 * `"tfds"`: a tensorflow-datasets image classification set, CIFAR-10 by default
   (`tfds.load(name, split, as_supervised=True)`).
 * `"folder"`: any `root/<split>/<class>/*.{jpg,jpeg,png}` tree; classes are the sorted folder
-  names of the training split (CIFAR-10's own order for ../shared/data/cifar10-jpeg).
+  names of the training split (CIFAR-10's own order for a CIFAR-10 folder named by class).
+* `"auto"` is resolved with the config (`tfimb.config`): the folder `data.dir` or
+  $TFIMB_DATA_DIR when set, else tfds.
 * `"digits"`: scikit-learn's handwritten digits (1,797 8x8 grey images, 10 classes), which ship
   inside the installed package: the offline default. A fixed stratified 2/3 : 1/3 train/test split.
 
@@ -153,8 +155,18 @@ def _load_tfds(config):
     splits = []
     info = None
     for split in (config.train_split, config.test_split):
-        ds, info = tfds.load(config.name, split=split, as_supervised=True,
-                             data_dir=config.dir, with_info=True)
+        try:
+            ds, info = tfds.load(config.name, split=split, as_supervised=True,
+                                 data_dir=config.dir, with_info=True)
+        except Exception as error:  # Download refused, unknown name, corrupt files...
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else \
+                type(error).__name__
+            raise DataError(
+                f"tensorflow-datasets could not load {config.name!r} (split {split!r}, "
+                f"data_dir={config.dir!r}): {reason}. To read an image folder "
+                "(root/<split>/<class>/*.jpg) instead, pass --set data.source=folder --set "
+                "data.dir=PATH, or set TFIMB_DATA_DIR=PATH for a config with data.source: "
+                "auto.") from None
         batches = list(ds.batch(4096).prefetch(2).as_numpy_iterator())
         splits.append(Split(np.concatenate([b[0] for b in batches]).astype(np.uint8),
                             np.concatenate([b[1] for b in batches]).astype(np.int64)))
@@ -324,11 +336,7 @@ def shuffled_with_seeds(ds, buffer_size, seed, epoch=None):
     return ds, seeds
 
 
-def shared_data_dir():
-    """../shared/data/cifar10-jpeg next to the checkout, or $TFIMB_CIFAR10_JPEG, if present."""
-    candidates = [os.environ.get("TFIMB_CIFAR10_JPEG"),
-                  pathlib.Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"]
-    for path in candidates:
-        if path and pathlib.Path(path).is_dir():
-            return str(path)
-    return None
+def folder_from_environment():
+    """The image folder named by $TFIMB_DATA_DIR when it exists (benchmarks, tests), else None."""
+    path = os.environ.get("TFIMB_DATA_DIR")
+    return path if path and pathlib.Path(path).is_dir() else None

@@ -4,7 +4,8 @@ Direction (TFP's convention, as in `tfd.TransformedDistribution`): **forward map
 side to the data side** (generation, the paper's g = f^-1) and **inverse maps data to latent**
 (the paper's f, the direction in which the paper writes its formulas). Log-determinants are
 implemented once, on the data side (`_inverse_log_det_jacobian`, i.e. log|det df/dx|), so that
-`log_prob` uses the statistics of the data it is given (../shared/reference/platform-traps.md 7).
+`log_prob` uses the statistics of the data it is given (TFP 0.25 evaluates a forward log-det
+on the latent side, where batch statistics would be the wrong ones).
 `Squeeze` is the exception: its forward squeezes [H, W, C] -> [H/2, W/2, 4C]; inside RealNVP it
 is used inverted.
 
