@@ -16,7 +16,7 @@ kernels) unless the variable is already set: see `tfimb.platform_info`.
 
 import importlib
 
-from tfimb import platform_info
+from tfimb import catalog, platform_info
 
 # TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its import: ask for the oneDNN CPU kernels
 # (about 2x faster on CPUs where TensorFlow leaves them off) before anything imports it.
@@ -24,40 +24,17 @@ platform_info.enable_onednn()
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it. Resolved lazily by `__getattr__`.
+# Public name -> module that defines it, resolved lazily by `__getattr__`: every loss class and
+# function from the loss registry (`tfimb.catalog`), and the NumPy helpers.
 _LAZY_NAMES = {
-    # Losses (pure Keras 3).
-    "SoftmaxCrossEntropy": "tfimb.losses",
-    "InverseClassFrequency": "tfimb.losses",
-    "Focal": "tfimb.losses",
-    "ClassBalancedSoftmax": "tfimb.losses",
-    "ClassBalancedFocal": "tfimb.losses",
-    "BalancedSoftmax": "tfimb.losses",
-    "LogitAdjusted": "tfimb.losses",
-    "LDAM": "tfimb.losses",
-    "SigmoidCrossEntropy": "tfimb.losses",
-    "SigmoidFocal": "tfimb.losses",
-    "ClassBalancedSigmoid": "tfimb.losses",
-    "ClassBalancedSigmoidFocal": "tfimb.losses",
-    # Loss functions (per-example values).
-    "softmax_cross_entropy": "tfimb.losses",
-    "inverse_class_frequency": "tfimb.losses",
-    "focal": "tfimb.losses",
-    "class_balanced_softmax": "tfimb.losses",
-    "class_balanced_focal": "tfimb.losses",
-    "balanced_softmax": "tfimb.losses",
-    "logit_adjusted": "tfimb.losses",
-    "ldam": "tfimb.losses",
-    "sigmoid_cross_entropy": "tfimb.losses",
-    "sigmoid_focal": "tfimb.losses",
-    "class_balanced_sigmoid": "tfimb.losses",
-    "class_balanced_sigmoid_focal": "tfimb.losses",
-    # Class-count and weight helpers (NumPy only).
+    **{entry.class_name: "tfimb.losses" for entry in catalog.LOSSES},
+    **{entry.name: "tfimb.losses" for entry in catalog.LOSSES},
     "effective_number": "tfimb.weights",
     "class_balanced_weights": "tfimb.weights",
     "class_counts": "tfimb.weights",
 }
-_SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli", "platform_info")
+_SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli", "platform_info",
+               "catalog")
 
 __all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__"]
 

@@ -1,6 +1,8 @@
-"""The loss catalogue: names and formulas, importable without Keras (used by `tfimb losses`).
+"""The loss registry: each loss's name, class, formula, arguments and title, declared once.
 
-`tests/test_losses.py` checks that this table and the classes in `tfimb.losses` agree.
+Importable without Keras. `tfimb.losses.LOSSES` (name -> class), the public names of `tfimb`,
+the config's loss names, `tfimb losses` and the report's row titles are all read from
+`LOSSES`; `tests/test_losses.py` checks that it and the classes in `tfimb.losses` agree.
 Notation: z = logits, p = softmax(z), y = true class, n_c = training examples of class c,
 C = number of classes, w_c = class weight; for the sigmoid losses y_c is the 0/1 target of
 class c (one-hot or multi-hot) and p_t,c = sigmoid(z_c) for a positive, 1 - sigmoid(z_c) for a
@@ -9,43 +11,58 @@ negative.
 
 import collections
 
-LossEntry = collections.namedtuple("LossEntry", ["name", "class_name", "formula", "arguments"])
+LossEntry = collections.namedtuple(
+    "LossEntry", ["name", "class_name", "formula", "arguments", "title", "activation",
+                  "weighted"])
+LossEntry.__doc__ = """One loss, declared once.
+
+name: snake-case config name, also the name of its function in `tfimb.losses`;
+class_name: its `keras.losses.Loss` class in `tfimb.losses` (both exported by `tfimb`);
+formula: per-example loss (`tfimb losses`); arguments: its main arguments with defaults;
+title: its label in report tables; activation: "softmax" or "sigmoid" (one-vs-all; the
+classifier's last bias starts at -log(C - 1)); weighted: takes class-balanced style weights
+and `normalization`."""
 
 LOSSES = (
     LossEntry("softmax_cross_entropy", "SoftmaxCrossEntropy",
-              "-log p_y", ""),
+              "-log p_y", "", "CE", "softmax", False),
     LossEntry("inverse_class_frequency", "InverseClassFrequency",
-              "-w_y log p_y,  w_c = 1/n_c", "counts"),
+              "-w_y log p_y,  w_c = 1/n_c", "counts", "inverse class frequency", "softmax",
+              True),
     LossEntry("focal", "Focal",
-              "-(1 - p_y)^gamma log p_y", "gamma=2.0"),
+              "-(1 - p_y)^gamma log p_y", "gamma=2.0", "focal", "softmax", False),
     LossEntry("class_balanced_softmax", "ClassBalancedSoftmax",
-              "-w_y log p_y,  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts"),
+              "-w_y log p_y,  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts",
+              "class-balanced softmax", "softmax", True),
     LossEntry("class_balanced_focal", "ClassBalancedFocal",
               "-w_y (1 - p_y)^gamma log p_y,  w_c = (1 - beta)/(1 - beta^n_c)",
-              "beta, counts, gamma=1.0"),
+              "beta, counts, gamma=1.0", "class-balanced focal", "softmax", True),
     LossEntry("balanced_softmax", "BalancedSoftmax",
-              "CE(z + log n)", "counts"),
+              "CE(z + log n)", "counts", "balanced softmax", "softmax", False),
     LossEntry("logit_adjusted", "LogitAdjusted",
-              "CE(z + tau log pi),  pi_c = n_c / sum_k n_k", "counts, tau=1.0"),
+              "CE(z + tau log pi),  pi_c = n_c / sum_k n_k", "counts, tau=1.0",
+              "logit adjusted", "softmax", False),
     LossEntry("ldam", "LDAM",
               "CE(s (z - D_y onehot(y))),  D_c = m n_c^(-1/4) / max_k n_k^(-1/4)",
-              "counts, max_margin=0.5, scale=30.0"),
+              "counts, max_margin=0.5, scale=30.0", "LDAM", "softmax", False),
     LossEntry("sigmoid_cross_entropy", "SigmoidCrossEntropy",
-              "sum_c BCE(z_c, y_c),  BCE(z, y) = softplus(z) - y z", ""),
+              "sum_c BCE(z_c, y_c),  BCE(z, y) = softplus(z) - y z", "", "sigmoid CE",
+              "sigmoid", False),
     LossEntry("sigmoid_focal", "SigmoidFocal",
-              "sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  p_t = sigmoid(+-z)", "gamma=2.0"),
+              "sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  p_t = sigmoid(+-z)", "gamma=2.0",
+              "sigmoid focal", "sigmoid", False),
     LossEntry("class_balanced_sigmoid", "ClassBalancedSigmoid",
-              "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts"),
+              "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts",
+              "class-balanced sigmoid", "sigmoid", True),
     LossEntry("class_balanced_sigmoid_focal", "ClassBalancedSigmoidFocal",
               "w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
-              "beta, counts, gamma=1.0"),
+              "beta, counts, gamma=1.0", "class-balanced sigmoid focal", "sigmoid", True),
 )
-
-WEIGHTED = ("inverse_class_frequency", "class_balanced_softmax", "class_balanced_focal",
-            "class_balanced_sigmoid", "class_balanced_sigmoid_focal")
+BY_NAME = {entry.name: entry for entry in LOSSES}
+NAMES = tuple(BY_NAME)
+WEIGHTED = tuple(e.name for e in LOSSES if e.weighted)
 # Losses of one-vs-all sigmoids: the classifier's last bias starts at -log(C - 1) (Cui et al.).
-SIGMOID = ("sigmoid_cross_entropy", "sigmoid_focal", "class_balanced_sigmoid",
-           "class_balanced_sigmoid_focal")
+SIGMOID = tuple(e.name for e in LOSSES if e.activation == "sigmoid")
 
 NORMALIZATION_NOTE = (
     "Weighted losses take normalization='weighted_mean' (default: batch loss = "

@@ -117,7 +117,7 @@ class LossConfig:
     drw_beta: float = 0.9999
 
     def validate(self):
-        names = tuple(e.name for e in catalog.LOSSES)
+        names = catalog.NAMES
         _one_of("loss.name", self.name, names)
         from tfimb import losses  # Keras; imported only once a config is validated.
         params = inspect.signature(losses.LOSSES[self.name]).parameters
@@ -308,7 +308,7 @@ class SearchSpaceConfig:
                 raise ConfigError(f"Invalid value for key `search.space.{key}`. Expected a "
                                   "non-empty list of distinct values. Received: "
                                   f"search.space.{key}={values!r}")
-        names = tuple(e.name for e in catalog.LOSSES)
+        names = catalog.NAMES
         for name in self.loss:
             _one_of("search.space.loss", name, names)
         for beta in self.beta:

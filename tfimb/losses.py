@@ -50,7 +50,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from tfimb import _checks
+from tfimb import _checks, catalog
 from tfimb import weights as _weights
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -310,112 +310,95 @@ def _check_margin_and_scale(max_margin, scale):
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss functions: per-example values (their mean is the batch loss).
+# Loss functions: per-example values (their mean is the batch loss), computed by the class.
+
+
+def _values(cls, y_true, y_pred, **kwargs):
+    """Per-example values of loss class `cls`: the class's own computation, `reduction=None`
+    (for weighted losses under "weighted_mean", values whose batch mean is the weighted mean).
+    Computes in y_pred's dtype when that is float64, else in float32."""
+    dtype = "float64" if "float64" in str(getattr(y_pred, "dtype", "")) else None
+    return cls(reduction=None, dtype=dtype, **kwargs)(y_true, y_pred)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def softmax_cross_entropy(y_true, y_pred, from_logits=True, label_smoothing=0.0):
     """Softmax cross-entropy `-log p_y`, sparse or one-hot labels. See `SoftmaxCrossEntropy`."""
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing))
+    return _values(SoftmaxCrossEntropy, y_true, y_pred,
+                   from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def inverse_class_frequency(y_true, y_pred, counts, normalization="weighted_mean",
                             from_logits=True, label_smoothing=0.0):
     """Inverse-class-frequency weighted cross-entropy `-w_y log p_y`, `w_c = 1/n_c`."""
-    weights = _weights.inverse_frequency_weights(counts)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        class_weights=weights, normalization=_checks.check_normalization(normalization),
-        num_classes=weights.size)
+    return _values(InverseClassFrequency, y_true, y_pred,
+                   counts=counts, normalization=normalization, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def focal(y_true, y_pred, gamma=2.0, from_logits=True, label_smoothing=0.0):
     """Softmax focal loss `-(1 - p_y)^gamma log p_y`. See `Focal`."""
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        gamma=_checks.check_gamma(gamma))
+    return _values(Focal, y_true, y_pred,
+                   gamma=gamma, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def class_balanced_softmax(y_true, y_pred, beta, counts, normalization="weighted_mean",
                            from_logits=True, label_smoothing=0.0):
     """Class-balanced softmax cross-entropy `-w_y log p_y`, `w_c = (1-beta)/(1-beta^n_c)`."""
-    weights = _weights.class_balanced_weights(counts, beta)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        class_weights=weights, normalization=_checks.check_normalization(normalization),
-        num_classes=weights.size)
+    return _values(ClassBalancedSoftmax, y_true, y_pred,
+                   beta=beta, counts=counts, normalization=normalization, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def class_balanced_focal(y_true, y_pred, beta, counts, gamma=1.0, normalization="weighted_mean",
                          from_logits=True, label_smoothing=0.0):
     """Class-balanced softmax focal loss `-w_y (1 - p_y)^gamma log p_y`."""
-    weights = _weights.class_balanced_weights(counts, beta)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        gamma=_checks.check_gamma(gamma), class_weights=weights,
-        normalization=_checks.check_normalization(normalization), num_classes=weights.size)
+    return _values(ClassBalancedFocal, y_true, y_pred,
+                   beta=beta, counts=counts, gamma=gamma, normalization=normalization,
+                   from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def balanced_softmax(y_true, y_pred, counts, from_logits=True, label_smoothing=0.0):
     """Balanced softmax `CE(z + log n)`. See `BalancedSoftmax`."""
-    counts = _checks.check_counts(counts)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        logit_offset=np.log(counts), num_classes=counts.size)
+    return _values(BalancedSoftmax, y_true, y_pred,
+                   counts=counts, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def logit_adjusted(y_true, y_pred, counts, tau=1.0, from_logits=True, label_smoothing=0.0):
     """Logit-adjusted cross-entropy `CE(z + tau log pi)`. See `LogitAdjusted`."""
-    counts = _checks.check_counts(counts)
-    tau = _checks.check_range("tau", tau, 0.0)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        logit_offset=tau * np.log(counts / counts.sum()), num_classes=counts.size)
+    return _values(LogitAdjusted, y_true, y_pred,
+                   counts=counts, tau=tau, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, beta=None,
          normalization="weighted_mean", from_logits=True, label_smoothing=0.0):
     """Label-distribution-aware margin loss `CE(s (z - D_y onehot(y)))`. See `LDAM`."""
-    counts = _checks.check_counts(counts)
-    max_margin, scale = _check_margin_and_scale(max_margin, scale)
-    weights = None if beta is None else _weights.class_balanced_weights(counts, beta)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits,
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        margins=_ldam_margins(counts, max_margin), scale=scale, num_classes=counts.size,
-        class_weights=weights, normalization=_checks.check_normalization(normalization))
+    return _values(LDAM, y_true, y_pred,
+                   counts=counts, max_margin=max_margin, scale=scale, beta=beta,
+                   normalization=normalization, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def sigmoid_cross_entropy(y_true, y_pred, from_logits=True, label_smoothing=0.0):
     """One-vs-all sigmoid cross-entropy summed over classes. See `SigmoidCrossEntropy`."""
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits, activation="sigmoid",
-        label_smoothing=_checks.check_label_smoothing(label_smoothing))
+    return _values(SigmoidCrossEntropy, y_true, y_pred,
+                   from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 def sigmoid_focal(y_true, y_pred, gamma=2.0, from_logits=True, label_smoothing=0.0):
     """Sigmoid focal loss summed over classes. See `SigmoidFocal`."""
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits, activation="sigmoid",
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        gamma=_checks.check_gamma(gamma))
+    return _values(SigmoidFocal, y_true, y_pred,
+                   gamma=gamma, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
@@ -423,12 +406,9 @@ def class_balanced_sigmoid(y_true, y_pred, beta, counts, normalization="weighted
                            from_logits=True, label_smoothing=0.0):
     """Class-balanced sigmoid cross-entropy `w_y sum_c BCE(z_c, y_c)`. See
     `ClassBalancedSigmoid`."""
-    weights = _weights.class_balanced_weights(counts, beta)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits, activation="sigmoid",
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        class_weights=weights, normalization=_checks.check_normalization(normalization),
-        num_classes=weights.size)
+    return _values(ClassBalancedSigmoid, y_true, y_pred,
+                   beta=beta, counts=counts, normalization=normalization, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
@@ -437,12 +417,9 @@ def class_balanced_sigmoid_focal(y_true, y_pred, beta, counts, gamma=1.0,
                                  label_smoothing=0.0):
     """Class-balanced sigmoid focal loss `w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c)`. See
     `ClassBalancedSigmoidFocal`."""
-    weights = _weights.class_balanced_weights(counts, beta)
-    return _imbalance_loss(
-        y_true, y_pred, from_logits=from_logits, activation="sigmoid",
-        label_smoothing=_checks.check_label_smoothing(label_smoothing),
-        gamma=_checks.check_gamma(gamma), class_weights=weights,
-        normalization=_checks.check_normalization(normalization), num_classes=weights.size)
+    return _values(ClassBalancedSigmoidFocal, y_true, y_pred,
+                   beta=beta, counts=counts, gamma=gamma, normalization=normalization,
+                   from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1042,22 +1019,10 @@ class ClassBalancedSigmoidFocal(_WeightedLoss):
 
 
 # ---------------------------------------------------------------------------------------------
-# Lookup by snake-case name (used by configs: `loss: {name: class_balanced_focal, ...}`).
+# Lookup by snake-case name (used by configs: `loss: {name: class_balanced_focal, ...}`), from
+# the one registry, `tfimb.catalog`.
 
-LOSSES = {
-    "softmax_cross_entropy": SoftmaxCrossEntropy,
-    "inverse_class_frequency": InverseClassFrequency,
-    "focal": Focal,
-    "class_balanced_softmax": ClassBalancedSoftmax,
-    "class_balanced_focal": ClassBalancedFocal,
-    "balanced_softmax": BalancedSoftmax,
-    "logit_adjusted": LogitAdjusted,
-    "ldam": LDAM,
-    "sigmoid_cross_entropy": SigmoidCrossEntropy,
-    "sigmoid_focal": SigmoidFocal,
-    "class_balanced_sigmoid": ClassBalancedSigmoid,
-    "class_balanced_sigmoid_focal": ClassBalancedSigmoidFocal,
-}
+LOSSES = {entry.name: globals()[entry.class_name] for entry in catalog.LOSSES}
 
 
 def get(name, **kwargs):

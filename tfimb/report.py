@@ -6,22 +6,10 @@ import pathlib
 
 import numpy as np
 
+from tfimb import catalog
 from tfimb import weights as weights_lib
 
-LOSS_TITLES = {
-    "softmax_cross_entropy": "CE",
-    "inverse_class_frequency": "inverse class frequency",
-    "focal": "focal",
-    "class_balanced_softmax": "class-balanced softmax",
-    "class_balanced_focal": "class-balanced focal",
-    "balanced_softmax": "balanced softmax",
-    "logit_adjusted": "logit adjusted",
-    "ldam": "LDAM",
-    "sigmoid_cross_entropy": "sigmoid CE",
-    "sigmoid_focal": "sigmoid focal",
-    "class_balanced_sigmoid": "class-balanced sigmoid",
-    "class_balanced_sigmoid_focal": "class-balanced sigmoid focal",
-}
+LOSS_TITLES = {entry.name: entry.title for entry in catalog.LOSSES}
 
 
 def load_history(run_dir):
