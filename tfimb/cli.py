@@ -173,9 +173,10 @@ def _load_flow(run_dir):
 def _flow_evaluate(args):
     from tfimb.flows import train as flow_train
 
-    cfg, model, dataset = _load_flow(args.run_dir)
-    bpd = flow_train.evaluate_images(model, dataset.test.images, cfg.train.batch_size)
-    print(f"test bits/dim: {bpd:.4f} ({len(dataset.test)} images, uniform dequantisation, "
+    cfg, model = _load_flow(args.run_dir)
+    images = flow_train.test_images(cfg)
+    bpd = flow_train.evaluate_images(model, images, cfg.train.batch_size)
+    print(f"test bits/dim: {bpd:.4f} ({len(images)} images, uniform dequantisation, "
           "inference mode)")
     return 0
 
@@ -183,7 +184,7 @@ def _flow_evaluate(args):
 def _flow_sample(args):
     from tfimb.flows import train as flow_train
 
-    _, model, _ = _load_flow(args.run_dir)
+    _, model = _load_flow(args.run_dir)
     try:
         images = model.sample(args.n, args.temperature, seed=args.seed).numpy()
     except ValueError as error:
@@ -196,9 +197,10 @@ def _flow_sample(args):
 def _flow_interpolate(args):
     from tfimb.flows import train as flow_train
 
-    _, model, dataset = _load_flow(args.run_dir)
-    index = np.random.default_rng(args.seed).choice(len(dataset.test), 4, replace=False)
-    grid = flow_train.interpolate(model, dataset.test.images[index], args.steps)
+    cfg, model = _load_flow(args.run_dir)
+    images = flow_train.test_images(cfg)
+    index = np.random.default_rng(args.seed).choice(len(images), 4, replace=False)
+    grid = flow_train.interpolate(model, images[index], args.steps)
     output = args.output or pathlib.Path(args.run_dir) / "interpolation.png"
     print(f"interpolation written to {flow_train.write_grid(grid, output, args.steps)} "
           f"(test images {index.tolist()} at the corners)")

@@ -95,7 +95,7 @@ def _flow_archive(run_dir):
 
     from tfimb.flows import train as flow_train
 
-    _, model, _ = flow_train.load_run(run_dir)
+    _, model = flow_train.load_run(run_dir)
     shape = list(model.image_shape)
     num_dims = model.num_dims
     image_spec = [tf.TensorSpec([None] + shape, tf.uint8, name="images")]

@@ -167,6 +167,9 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
         "images_per_second": (loop.train_images / loop.train_seconds
                               if loop.train_seconds else None),
         "num_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        # What rebuilding the model needs beyond config.yaml: export, sample and interpolate
+        # then never read the dataset.
+        "image_shape": [int(d) for d in image_shape],
         "evaluation_split": "validation" if len(dataset.validation) else "test",
         "evaluation_images": int(len(eval_images)),
         "replicas": strategy.num_replicas_in_sync,
@@ -203,7 +206,11 @@ def evaluate_images(model, images, batch_size, seed=1234):
 
 
 def load_run(run_dir):
-    """(config, model with the trained weights, dataset) of a finished run directory."""
+    """(config, model with the trained weights) of a finished run directory.
+
+    The model is rebuilt from config.yaml and the image shape in results.json, so no data is
+    read (runs written before results.json carried the shape load their training images once
+    to find it). `test_images(cfg)` gives the images to evaluate or interpolate."""
     from tfimb import data as data_lib
 
     run_dir = pathlib.Path(run_dir)
@@ -211,10 +218,20 @@ def load_run(run_dir):
         raise FlowRunError(f"{run_dir} holds no finished flow ({WEIGHTS} is missing); train "
                            "it with `tfimb flow train CONFIG --workdir DIR` (or --resume).")
     cfg = config_lib.resolve_flow(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    dataset = data_lib.load(cfg.data, None)
-    model = build_model(cfg, dataset.train.images.shape[1:])
+    results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).exists() else {}
+    shape = results.get("image_shape")
+    if shape is None:
+        shape = data_lib.load(cfg.data, None).train.images.shape[1:]
+    model = build_model(cfg, tuple(shape))
     model.load_weights(run_dir / WEIGHTS)
-    return cfg, model, dataset
+    return cfg, model
+
+
+def test_images(cfg):
+    """The test split's uint8 images of a flow config's data."""
+    from tfimb import data as data_lib
+
+    return data_lib.load(cfg.data, None).test.images
 
 
 def write_grid(images, path, columns=None):
