@@ -76,15 +76,6 @@ def test_docstring_examples_run():
         assert result.attempted > 0, module.__name__
 
 
-def test_readme_multi_label_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    code = next(b for b in blocks if "multi_label=True" in b)
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    auc = namespace["history"].history["auc"]
-    assert len(auc) == 2 and all(0.0 <= v <= 1.0 for v in auc)
-
-
 def test_cli_turns_onednn_on_before_tensorflow_loads():
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     out = subprocess.run(["tfimb", "info"], env=env, capture_output=True, text=True,
