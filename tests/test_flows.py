@@ -285,3 +285,88 @@ def test_two_moons_density_integrates_to_one_and_maps_both_ways(tmp_path):
     np.testing.assert_allclose(model.decode(z).numpy(), data[:64], atol=1e-4)
     path = two_moons.plot_figure(model, data, tmp_path / "moons.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------
+# The explicit walk (no bijector cache) and validate_args.
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+def test_walk_equals_the_tfp_chain_and_the_brute_force_jacobian(rng, compiled):
+    model = _random_flow((4, 4, 3), num_scales=2)
+    x = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    steps, _ = model.steps(training=False)
+    walk = tf.function(flows.to_latent) if compiled else flows.to_latent
+    z, log_det = walk(steps, tf.constant(x))
+    chain = model.bijector(training=False)
+    np.testing.assert_allclose(z.numpy(), chain.inverse(_fresh(x)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        log_det.numpy(), chain.inverse_log_det_jacobian(_fresh(x), event_ndims=3).numpy(),
+        rtol=1e-5)
+    brute = _brute_force_ildj(lambda v: flows.to_latent(steps, v)[0], x)
+    np.testing.assert_allclose(log_det.numpy(), brute, rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(flows.to_data(steps, z).numpy(), x, atol=5e-4)
+
+
+def test_layout_is_the_papers_and_each_network_runs_once_per_density():
+    model = _random_flow((8, 8, 1), num_scales=2)
+    steps, batch_norms = model.steps()
+    kinds = [type(s).__name__ for s in steps]
+    assert kinds == (["AffineCoupling", "RunningBatchNorm"] * 3 + ["Unsqueeze"]
+                     + ["AffineCoupling", "RunningBatchNorm"] * 3 + ["FactorOut", "Squeeze"])
+    inner = steps[-2].steps
+    assert [type(s).__name__ for s in inner] == ["AffineCoupling", "RunningBatchNorm"] * 4
+    assert len(batch_norms) == 10
+    calls = []
+    for scale in model._layout:
+        for _, _, network, _ in scale.couplings:
+            original = network.call
+
+            def counted(x, training=False, original=original, network=network):
+                calls.append(network.name)
+                return original(x, training=training)
+
+            network.call = counted
+    model.log_prob(tf.zeros((1, 8, 8, 1)))
+    assert len(calls) == 10 and len(set(calls)) == 10  # Each coupling's network once.
+
+
+def test_results_follow_the_weights_with_no_stale_cache(rng):
+    model = _random_flow((4, 4, 1))
+    z = tf.constant(rng.normal(size=(2, 4, 4, 1)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, 4, 4, 1)).astype(np.float32))
+    before_decode, before_log_p = model.decode(z).numpy(), model.log_prob(x).numpy()
+    for w in model.weights:
+        if w.path.endswith("/scale"):
+            w.assign(w + 0.3)
+    assert not np.array_equal(model.decode(z).numpy(), before_decode)  # The same z object.
+    assert not np.allclose(model.log_prob(x).numpy(), before_log_p)
+
+
+def test_validate_args_asserts_what_the_math_needs(rng):
+    class NaNNetwork(keras.layers.Layer):
+        def call(self, x, training=False):
+            return x * np.nan, x
+
+    x = tf.constant(rng.normal(size=(1, 4, 4, 2)).astype(np.float32))
+    lenient = flows.AffineCoupling(NaNNetwork(), "channel", 0)
+    assert np.isnan(lenient.to_latent(x)[0].numpy()).any()
+    strict = flows.AffineCoupling(NaNNetwork(), "channel", 0, validate_args=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="scale s is not finite"):
+        strict.to_latent(x)
+    mean, variance = tf.Variable(tf.zeros(2)), tf.Variable(-tf.ones(2))
+    bn = flows.RunningBatchNorm(mean, variance, validate_args=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="variance"):
+        bn.to_latent(x)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1])])
+    def squeeze(v):
+        return flows.Squeeze(validate_args=True).forward(v)
+
+    assert squeeze(tf.zeros((1, 4, 4, 1))).shape == (1, 2, 2, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="odd height or width"):
+        squeeze(tf.zeros((1, 3, 4, 1)))
+    model = flows.RealNVP((4, 4, 1), num_scales=2, num_blocks=1, num_filters=4,
+                          validate_args=True)
+    assert np.all(np.isfinite(model.bits_per_dim(np.zeros((2, 4, 4, 1), np.uint8)).numpy()))
+    assert flows.RealNVP.from_config(model.get_config()).validate_args is True

@@ -4,9 +4,11 @@ Imports TensorFlow and TensorFlow Probability.
 """
 
 from tfimb.flows import preprocessing
-from tfimb.flows.bijectors import (AffineCoupling, RunningBatchNorm, Squeeze,
-                                   channel_mask, checkerboard_mask)
+from tfimb.flows.bijectors import (AffineCoupling, FactorOut, RunningBatchNorm, Squeeze,
+                                   Unsqueeze, channel_mask, checkerboard_mask, to_data,
+                                   to_latent)
 from tfimb.flows.realnvp import CouplingNetwork, RealNVP, WeightNormConv2D
 
-__all__ = ["AffineCoupling", "CouplingNetwork", "RealNVP", "RunningBatchNorm", "Squeeze",
-           "WeightNormConv2D", "channel_mask", "checkerboard_mask", "preprocessing"]
+__all__ = ["AffineCoupling", "CouplingNetwork", "FactorOut", "RealNVP", "RunningBatchNorm",
+           "Squeeze", "Unsqueeze", "WeightNormConv2D", "channel_mask", "checkerboard_mask",
+           "preprocessing", "to_data", "to_latent"]

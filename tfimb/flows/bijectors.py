@@ -11,6 +11,15 @@ is used inverted.
 
 TFP bijectors do not track Keras variables: the networks and the batch-norm statistics belong
 to a Keras model (`tfimb.flows.RealNVP`), which passes them in.
+
+Every bijector here also has `to_latent(y) -> (z, log|det dz/dy|)` and `to_data(z)`: one
+evaluation of each network per step, no cache. `to_latent(steps, y)` / `to_data(steps, z)` walk
+a list of them; `RealNVP` computes its densities, latents and samples that way, so nothing
+depends on TFP's bijector cache (which is keyed by tensor identity and shared between instances
+of equal parameters, and could return a result computed before the weights changed). The TFP
+methods (`forward`, `inverse`, `inverse_log_det_jacobian`) compute from the same two methods,
+and `tfb.Chain` composes them for users. Under `validate_args=True` each bijector asserts what
+its math needs (finite scales and shifts, positive variances, even image sizes).
 """
 
 import numpy as np
@@ -37,6 +46,12 @@ def channel_mask(channels, parity=0, dtype=tf.float32):
                                     channels)
     first = np.arange(channels) < channels // 2
     return tf.constant((first if parity == 0 else ~first)[None, None, :], dtype)
+
+
+def _dims(x):
+    """(H, W, C) of x: Python ints where the static shape knows them, else scalar tensors."""
+    dynamic = tf.shape(x)
+    return tuple(x.shape[i] if x.shape[i] is not None else dynamic[i] for i in (-3, -2, -1))
 
 
 def _event_sum(x):
@@ -68,7 +83,6 @@ class AffineCoupling(tfb.Bijector):
             raise _checks.invalid_value("parity", "0 or 1", parity)
         self._network, self._mask, self._parity = network, mask, parity
         self._training = bool(training)
-        self._last = (None, None)
         super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
                          parameters=parameters,
                          name=name or f"affine_coupling_{mask}_{parity}")
@@ -93,21 +107,30 @@ class AffineCoupling(tfb.Bijector):
         return channel_mask(channels, self._parity, x.dtype)
 
     def _scale_and_shift(self, x):
-        # The inverse and the log-det of one tensor share one network evaluation.
-        if self._last[0] is not x:
-            b = self.mask(x)
-            s, t = self._network(b * x, training=self._training)
-            self._last = (x, (b, (1.0 - b) * tf.cast(s, x.dtype),
-                              (1.0 - b) * tf.cast(t, x.dtype)))
-        return self._last[1]
+        """(b, (1 - b) * s(b * x), (1 - b) * t(b * x)): b * x is the same on both sides."""
+        b = self.mask(x)
+        s, t = self._network(b * x, training=self._training)
+        s, t = tf.cast(s, x.dtype), tf.cast(t, x.dtype)
+        if self.validate_args:
+            s = tf.debugging.assert_all_finite(s, f"{self.name}: the scale s is not finite")
+            t = tf.debugging.assert_all_finite(t, f"{self.name}: the shift t is not finite")
+        return b, (1.0 - b) * s, (1.0 - b) * t
+
+    def to_latent(self, y):
+        """Data -> latent with log|det dz/dy|, one network evaluation."""
+        b, s, t = self._scale_and_shift(y)
+        return b * y + (1.0 - b) * (y * tf.exp(s) + t), _event_sum(s)
+
+    def to_data(self, z):
+        """Latent -> data."""
+        b, s, t = self._scale_and_shift(z)
+        return b * z + (1.0 - b) * (z - t) * tf.exp(-s)
 
     def _inverse(self, y):  # data -> latent (the paper's direction)
-        b, s, t = self._scale_and_shift(y)
-        return b * y + (1.0 - b) * (y * tf.exp(s) + t)
+        return self.to_latent(y)[0]
 
     def _forward(self, x):  # latent -> data
-        b, s, t = self._scale_and_shift(x)  # b * x is the same on both sides.
-        return b * x + (1.0 - b) * (x - t) * tf.exp(-s)
+        return self.to_data(x)
 
     def _inverse_log_det_jacobian(self, y):
         _, s, _ = self._scale_and_shift(y)
@@ -132,12 +155,23 @@ class Squeeze(tfb.Bijector):
     def _parameter_properties(cls, dtype):
         return dict()
 
+    def to_latent(self, y):
+        """Data -> latent: unsqueeze (this bijector's inverse), log-det 0."""
+        return self._inverse(y), tf.zeros([], y.dtype)
+
+    def to_data(self, z):
+        return self._forward(z)
+
     def _forward(self, x):
         batch = tf.shape(x)[:-3]
-        h, w, c = x.shape[-3:]
-        if h % 2 or w % 2:
+        h, w, c = _dims(x)
+        if (isinstance(h, int) and h % 2) or (isinstance(w, int) and w % 2):
             raise _checks.invalid_value("x", "an even height and width to squeeze",
                                         tuple(x.shape))
+        if self.validate_args and not (isinstance(h, int) and isinstance(w, int)):
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    tf.stack([h % 2, w % 2]), 0, message=f"{self.name}: odd height or width")]):
+                x = tf.identity(x)  # Runs after the assertion (static sizes: checked above).
         rank = len(x.shape)
         x = tf.reshape(x, tf.concat([batch, [h // 2, 2, w // 2, 2, c]], 0))
         n = rank - 3  # Batch dimensions.
@@ -147,8 +181,8 @@ class Squeeze(tfb.Bijector):
 
     def _inverse(self, y):
         batch = tf.shape(y)[:-3]
-        h, w, c4 = y.shape[-3:]
-        if c4 % 4:
+        h, w, c4 = _dims(y)
+        if isinstance(c4, int) and c4 % 4:
             raise _checks.invalid_value("y", "a channel count divisible by 4 to unsqueeze",
                                         tuple(y.shape))
         c, n = c4 // 4, len(y.shape) - 3
@@ -175,6 +209,51 @@ class Squeeze(tfb.Bijector):
 
     def _inverse_event_shape_tensor(self, output_shape):
         return tf.stack([2 * output_shape[-3], 2 * output_shape[-2], output_shape[-1] // 4])
+
+
+class Unsqueeze(tfb.Bijector):
+    """The inverse of `Squeeze` as a bijector of its own: forward [H, W, C] -> [2H, 2W, C/4]
+    (latent -> data), inverse squeezes (data -> latent). RealNVP squeezes in the data ->
+    latent direction at the start of each coarser scale's channel couplings."""
+
+    def __init__(self, validate_args=False, name="unsqueeze"):
+        parameters = dict(locals())
+        self._squeeze = Squeeze(validate_args=validate_args)
+        super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
+                         is_constant_jacobian=True, validate_args=validate_args,
+                         parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    def to_latent(self, y):
+        """Data -> latent: squeeze, log-det 0."""
+        return self._squeeze.to_data(y), tf.zeros([], y.dtype)
+
+    def to_data(self, z):
+        return self._squeeze.to_latent(z)[0]
+
+    def _forward(self, x):
+        return self.to_data(x)
+
+    def _inverse(self, y):
+        return self.to_latent(y)[0]
+
+    def _forward_log_det_jacobian(self, x):
+        return tf.zeros([], x.dtype)
+
+    def _forward_event_shape(self, input_shape):
+        return self._squeeze.inverse_event_shape(input_shape)
+
+    def _inverse_event_shape(self, output_shape):
+        return self._squeeze.forward_event_shape(output_shape)
+
+    def _forward_event_shape_tensor(self, input_shape):
+        return self._squeeze.inverse_event_shape_tensor(input_shape)
+
+    def _inverse_event_shape_tensor(self, output_shape):
+        return self._squeeze.forward_event_shape_tensor(output_shape)
 
 
 class RunningBatchNorm(tfb.Bijector):
@@ -224,15 +303,37 @@ class RunningBatchNorm(tfb.Bijector):
         return (m * tf.stop_gradient(mean) + (1.0 - m) * batch_mean,
                 m * tf.stop_gradient(variance) + (1.0 - m) * batch_variance)
 
-    def _inverse(self, y):
+    def _checked(self, variance):
+        """The variance, asserted finite and (plus epsilon) positive under validate_args."""
+        if not self.validate_args:
+            return variance
+        variance = tf.debugging.assert_all_finite(
+            variance, f"{self.name}: the variance is not finite")
+        with tf.control_dependencies([tf.debugging.assert_positive(
+                variance + self._epsilon, message=f"{self.name}: variance + epsilon <= 0")]):
+            return tf.identity(variance)
+
+    def _log_det(self, y, variance):
+        height, width = y.shape[-3], y.shape[-2]
+        return -0.5 * height * width * tf.reduce_sum(tf.math.log(variance + self._epsilon))
+
+    def to_latent(self, y):
+        """Data -> latent with log|det dz/dy|; in training records the statistics used (once)."""
         mean, variance = self.statistics(y)
+        variance = self._checked(variance)
         if self._training:
             self.pending_updates.append((mean, variance))
-        return (y - mean) * tf.math.rsqrt(variance + self._epsilon)
+        return (y - mean) * tf.math.rsqrt(variance + self._epsilon), self._log_det(y, variance)
+
+    def to_data(self, z):
+        mean, variance = self.statistics_for_forward(z)
+        return z * tf.sqrt(self._checked(variance) + self._epsilon) + mean
+
+    def _inverse(self, y):
+        return self.to_latent(y)[0]
 
     def _forward(self, x):
-        mean, variance = self.statistics_for_forward(x)
-        return x * tf.sqrt(variance + self._epsilon) + mean
+        return self.to_data(x)
 
     def statistics_for_forward(self, x):
         """The forward (sampling) direction has no data batch: always the running statistics."""
@@ -241,8 +342,7 @@ class RunningBatchNorm(tfb.Bijector):
 
     def _inverse_log_det_jacobian(self, y):
         _, variance = self.statistics(y)
-        height, width = y.shape[-3], y.shape[-2]
-        return -0.5 * height * width * tf.reduce_sum(tf.math.log(variance + self._epsilon))
+        return self._log_det(y, self._checked(variance))
 
     def apply_updates(self):
         """Write the statistics recorded in training to the running variables; clear them."""
@@ -250,3 +350,65 @@ class RunningBatchNorm(tfb.Bijector):
             self._mean.assign(tf.stop_gradient(tf.cast(mean, self._mean.dtype)))
             self._variance.assign(tf.stop_gradient(tf.cast(variance, self._variance.dtype)))
         self.pending_updates = []
+
+
+class FactorOut(tfb.Bijector):
+    """RealNVP's factoring out (Dinh et al. 2017, eq. 15): the inner `steps` transform the first
+    `keep` channels; the other channels pass through unchanged (they leave for the latent at
+    this scale). `steps` are bijectors of this module in data -> latent order.
+
+        inverse (data -> latent):  z = concat(to_latent(steps, y[..., :keep]), y[..., keep:])
+        log|det dz/dy| = that of the inner steps
+    """
+
+    def __init__(self, steps, keep, validate_args=False, name="factor_out"):
+        parameters = dict(locals())
+        self._steps, self._keep = list(steps), int(keep)
+        super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
+                         parameters=parameters, name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return dict()
+
+    @property
+    def steps(self):
+        return list(self._steps)
+
+    def to_latent(self, y):
+        kept, log_det = to_latent(self._steps, y[..., :self._keep])
+        return tf.concat([kept, y[..., self._keep:]], -1), log_det
+
+    def to_data(self, z):
+        return tf.concat([to_data(self._steps, z[..., :self._keep]), z[..., self._keep:]], -1)
+
+    def _forward(self, x):
+        return self.to_data(x)
+
+    def _inverse(self, y):
+        return self.to_latent(y)[0]
+
+    def _inverse_log_det_jacobian(self, y):
+        return self.to_latent(y)[1]
+
+
+def to_latent(steps, y):
+    """Data -> latent through `steps` (data -> latent order) and the summed log|det dz/dy|,
+    each step evaluated once (no bijector cache involved)."""
+    log_det = tf.zeros([], y.dtype)
+    for step in steps:
+        y, step_log_det = step.to_latent(y)
+        log_det = log_det + step_log_det
+    return y, log_det
+
+
+def to_data(steps, z):
+    """Latent -> data through `steps` (given in data -> latent order)."""
+    for step in reversed(steps):
+        z = step.to_data(z)
+    return z
+
+
+def chain(steps, name="chain"):
+    """`steps` (data -> latent order) as one `tfb.Chain` (forward: latent -> data)."""
+    return tfb.Chain(list(steps), name=name)

@@ -11,10 +11,14 @@ Every coupling is followed by a `RunningBatchNorm` bijector. The s/t networks of
 `num_filters * 2**k` feature maps. The latent z has the shape of x and a standard normal prior.
 
 `RealNVP` is a Keras model that owns every network and batch-norm statistic (TFP bijectors do
-not track Keras variables); `bijector(training)` assembles the `tfb.Bijector` between the
+not track Keras variables). Its layout (`Scale` per scale) is computed once; each call
+instantiates the steps for its mode (training or inference) from it. Densities, latents and
+samples walk those steps with `to_latent` / `to_data` (one network evaluation per coupling, no
+bijector cache); `bijector(training)` composes the same steps as one `tfb.Chain` between the
 preprocessed (logit) data space and the latent space, whose forward direction generates.
 """
 
+import collections
 import math
 
 import keras
@@ -28,6 +32,11 @@ from tfimb.flows import preprocessing
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
+
+# One scale of the flow, computed once: its couplings [(mask, parity, network, moments)] in
+# data -> latent order, the coupling before which it squeezes (None: no squeeze), and the
+# channels its inner scale keeps after the squeeze (None at the final scale).
+Scale = collections.namedtuple("Scale", ["couplings", "squeeze_before", "keep"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,37 +122,6 @@ class MovingMoments(keras.layers.Layer):
                                                aggregation="mean")
 
 
-class _FactorOut(tfb.Bijector):
-    """Applies `inner` to the first `keep` channels; the others pass through (they are the
-    units factored out to the latent at this scale)."""
-
-    def __init__(self, inner, keep, name="factor_out"):
-        parameters = dict(locals())
-        self._inner, self._keep = inner, keep
-        self._last = (None, None)
-        super().__init__(forward_min_event_ndims=3, parameters=parameters, name=name)
-
-    def _kept(self, y):
-        # The same slice object for inverse and log-det, so that the inner chain's cache
-        # serves the log-det instead of running every inner network a second time.
-        if self._last[0] is not y:
-            self._last = (y, y[..., :self._keep])
-        return self._last[1]
-
-    @classmethod
-    def _parameter_properties(cls, dtype):
-        return dict()
-
-    def _forward(self, x):
-        return tf.concat([self._inner.forward(x[..., :self._keep]), x[..., self._keep:]], -1)
-
-    def _inverse(self, y):
-        return tf.concat([self._inner.inverse(self._kept(y)), y[..., self._keep:]], -1)
-
-    def _inverse_log_det_jacobian(self, y):
-        return self._inner.inverse_log_det_jacobian(self._kept(y), event_ndims=3)
-
-
 # ---------------------------------------------------------------------------------------------
 # The model.
 
@@ -164,6 +142,8 @@ class RealNVP(keras.Model):
         alpha: the logit transform's alpha (0.05).
         l2: L2 penalty on the weight-norm scales g (paper: 5e-5).
         seed: dequantisation noise seed for training.
+        validate_args: the bijectors assert finite scales and shifts, positive variances and
+            even image sizes as they run (slower; for debugging a diverging flow).
 
     Methods take uint8 images unless they say otherwise: `bits_per_dim`, `encode` (to z),
     `decode` (z to uint8), `sample(n, temperature)`; `log_prob(l)` is the density of
@@ -171,7 +151,8 @@ class RealNVP(keras.Model):
     """
 
     def __init__(self, image_shape, num_scales=2, num_blocks=8, num_filters=64, momentum=0.9,
-                 epsilon=1e-4, alpha=preprocessing.ALPHA, l2=5e-5, seed=0, **kwargs):
+                 epsilon=1e-4, alpha=preprocessing.ALPHA, l2=5e-5, seed=0, validate_args=False,
+                 **kwargs):
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -192,6 +173,7 @@ class RealNVP(keras.Model):
                                          high_inclusive=False)
         self.l2 = _checks.check_range("l2", l2, 0.0)
         self.seed = seed
+        self.validate_args = bool(validate_args)
         self.num_dims = math.prod(image_shape)
         self._layout = self._make_layout()
         self.noise_seed = keras.random.SeedGenerator(seed)
@@ -199,7 +181,7 @@ class RealNVP(keras.Model):
         self._built_flow = False
 
     def _make_layout(self):
-        """Per scale: [(kind, mask, parity, channels, filters, network, moments), ...]."""
+        """The scales (`Scale`), with their networks and running moments, built once."""
         h, w, c = self.image_shape
         layout = []
         for k in range(self.num_scales):
@@ -208,68 +190,78 @@ class RealNVP(keras.Model):
             steps = [("checkerboard", p, c) for p in ((0, 1, 0, 1) if final else (0, 1, 0))]
             if not final:
                 steps += [("channel", p, 4 * c) for p in (0, 1, 0)]
-            scale = []
+            couplings = []
             for i, (mask, parity, channels) in enumerate(steps):
                 network = CouplingNetwork(channels, self.num_blocks, filters,
                                           name=f"scale{k}_coupling{i}_{mask}")
                 moments = MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
-                scale.append((mask, parity, network, moments))
-            layout.append(scale)
+                couplings.append((mask, parity, network, moments))
+            # Non-final scales squeeze before their channel couplings and keep half of the
+            # squeezed channels (4C / 2) for the next scale.
+            layout.append(Scale(couplings, None if final else 3, None if final else 2 * c))
             h, w, c = h // 2, w // 2, 2 * c
         return layout
 
-    # -- The bijector ----------------------------------------------------------------------
+    # -- The steps -------------------------------------------------------------------------
 
-    def bijector(self, training=False):
-        """The `tfb.Bijector` latent z -> logit-space data l (inverse: l -> z).
+    def steps(self, training=False):
+        """(data -> latent steps of the whole flow, its batch-norm bijectors).
 
         `training=True`: batch statistics in the coupling networks and the batch-norm bijectors
-        (their running statistics change only through `train_step`)."""
-        chain, _ = self._assemble(training)
-        return chain
-
-    def _assemble(self, training):
+        (whose running statistics change only through `train_step`)."""
         batch_norms = []
         inner = None
         for k in reversed(range(self.num_scales)):
-            steps = []  # In data -> latent order; tfb.Chain applies inverses first to last.
-            for i, (mask, parity, network, moments) in enumerate(self._layout[k]):
-                if mask == "channel" and i == 3:
-                    steps.append(tfb.Invert(flow_bijectors.Squeeze()))
-                steps.append(flow_bijectors.AffineCoupling(network, mask, parity,
-                                                           training=training))
+            scale = self._layout[k]
+            steps = []
+            for i, (mask, parity, network, moments) in enumerate(scale.couplings):
+                if i == scale.squeeze_before:
+                    steps.append(flow_bijectors.Unsqueeze(self.validate_args,
+                                                          name=f"scale{k}_squeeze"))
+                steps.append(flow_bijectors.AffineCoupling(
+                    network, mask, parity, training=training, validate_args=self.validate_args))
                 bn = flow_bijectors.RunningBatchNorm(
                     moments.moving_mean, moments.moving_variance, momentum=self.momentum,
-                    epsilon=self.epsilon, training=training, name=f"{moments.name}_bn")
+                    epsilon=self.epsilon, training=training, validate_args=self.validate_args,
+                    name=f"{moments.name}_bn")
                 batch_norms.append(bn)
                 steps.append(bn)
             if inner is not None:
-                channels = 4 * self.image_shape[2] * 2 ** k // 2  # Keep half after squeeze.
-                steps.append(_FactorOut(inner, channels, name=f"scale{k}_factor_out"))
-                steps.append(flow_bijectors.Squeeze())  # Unsqueeze (data -> latent).
-            inner = tfb.Chain(steps, name=f"scale{k}")
+                steps.append(flow_bijectors.FactorOut(inner, scale.keep, self.validate_args,
+                                                      name=f"scale{k}_factor_out"))
+                steps.append(flow_bijectors.Squeeze(self.validate_args,
+                                                    name=f"scale{k}_unsqueeze"))
+            inner = steps
         return inner, batch_norms
+
+    def bijector(self, training=False):
+        """The `tfb.Bijector` latent z -> logit-space data l (inverse: l -> z), for use with
+        TFP (`tfd.TransformedDistribution`, `tfb.Chain`)."""
+        return flow_bijectors.chain(self.steps(training)[0], name="realnvp")
 
     def distribution(self, training=False):
         """`tfd.TransformedDistribution`: standard normal latent pushed to logit space."""
-        return self._pushed_forward(self.bijector(training))
+        return tfd.TransformedDistribution(self._prior(), self.bijector(training))
 
-    def _pushed_forward(self, bijector):
-        base = tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
-        return tfd.TransformedDistribution(base, bijector)
+    def _prior(self):
+        return tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
 
     # -- Densities -------------------------------------------------------------------------
 
     def log_prob(self, l, training=False):
         """log density of logit-space data l [B, H, W, C] (nats per example)."""
-        l = tf.identity(tf.convert_to_tensor(l, tf.float32))  # Fresh tensor: no stale cache.
-        return self.distribution(training).log_prob(l)
+        return self._log_pl(tf.convert_to_tensor(l, tf.float32), training)[0]
+
+    def _log_pl(self, l, training):
+        """(log p(l) = log N(z; 0, I) + log|det dz/dl|, the batch-norm bijectors used)."""
+        steps, batch_norms = self.steps(training)
+        z, log_det = flow_bijectors.to_latent(steps, l)
+        return self._prior().log_prob(z) + log_det, batch_norms
 
     def _log_px(self, images, training, noise, seed=None):
         x = preprocessing.dequantize(images, noise, seed)
         l, log_det = preprocessing.to_logit(x, self.alpha)
-        chain, batch_norms = self._assemble(training)
-        log_pl = self._pushed_forward(chain).log_prob(l)
+        log_pl, batch_norms = self._log_pl(l, training)
         return log_pl + log_det, batch_norms
 
     def bits_per_dim(self, images, noise="uniform", seed=None, training=False):
@@ -289,12 +281,12 @@ class RealNVP(keras.Model):
         """uint8 images -> latent z (same shape, float32); mid-bin dequantisation by default."""
         x = preprocessing.dequantize(tf.convert_to_tensor(images), noise, seed)
         l, _ = preprocessing.to_logit(x, self.alpha)
-        return self.bijector(training=False).inverse(tf.identity(l))
+        return flow_bijectors.to_latent(self.steps(training=False)[0], l)[0]
 
     def decode(self, z):
         """latent z -> uint8 images."""
-        l = self.bijector(training=False).forward(tf.identity(tf.convert_to_tensor(z,
-                                                                                   tf.float32)))
+        l = flow_bijectors.to_data(self.steps(training=False)[0],
+                                   tf.convert_to_tensor(z, tf.float32))
         return preprocessing.to_uint8(preprocessing.from_logit(l, self.alpha))
 
     def sample(self, n, temperature=1.0, seed=None):
@@ -363,4 +355,5 @@ class RealNVP(keras.Model):
         return {"image_shape": list(self.image_shape), "num_scales": self.num_scales,
                 "num_blocks": self.num_blocks, "num_filters": self.num_filters,
                 "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,
-                "l2": self.l2, "seed": self.seed, "name": self.name}
+                "l2": self.l2, "seed": self.seed, "validate_args": self.validate_args,
+                "name": self.name}

@@ -60,26 +60,33 @@ class TwoMoonsFlow(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.log_prob(np.zeros((1, 2), np.float32))  # Build the networks.
 
+    def steps(self):
+        """The couplings in data -> latent order."""
+        return [flow_bijectors.AffineCoupling(net, "channel", i % 2)
+                for i, net in enumerate(self.networks)]
+
     def bijector(self):
         """latent -> data (forward); data -> latent (inverse)."""
-        return tfb.Chain([flow_bijectors.AffineCoupling(net, "channel", i % 2)
-                          for i, net in enumerate(self.networks)])
+        return flow_bijectors.chain(self.steps(), name="two_moons")
 
     def distribution(self):
-        return tfd.TransformedDistribution(tfd.Sample(tfd.Normal(0.0, 1.0), EVENT),
-                                           self.bijector())
+        return tfd.TransformedDistribution(self._prior(), self.bijector())
+
+    def _prior(self):
+        return tfd.Sample(tfd.Normal(0.0, 1.0), EVENT)
 
     def log_prob(self, points):
-        points = tf.reshape(tf.identity(tf.convert_to_tensor(points, tf.float32)), (-1,) + EVENT)
-        return self.distribution().log_prob(points)
+        points = tf.reshape(tf.convert_to_tensor(points, tf.float32), (-1,) + EVENT)
+        z, log_det = flow_bijectors.to_latent(self.steps(), points)
+        return self._prior().log_prob(z) + log_det
 
     def encode(self, points):
-        points = tf.reshape(tf.identity(tf.convert_to_tensor(points, tf.float32)), (-1,) + EVENT)
-        return tf.reshape(self.bijector().inverse(points), (-1, 2))
+        points = tf.reshape(tf.convert_to_tensor(points, tf.float32), (-1,) + EVENT)
+        return tf.reshape(flow_bijectors.to_latent(self.steps(), points)[0], (-1, 2))
 
     def decode(self, z):
-        z = tf.reshape(tf.identity(tf.convert_to_tensor(z, tf.float32)), (-1,) + EVENT)
-        return tf.reshape(self.bijector().forward(z), (-1, 2))
+        z = tf.reshape(tf.convert_to_tensor(z, tf.float32), (-1,) + EVENT)
+        return tf.reshape(flow_bijectors.to_data(self.steps(), z), (-1, 2))
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
