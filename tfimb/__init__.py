@@ -14,9 +14,48 @@ kernels) unless the variable is already set: see `tfimb.platform_info`.
     )
 """
 
+from __future__ import annotations
+
 import importlib
 
 from tfimb import catalog, platform_info
+
+# For type checkers only (`import tfimb` stays cheap: neither `typing` nor Keras is imported
+# here at run time): the lazily resolved names below, spelled out so that `tfimb.Focal` has the
+# class's own type. tests/test_typing.py checks that this list matches `_LAZY_NAMES`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any as _Any
+
+    from tfimb import cli, flows, losses, metrics, models, weights
+    from tfimb.losses import (
+        LDAM,
+        BalancedSoftmax,
+        ClassBalancedFocal,
+        ClassBalancedSigmoid,
+        ClassBalancedSigmoidFocal,
+        ClassBalancedSoftmax,
+        Focal,
+        InverseClassFrequency,
+        LogitAdjusted,
+        SigmoidCrossEntropy,
+        SigmoidFocal,
+        SoftmaxCrossEntropy,
+        balanced_softmax,
+        class_balanced_focal,
+        class_balanced_sigmoid,
+        class_balanced_sigmoid_focal,
+        class_balanced_softmax,
+        focal,
+        inverse_class_frequency,
+        ldam,
+        logit_adjusted,
+        sigmoid_cross_entropy,
+        sigmoid_focal,
+        softmax_cross_entropy,
+    )
+    from tfimb.weights import class_balanced_weights, class_counts, effective_number
+del TYPE_CHECKING
 
 # TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its import: ask for the oneDNN CPU kernels
 # (about 2x faster on CPUs where TensorFlow leaves them off) before anything imports it.
@@ -39,7 +78,7 @@ _SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli", "platfo
 __all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> _Any:
     if name in _LAZY_NAMES:
         value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
         globals()[name] = value  # Resolve once.
@@ -49,5 +88,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'tfimb' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

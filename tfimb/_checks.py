@@ -1,14 +1,35 @@
 """Argument checks shared by the losses, metrics and helpers (NumPy only).
 
 Every error follows Keras' form: the argument, what is valid, what was received.
+
+The type aliases of tfimb's public signatures are defined here, once.
 """
 
+from __future__ import annotations
+
 import math
+import os
+from typing import Any, Literal, Sequence, Union, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["ArrayLike", "ClassIds", "Normalization", "PathLike", "TensorLike"]
+
+# `ArrayLike` (NumPy's): anything `np.asarray` accepts: a list or tuple (nested for 2-D data),
+# a NumPy array, a scalar. Used for class counts, labels and predictions read with NumPy.
+#: Class ids: a sequence of integers or an integer NumPy array.
+ClassIds = Union[Sequence[int], np.ndarray]
+#: A backend tensor, NumPy array or nested list. Keras 3 is backend-agnostic, so no backend's
+#: tensor type can be named without importing that backend: this is `Any`.
+TensorLike = Any
+#: Batch reduction of the weighted losses (see `tfimb.losses`).
+Normalization = Literal["weighted_mean", "num_classes"]
+#: A file-system path: a string or a `pathlib.Path` (any `os.PathLike`).
+PathLike = Union[str, os.PathLike[str]]
 
 
-def invalid_value(arg, expected, received):
+def invalid_value(arg: str, expected: str, received: Any) -> ValueError:
     """Return a ValueError in Keras' form for argument `arg`."""
     return ValueError(
         f"Invalid value for argument `{arg}`. Expected {expected}. "
@@ -16,7 +37,7 @@ def invalid_value(arg, expected, received):
     )
 
 
-def _as_float(arg, value):
+def _as_float(arg: str, value: Any) -> float:
     if isinstance(value, bool):
         raise invalid_value(arg, "a real number", value)
     try:
@@ -25,7 +46,8 @@ def _as_float(arg, value):
         raise invalid_value(arg, "a real number", value) from None
 
 
-def check_range(arg, value, low=None, high=None, low_inclusive=True, high_inclusive=True):
+def check_range(arg: str, value: Any, low: float | None = None, high: float | None = None,
+                low_inclusive: bool = True, high_inclusive: bool = True) -> float:
     """Check `low <= value <= high` (bounds optional) and finiteness; return float(value)."""
     x = _as_float(arg, value)
     lo = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
@@ -41,37 +63,37 @@ def check_range(arg, value, low=None, high=None, low_inclusive=True, high_inclus
     return x
 
 
-def check_int(arg, value, low):
+def check_int(arg: str, value: Any, low: int) -> int:
     """Check that `value` is an integer (not a bool) >= `low`; return it as an int."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise invalid_value(arg, f"an integer >= {low}", value)
     return int(value)
 
 
-def check_beta(beta):
+def check_beta(beta: float) -> float:
     return check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
 
 
-def check_gamma(gamma):
+def check_gamma(gamma: float) -> float:
     return check_range("gamma", gamma, 0.0)
 
 
-def check_label_smoothing(label_smoothing):
+def check_label_smoothing(label_smoothing: float) -> float:
     return check_range("label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
 
 
 NORMALIZATIONS = ("weighted_mean", "num_classes")
 
 
-def check_normalization(normalization):
+def check_normalization(normalization: str) -> Normalization:
     if normalization not in NORMALIZATIONS:
         raise invalid_value(
             "normalization", f"one of {NORMALIZATIONS}", normalization
         )
-    return normalization
+    return cast(Normalization, normalization)
 
 
-def check_counts(counts, arg="counts"):
+def check_counts(counts: ArrayLike, arg: str = "counts") -> np.ndarray:
     """Validate per-class training counts; return them as a float64 NumPy vector.
 
     Counts must come from the whole training set (never from one batch): a 1-D sequence of
@@ -106,7 +128,8 @@ def check_counts(counts, arg="counts"):
     return array
 
 
-def check_classes(arg, classes, num_classes=None, allow_empty=False):
+def check_classes(arg: str, classes: ClassIds, num_classes: int | None = None,
+                  allow_empty: bool = False) -> list[int]:
     """Validate a list of distinct class ids in [0, num_classes); return a sorted int list."""
     try:
         array = np.asarray(classes)

@@ -9,6 +9,8 @@ class c (one-hot or multi-hot) and p_t,c = sigmoid(z_c) for a positive, 1 - sigm
 negative.
 """
 
+from __future__ import annotations
+
 import collections
 
 LossEntry = collections.namedtuple(
@@ -58,11 +60,11 @@ LOSSES = (
               "w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
               "beta, counts, gamma=1.0", "class-balanced sigmoid focal", "sigmoid", True),
 )
-BY_NAME = {entry.name: entry for entry in LOSSES}
-NAMES = tuple(BY_NAME)
-WEIGHTED = tuple(e.name for e in LOSSES if e.weighted)
+BY_NAME: dict[str, LossEntry] = {entry.name: entry for entry in LOSSES}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+WEIGHTED: tuple[str, ...] = tuple(e.name for e in LOSSES if e.weighted)
 # Losses of one-vs-all sigmoids: the classifier's last bias starts at -log(C - 1) (Cui et al.).
-SIGMOID = tuple(e.name for e in LOSSES if e.activation == "sigmoid")
+SIGMOID: tuple[str, ...] = tuple(e.name for e in LOSSES if e.activation == "sigmoid")
 
 NORMALIZATION_NOTE = (
     "Weighted losses take normalization='weighted_mean' (default: batch loss = "
@@ -71,7 +73,7 @@ NORMALIZATION_NOTE = (
 )
 
 
-def format_table():
+def format_table() -> str:
     """The catalogue as aligned text lines."""
     rows = [("name", "class", "arguments", "per-example loss")]
     rows += [(e.name, e.class_name, e.arguments, e.formula) for e in LOSSES]

@@ -18,6 +18,8 @@ The version is written to a temporary directory and renamed into place, so a ser
 a half-written version; an existing version is replaced only with `overwrite=True`.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
@@ -25,12 +27,23 @@ import pathlib
 import shutil
 import tempfile
 
+# Names for the annotations only (`from __future__ import annotations` keeps them unevaluated):
+# type checkers read this block, and at run time this module imports neither `typing`, NumPy nor
+# Keras before an export is asked for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    import keras
+
+    from tfimb._checks import PathLike
+
 
 class ExportError(RuntimeError):
     """A run directory that cannot be exported, or a version that exists."""
 
 
-def run_kind(run_dir):
+def run_kind(run_dir: PathLike) -> Literal["classifier", "flow"]:
     """"classifier" or "flow" for a finished run directory; ExportError otherwise."""
     run_dir = pathlib.Path(run_dir)
     results = run_dir / "results.json"
@@ -47,7 +60,7 @@ def run_kind(run_dir):
                       "model.weights.h5 (flow) to export.")
 
 
-def _classifier_archive(run_dir):
+def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     import importlib
 
     import keras
@@ -89,7 +102,7 @@ def _classifier_archive(run_dir):
     return archive
 
 
-def _flow_archive(run_dir):
+def _flow_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     import keras
     import tensorflow as tf
 
@@ -121,12 +134,13 @@ def _flow_archive(run_dir):
     return archive
 
 
-def next_version(model_dir):
+def next_version(model_dir: PathLike) -> int:
     versions = [int(p.name) for p in pathlib.Path(model_dir).glob("*") if p.name.isdigit()]
     return max(versions, default=0) + 1
 
 
-def export(run_dir, name=None, version=None, output_dir="saved_models", overwrite=False):
+def export(run_dir: PathLike, name: str | None = None, version: int | None = None,
+           output_dir: PathLike = "saved_models", overwrite: bool = False) -> pathlib.Path:
     """Export a finished run to `output_dir/NAME/VERSION/`; return that path."""
     run_dir = pathlib.Path(run_dir)
     kind = run_kind(run_dir)

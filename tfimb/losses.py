@@ -45,6 +45,10 @@ Weighted losses (`InverseClassFrequency`, `ClassBalancedSoftmax`, `ClassBalanced
   gradients are about 6x smaller than cross-entropy's: adjust the learning rate accordingly.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
 import numpy as np
 
 import keras
@@ -52,6 +56,7 @@ from keras import ops
 
 from tfimb import _checks, catalog
 from tfimb import weights as _weights
+from tfimb._checks import ArrayLike, Normalization, TensorLike
 
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -60,14 +65,14 @@ _TINY = float(np.finfo(np.float32).tiny)
 # Core computation shared by every loss.
 
 
-def _compute_dtype(dtype):
+def _compute_dtype(dtype: str | None) -> str:
     """The dtype a loss computes in: the requested one, promoted to at least float32."""
     policy = keras.dtype_policies.get(dtype or keras.backend.floatx())
     compute = policy.compute_dtype
     return "float32" if compute in ("float16", "bfloat16") else compute
 
 
-def _concrete(x):
+def _concrete(x: TensorLike) -> np.ndarray | None:
     """x as a NumPy array when its value is known (eager), else None (inside a traced graph)."""
     try:
         if callable(getattr(x, "numpy", None)):  # TF eager tensors: avoids a NumPy 2 warning.
@@ -77,13 +82,13 @@ def _concrete(x):
         return None
 
 
-def _plain_number(value):
+def _plain_number(value: float) -> int | float:
     """A label value for an error message: 3 rather than 3.0 when it is integral."""
     value = float(value)
     return int(value) if value.is_integer() else value
 
 
-def _check_sparse_labels(labels, num_classes):
+def _check_sparse_labels(labels: TensorLike, num_classes: int) -> None:
     values = _concrete(labels)
     if values is None:
         return
@@ -97,7 +102,7 @@ def _check_sparse_labels(labels, num_classes):
         )
 
 
-def _check_dense_labels(labels):
+def _check_dense_labels(labels: TensorLike) -> None:
     values = _concrete(labels)
     if values is None:
         return
@@ -110,7 +115,7 @@ def _check_dense_labels(labels):
         )
 
 
-def _check_multi_hot_labels(labels):
+def _check_multi_hot_labels(labels: TensorLike) -> None:
     values = _concrete(labels)
     if values is None:
         return
@@ -123,7 +128,8 @@ def _check_multi_hot_labels(labels):
         )
 
 
-def _targets(y_true, y_pred, num_classes, dtype, multi_label=False):
+def _targets(y_true: TensorLike, y_pred: TensorLike, num_classes: int, dtype: str,
+             multi_label: bool = False) -> tuple[TensorLike, TensorLike | None]:
     """Unsmoothed targets `(..., C)` and a validity mask (None for dense labels).
 
     Dense labels are distributions (rows summing to 1) for softmax losses and independent
@@ -150,7 +156,7 @@ def _targets(y_true, y_pred, num_classes, dtype, multi_label=False):
     return ops.one_hot(labels, num_classes, dtype=dtype), valid
 
 
-def _log1m_softmax(logits, log_p, lse):
+def _log1m_softmax(logits: TensorLike, log_p: TensorLike, lse: TensorLike) -> TensorLike:
     """`log(1 - softmax(logits))` without cancellation, clipping or infinite gradients.
 
     `log_p` and `lse` are the caller's log-softmax and logsumexp of `logits`.
@@ -168,20 +174,20 @@ def _log1m_softmax(logits, log_p, lse):
 
 
 def _per_example(
-    y_true,
-    y_pred,
+    y_true: TensorLike,
+    y_pred: TensorLike,
     *,
-    from_logits,
-    label_smoothing,
-    gamma=0.0,
-    class_weights=None,
-    logit_offset=None,
-    margins=None,
-    scale=1.0,
-    num_classes=None,
-    dtype=None,
-    activation="softmax",
-):
+    from_logits: bool,
+    label_smoothing: float,
+    gamma: float = 0.0,
+    class_weights: np.ndarray | None = None,
+    logit_offset: np.ndarray | None = None,
+    margins: np.ndarray | None = None,
+    scale: float = 1.0,
+    num_classes: int | None = None,
+    dtype: str | None = None,
+    activation: str = "softmax",
+) -> tuple[TensorLike, TensorLike | None]:
     """Unweighted per-example losses and per-example class weights (None when unweighted).
 
     softmax:
@@ -240,7 +246,9 @@ def _per_example(
     return _weighted(ops.sum(per_class, axis=-1), valid, targets, class_weights, dtype)
 
 
-def _weighted(losses, valid, targets, class_weights, dtype):
+def _weighted(losses: TensorLike, valid: TensorLike | None, targets: TensorLike,
+              class_weights: np.ndarray | None,
+              dtype: str) -> tuple[TensorLike, TensorLike | None]:
     """(losses with NaN for invalid labels, per-example weights `sum_c y_c w_c` or None)."""
     if valid is not None:
         losses = ops.where(valid, losses, float("nan"))
@@ -249,7 +257,8 @@ def _weighted(losses, valid, targets, class_weights, dtype):
     return losses, ops.sum(targets * ops.convert_to_tensor(class_weights, dtype), -1)
 
 
-def _sigmoid_losses(targets, y_pred, from_logits, label_smoothing, gamma):
+def _sigmoid_losses(targets: TensorLike, y_pred: TensorLike, from_logits: bool,
+                    label_smoothing: float, gamma: float) -> TensorLike:
     """`sum_c m_c (softplus(z_c) - q_c z_c)`, q = smoothed targets: stable for any logit.
 
     softplus never overflows, so neither the cross-entropy nor the focal modulator (computed in
@@ -270,7 +279,8 @@ def _sigmoid_losses(targets, y_pred, from_logits, label_smoothing, gamma):
     return ops.sum(per_class, axis=-1)
 
 
-def _imbalance_loss(y_true, y_pred, *, normalization="weighted_mean", **kwargs):
+def _imbalance_loss(y_true: TensorLike, y_pred: TensorLike, *,
+                    normalization: str = "weighted_mean", **kwargs: Any) -> TensorLike:
     """Per-example values of every tfimb loss function (arguments already validated).
 
     value = w_y l                 (normalization "num_classes", weights summing to C)
@@ -284,7 +294,7 @@ def _imbalance_loss(y_true, y_pred, *, normalization="weighted_mean", **kwargs):
     return losses * weights
 
 
-def _replicas_in_sync():
+def _replicas_in_sync() -> int:
     """Replicas of the current `tf.distribute` strategy (1 on other backends).
 
     Keras sums the replicas' gradients, so a per-replica mean loss is divided by this, as Keras'
@@ -298,13 +308,13 @@ def _replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def _ldam_margins(counts, max_margin):
+def _ldam_margins(counts: np.ndarray, max_margin: float) -> np.ndarray:
     """`D_c = max_margin * n_c^(-1/4) / max_k n_k^(-1/4)`: the rarest class gets max_margin."""
     quarter = np.power(counts, -0.25)
     return max_margin * quarter / quarter.max()
 
 
-def _check_margin_and_scale(max_margin, scale):
+def _check_margin_and_scale(max_margin: float, scale: float) -> tuple[float, float]:
     return (_checks.check_range("max_margin", max_margin, 0.0),
             _checks.check_range("scale", scale, 0.0, low_inclusive=False))
 
@@ -313,7 +323,17 @@ def _check_margin_and_scale(max_margin, scale):
 # Loss functions: per-example values (their mean is the batch loss), computed by the class.
 
 
-def _values(cls, y_true, y_pred, **kwargs):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serializable(function: _F) -> _F:
+    """Register a loss function for `.keras` files under "tfimb", keeping its signature for type
+    checkers (Keras' own decorator is untyped, so it would hide it)."""
+    return keras.saving.register_keras_serializable(package="tfimb")(function)
+
+
+def _values(cls: type[_ImbalanceLoss], y_true: TensorLike, y_pred: TensorLike,
+            **kwargs: Any) -> TensorLike:
     """Per-example values of loss class `cls`: the class's own computation, `reduction=None`
     (for weighted losses under "weighted_mean", values whose batch mean is the weighted mean).
     Computes in y_pred's dtype when that is float64, else in float32."""
@@ -321,65 +341,74 @@ def _values(cls, y_true, y_pred, **kwargs):
     return cls(reduction=None, dtype=dtype, **kwargs)(y_true, y_pred)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def softmax_cross_entropy(y_true, y_pred, from_logits=True, label_smoothing=0.0):
+@_serializable
+def softmax_cross_entropy(y_true: TensorLike, y_pred: TensorLike, from_logits: bool = True,
+                          label_smoothing: float = 0.0) -> TensorLike:
     """Softmax cross-entropy `-log p_y`, sparse or one-hot labels. See `SoftmaxCrossEntropy`."""
     return _values(SoftmaxCrossEntropy, y_true, y_pred,
                    from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def inverse_class_frequency(y_true, y_pred, counts, normalization="weighted_mean",
-                            from_logits=True, label_smoothing=0.0):
+@_serializable
+def inverse_class_frequency(y_true: TensorLike, y_pred: TensorLike, counts: ArrayLike,
+                            normalization: Normalization = "weighted_mean",
+                            from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Inverse-class-frequency weighted cross-entropy `-w_y log p_y`, `w_c = 1/n_c`."""
     return _values(InverseClassFrequency, y_true, y_pred,
                    counts=counts, normalization=normalization, from_logits=from_logits,
                    label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def focal(y_true, y_pred, gamma=2.0, from_logits=True, label_smoothing=0.0):
+@_serializable
+def focal(y_true: TensorLike, y_pred: TensorLike, gamma: float = 2.0, from_logits: bool = True,
+          label_smoothing: float = 0.0) -> TensorLike:
     """Softmax focal loss `-(1 - p_y)^gamma log p_y`. See `Focal`."""
     return _values(Focal, y_true, y_pred,
                    gamma=gamma, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def class_balanced_softmax(y_true, y_pred, beta, counts, normalization="weighted_mean",
-                           from_logits=True, label_smoothing=0.0):
+@_serializable
+def class_balanced_softmax(y_true: TensorLike, y_pred: TensorLike, beta: float, counts: ArrayLike,
+                           normalization: Normalization = "weighted_mean",
+                           from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Class-balanced softmax cross-entropy `-w_y log p_y`, `w_c = (1-beta)/(1-beta^n_c)`."""
     return _values(ClassBalancedSoftmax, y_true, y_pred,
                    beta=beta, counts=counts, normalization=normalization, from_logits=from_logits,
                    label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def class_balanced_focal(y_true, y_pred, beta, counts, gamma=1.0, normalization="weighted_mean",
-                         from_logits=True, label_smoothing=0.0):
+@_serializable
+def class_balanced_focal(y_true: TensorLike, y_pred: TensorLike, beta: float, counts: ArrayLike,
+                         gamma: float = 1.0, normalization: Normalization = "weighted_mean",
+                         from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Class-balanced softmax focal loss `-w_y (1 - p_y)^gamma log p_y`."""
     return _values(ClassBalancedFocal, y_true, y_pred,
                    beta=beta, counts=counts, gamma=gamma, normalization=normalization,
                    from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def balanced_softmax(y_true, y_pred, counts, from_logits=True, label_smoothing=0.0):
+@_serializable
+def balanced_softmax(y_true: TensorLike, y_pred: TensorLike, counts: ArrayLike,
+                     from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Balanced softmax `CE(z + log n)`. See `BalancedSoftmax`."""
     return _values(BalancedSoftmax, y_true, y_pred,
                    counts=counts, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def logit_adjusted(y_true, y_pred, counts, tau=1.0, from_logits=True, label_smoothing=0.0):
+@_serializable
+def logit_adjusted(y_true: TensorLike, y_pred: TensorLike, counts: ArrayLike, tau: float = 1.0,
+                   from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Logit-adjusted cross-entropy `CE(z + tau log pi)`. See `LogitAdjusted`."""
     return _values(LogitAdjusted, y_true, y_pred,
                    counts=counts, tau=tau, from_logits=from_logits,
                    label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, beta=None,
-         normalization="weighted_mean", from_logits=True, label_smoothing=0.0):
+@_serializable
+def ldam(y_true: TensorLike, y_pred: TensorLike, counts: ArrayLike, max_margin: float = 0.5,
+         scale: float = 30.0, beta: float | None = None,
+         normalization: Normalization = "weighted_mean", from_logits: bool = True,
+         label_smoothing: float = 0.0) -> TensorLike:
     """Label-distribution-aware margin loss `CE(s (z - D_y onehot(y)))`. See `LDAM`."""
     return _values(LDAM, y_true, y_pred,
                    counts=counts, max_margin=max_margin, scale=scale, beta=beta,
@@ -387,23 +416,26 @@ def ldam(y_true, y_pred, counts, max_margin=0.5, scale=30.0, beta=None,
                    label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def sigmoid_cross_entropy(y_true, y_pred, from_logits=True, label_smoothing=0.0):
+@_serializable
+def sigmoid_cross_entropy(y_true: TensorLike, y_pred: TensorLike, from_logits: bool = True,
+                          label_smoothing: float = 0.0) -> TensorLike:
     """One-vs-all sigmoid cross-entropy summed over classes. See `SigmoidCrossEntropy`."""
     return _values(SigmoidCrossEntropy, y_true, y_pred,
                    from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def sigmoid_focal(y_true, y_pred, gamma=2.0, from_logits=True, label_smoothing=0.0):
+@_serializable
+def sigmoid_focal(y_true: TensorLike, y_pred: TensorLike, gamma: float = 2.0,
+                  from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Sigmoid focal loss summed over classes. See `SigmoidFocal`."""
     return _values(SigmoidFocal, y_true, y_pred,
                    gamma=gamma, from_logits=from_logits, label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def class_balanced_sigmoid(y_true, y_pred, beta, counts, normalization="weighted_mean",
-                           from_logits=True, label_smoothing=0.0):
+@_serializable
+def class_balanced_sigmoid(y_true: TensorLike, y_pred: TensorLike, beta: float, counts: ArrayLike,
+                           normalization: Normalization = "weighted_mean",
+                           from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
     """Class-balanced sigmoid cross-entropy `w_y sum_c BCE(z_c, y_c)`. See
     `ClassBalancedSigmoid`."""
     return _values(ClassBalancedSigmoid, y_true, y_pred,
@@ -411,10 +443,12 @@ def class_balanced_sigmoid(y_true, y_pred, beta, counts, normalization="weighted
                    label_smoothing=label_smoothing)
 
 
-@keras.saving.register_keras_serializable(package="tfimb")
-def class_balanced_sigmoid_focal(y_true, y_pred, beta, counts, gamma=1.0,
-                                 normalization="weighted_mean", from_logits=True,
-                                 label_smoothing=0.0):
+@_serializable
+def class_balanced_sigmoid_focal(y_true: TensorLike, y_pred: TensorLike, beta: float,
+                                 counts: ArrayLike, gamma: float = 1.0,
+                                 normalization: Normalization = "weighted_mean",
+                                 from_logits: bool = True,
+                                 label_smoothing: float = 0.0) -> TensorLike:
     """Class-balanced sigmoid focal loss `w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c)`. See
     `ClassBalancedSigmoidFocal`."""
     return _values(ClassBalancedSigmoidFocal, y_true, y_pred,
@@ -429,22 +463,24 @@ def class_balanced_sigmoid_focal(y_true, y_pred, beta, counts, gamma=1.0,
 class _ImbalanceLoss(keras.losses.Loss):
     """Base: common arguments, float32-or-wider computation, config round trip."""
 
-    def __init__(self, *, from_logits, label_smoothing, reduction, name, dtype):
+    def __init__(self, *, from_logits: bool, label_smoothing: float, reduction: str | None,
+                 name: str, dtype: str | None) -> None:
         self._dtype_arg = dtype
         super().__init__(name=name, reduction=reduction, dtype=_compute_dtype(dtype))
         self.from_logits = bool(from_logits)
         self.label_smoothing = _checks.check_label_smoothing(label_smoothing)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         """Pre-computed keyword arguments of `_imbalance_loss` specific to the subclass."""
         return {}
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: TensorLike, y_pred: TensorLike) -> TensorLike:
         return _imbalance_loss(
             y_true, y_pred, from_logits=self.from_logits,
             label_smoothing=self.label_smoothing, dtype=self.dtype, **self._loss_kwargs())
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true: TensorLike, y_pred: TensorLike,
+                 sample_weight: TensorLike | None = None) -> TensorLike:
         kwargs = self._loss_kwargs()
         if kwargs.get("class_weights") is None or kwargs.get("normalization") != "weighted_mean":
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
@@ -473,14 +509,14 @@ class _ImbalanceLoss(keras.losses.Loss):
             replicas = _replicas_in_sync()
             return mean / replicas if replicas > 1 else mean
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(from_logits=self.from_logits, label_smoothing=self.label_smoothing,
                       dtype=self._dtype_arg)
         return config
 
 
-def _counts_config(counts):
+def _counts_config(counts: np.ndarray) -> list[int | float]:
     """Counts as plain Python numbers for JSON configs (ints stay ints)."""
     return [int(c) if float(c).is_integer() else float(c) for c in counts]
 
@@ -507,8 +543,9 @@ class SoftmaxCrossEntropy(_ImbalanceLoss):
     0.220095
     """
 
-    def __init__(self, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="softmax_cross_entropy", dtype=None):
+    def __init__(self, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size",
+                 name: str = "softmax_cross_entropy", dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
 
@@ -516,17 +553,18 @@ class SoftmaxCrossEntropy(_ImbalanceLoss):
 class _WeightedLoss(_ImbalanceLoss):
     """Base for losses that weight each example by its true class."""
 
-    def __init__(self, counts, class_weights, normalization, **kwargs):
+    def __init__(self, counts: ArrayLike, class_weights: ArrayLike, normalization: Normalization,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.counts = _counts_config(counts)
+        self.counts = _counts_config(_checks.check_counts(counts))
         self.normalization = _checks.check_normalization(normalization)
         self.class_weights = np.asarray(class_weights, np.float64)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(class_weights=self.class_weights.astype(self.dtype),
                     normalization=self.normalization, num_classes=len(self.counts))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(counts=self.counts, normalization=self.normalization)
         return config
@@ -553,9 +591,10 @@ class InverseClassFrequency(_WeightedLoss):
     0.128773
     """
 
-    def __init__(self, counts, normalization="weighted_mean", from_logits=True,
-                 label_smoothing=0.0, reduction="sum_over_batch_size",
-                 name="inverse_class_frequency", dtype=None):
+    def __init__(self, counts: ArrayLike, normalization: Normalization = "weighted_mean",
+                 from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size",
+                 name: str = "inverse_class_frequency", dtype: str | None = None) -> None:
         super().__init__(
             counts, _weights.inverse_frequency_weights(counts), normalization,
             from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
@@ -586,16 +625,17 @@ class Focal(_ImbalanceLoss):
     [0.00893, 0.0321, 0.08173]
     """
 
-    def __init__(self, gamma=2.0, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="focal", dtype=None):
+    def __init__(self, gamma: float = 2.0, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size", name: str = "focal",
+                 dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         self.gamma = _checks.check_gamma(gamma)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(gamma=self.gamma)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "gamma": self.gamma}
 
 
@@ -626,16 +666,17 @@ class ClassBalancedSoftmax(_WeightedLoss):
     0.122495
     """
 
-    def __init__(self, beta, counts, normalization="weighted_mean", from_logits=True,
-                 label_smoothing=0.0, reduction="sum_over_batch_size",
-                 name="class_balanced_softmax", dtype=None):
+    def __init__(self, beta: float, counts: ArrayLike,
+                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
+                 name: str = "class_balanced_softmax", dtype: str | None = None) -> None:
         super().__init__(
             counts, _weights.class_balanced_weights(counts, beta), normalization,
             from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
             name=name, dtype=dtype)
         self.beta = float(beta)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta}
 
 
@@ -666,9 +707,10 @@ class ClassBalancedFocal(_WeightedLoss):
     0.002298
     """
 
-    def __init__(self, beta, counts, gamma=1.0, normalization="weighted_mean",
-                 from_logits=True, label_smoothing=0.0, reduction="sum_over_batch_size",
-                 name="class_balanced_focal", dtype=None):
+    def __init__(self, beta: float, counts: ArrayLike, gamma: float = 1.0,
+                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
+                 name: str = "class_balanced_focal", dtype: str | None = None) -> None:
         super().__init__(
             counts, _weights.class_balanced_weights(counts, beta), normalization,
             from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
@@ -676,10 +718,10 @@ class ClassBalancedFocal(_WeightedLoss):
         self.beta = float(beta)
         self.gamma = _checks.check_gamma(gamma)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return {**super()._loss_kwargs(), "gamma": self.gamma}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
 
 
@@ -705,18 +747,19 @@ class BalancedSoftmax(_ImbalanceLoss):
     0.953223
     """
 
-    def __init__(self, counts, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="balanced_softmax", dtype=None):
+    def __init__(self, counts: ArrayLike, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size", name: str = "balanced_softmax",
+                 dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         counts = _checks.check_counts(counts)
         self.counts = _counts_config(counts)
         self._offset = np.log(counts)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(logit_offset=self._offset.astype(self.dtype), num_classes=len(self.counts))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "counts": self.counts}
 
 
@@ -744,8 +787,9 @@ class LogitAdjusted(_ImbalanceLoss):
     [0.037569, 0.860538, 1.961562]
     """
 
-    def __init__(self, counts, tau=1.0, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="logit_adjusted", dtype=None):
+    def __init__(self, counts: ArrayLike, tau: float = 1.0, from_logits: bool = True,
+                 label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
+                 name: str = "logit_adjusted", dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         counts = _checks.check_counts(counts)
@@ -753,10 +797,10 @@ class LogitAdjusted(_ImbalanceLoss):
         self.tau = _checks.check_range("tau", tau, 0.0)
         self._offset = self.tau * np.log(counts / counts.sum())
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(logit_offset=self._offset.astype(self.dtype), num_classes=len(self.counts))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "counts": self.counts, "tau": self.tau}
 
 
@@ -796,9 +840,11 @@ class LDAM(_ImbalanceLoss):
     0.231486
     """
 
-    def __init__(self, counts, max_margin=0.5, scale=30.0, beta=None,
-                 normalization="weighted_mean", from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="ldam", dtype=None):
+    def __init__(self, counts: ArrayLike, max_margin: float = 0.5, scale: float = 30.0,
+                 beta: float | None = None, normalization: Normalization = "weighted_mean",
+                 from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size", name: str = "ldam",
+                 dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         counts = _checks.check_counts(counts)
@@ -808,20 +854,20 @@ class LDAM(_ImbalanceLoss):
         self.normalization = _checks.check_normalization(normalization)
         self.set_beta(beta)
 
-    def set_beta(self, beta):
+    def set_beta(self, beta: float | None) -> None:
         """Switch class-balanced re-weighting on (`beta`) or off (`None`).
 
         Deferred re-weighting (DRW) calls this part-way through training; a compiled train
         function must then be re-traced (`model.make_train_function(force=True)`), since the
         weights are constants of the traced graph.
         """
-        self.class_weights = None
+        self.class_weights: np.ndarray | None = None
         if beta is not None:
             self.class_weights = _weights.class_balanced_weights(self.counts, beta)
             beta = float(beta)
         self.beta = beta
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         kwargs = dict(margins=self.margins.astype(self.dtype), scale=self.scale,
                       num_classes=len(self.counts))
         if self.class_weights is not None:
@@ -829,7 +875,7 @@ class LDAM(_ImbalanceLoss):
                           normalization=self.normalization)
         return kwargs
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "counts": self.counts, "max_margin": self.max_margin,
                 "scale": self.scale, "beta": self.beta, "normalization": self.normalization}
 
@@ -863,12 +909,13 @@ class SigmoidCrossEntropy(_ImbalanceLoss):
     [0.44019, 1.052967]
     """
 
-    def __init__(self, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="sigmoid_cross_entropy", dtype=None):
+    def __init__(self, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size",
+                 name: str = "sigmoid_cross_entropy", dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(activation="sigmoid")
 
 
@@ -903,16 +950,17 @@ class SigmoidFocal(_ImbalanceLoss):
     [0.024462, 0.377866]
     """
 
-    def __init__(self, gamma=2.0, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="sigmoid_focal", dtype=None):
+    def __init__(self, gamma: float = 2.0, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str | None = "sum_over_batch_size", name: str = "sigmoid_focal",
+                 dtype: str | None = None) -> None:
         super().__init__(from_logits=from_logits, label_smoothing=label_smoothing,
                          reduction=reduction, name=name, dtype=dtype)
         self.gamma = _checks.check_gamma(gamma)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return dict(activation="sigmoid", gamma=self.gamma)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "gamma": self.gamma}
 
 
@@ -951,19 +999,20 @@ class ClassBalancedSigmoid(_WeightedLoss):
     1.625324
     """
 
-    def __init__(self, beta, counts, normalization="weighted_mean", from_logits=True,
-                 label_smoothing=0.0, reduction="sum_over_batch_size",
-                 name="class_balanced_sigmoid", dtype=None):
+    def __init__(self, beta: float, counts: ArrayLike,
+                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
+                 name: str = "class_balanced_sigmoid", dtype: str | None = None) -> None:
         super().__init__(
             counts, _weights.class_balanced_weights(counts, beta), normalization,
             from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
             name=name, dtype=dtype)
         self.beta = float(beta)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return {**super()._loss_kwargs(), "activation": "sigmoid"}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta}
 
 
@@ -1001,9 +1050,10 @@ class ClassBalancedSigmoidFocal(_WeightedLoss):
     0.862883
     """
 
-    def __init__(self, beta, counts, gamma=1.0, normalization="weighted_mean",
-                 from_logits=True, label_smoothing=0.0, reduction="sum_over_batch_size",
-                 name="class_balanced_sigmoid_focal", dtype=None):
+    def __init__(self, beta: float, counts: ArrayLike, gamma: float = 1.0,
+                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
+                 name: str = "class_balanced_sigmoid_focal", dtype: str | None = None) -> None:
         super().__init__(
             counts, _weights.class_balanced_weights(counts, beta), normalization,
             from_logits=from_logits, label_smoothing=label_smoothing, reduction=reduction,
@@ -1011,10 +1061,10 @@ class ClassBalancedSigmoidFocal(_WeightedLoss):
         self.beta = float(beta)
         self.gamma = _checks.check_gamma(gamma)
 
-    def _loss_kwargs(self):
+    def _loss_kwargs(self) -> dict[str, Any]:
         return {**super()._loss_kwargs(), "activation": "sigmoid", "gamma": self.gamma}
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta": self.beta, "gamma": self.gamma}
 
 
@@ -1022,10 +1072,11 @@ class ClassBalancedSigmoidFocal(_WeightedLoss):
 # Lookup by snake-case name (used by configs: `loss: {name: class_balanced_focal, ...}`), from
 # the one registry, `tfimb.catalog`.
 
-LOSSES = {entry.name: globals()[entry.class_name] for entry in catalog.LOSSES}
+LOSSES: dict[str, type[keras.losses.Loss]] = {
+    entry.name: globals()[entry.class_name] for entry in catalog.LOSSES}
 
 
-def get(name, **kwargs):
+def get(name: str, **kwargs: Any) -> keras.losses.Loss:
     """Build a tfimb loss from its snake-case name and keyword arguments.
 
     >>> tfimb.losses.get("class_balanced_focal", beta=0.99, counts=[900, 100], gamma=1.0).name

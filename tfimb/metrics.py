@@ -17,15 +17,20 @@ Example:
     )
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 import keras
 from keras import ops
 
 from tfimb import _checks
+from tfimb._checks import ArrayLike, ClassIds, TensorLike
 
 
-def _true_class(y_true, y_pred):
+def _true_class(y_true: TensorLike, y_pred: TensorLike) -> TensorLike:
     """Integer true classes of shape `y_pred.shape[:-1]` from sparse or one-hot labels."""
     y_true = ops.convert_to_tensor(y_true)
     num_classes = y_pred.shape[-1]
@@ -58,13 +63,15 @@ class GroupAccuracy(keras.metrics.Metric):
     0.6667
     """
 
-    def __init__(self, classes, name="group_accuracy", dtype=None):
+    def __init__(self, classes: ClassIds, name: str = "group_accuracy",
+                 dtype: str | None = None) -> None:
         super().__init__(name=name, dtype=dtype)
         self.classes = _checks.check_classes("classes", classes)
         self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: TensorLike, y_pred: TensorLike,
+                     sample_weight: TensorLike | None = None) -> None:
         y_pred = ops.convert_to_tensor(y_pred)
         width = y_pred.shape[-1]
         if width is not None and self.classes[-1] >= width:
@@ -87,18 +94,18 @@ class GroupAccuracy(keras.metrics.Metric):
         self.correct.assign_add(ops.sum(weight * correct))
         self.total.assign_add(ops.sum(weight))
 
-    def result(self):
+    def result(self) -> TensorLike:
         return ops.divide_no_nan(self.correct, self.total)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "classes": list(self.classes)}
 
 
-def _check_num_classes(num_classes):
+def _check_num_classes(num_classes: int) -> int:
     return _checks.check_int("num_classes", num_classes, 2)
 
 
-def group_accuracies(minority, num_classes):
+def group_accuracies(minority: ClassIds, num_classes: int) -> list[GroupAccuracy]:
     """Minority, majority and all-class accuracy metrics for `model.compile(metrics=...)`.
 
     Args:
@@ -125,7 +132,8 @@ def group_accuracies(minority, num_classes):
     ]
 
 
-def shot_groups(counts, many_above=100, few_below=20):
+def shot_groups(counts: ArrayLike, many_above: float = 100,
+                few_below: float = 20) -> dict[str, list[int]]:
     """Split classes by training count: many (> 100), medium (20-100), few (< 20).
 
     Returns a dict `{"many": [...], "medium": [...], "few": [...]}` of class ids.
@@ -138,7 +146,8 @@ def shot_groups(counts, many_above=100, few_below=20):
     }
 
 
-def shot_accuracies(counts, many_above=100, few_below=20):
+def shot_accuracies(counts: ArrayLike, many_above: float = 100,
+                    few_below: float = 20) -> list[GroupAccuracy]:
     """Many-, medium- and few-shot accuracy metrics from the training counts.
 
     Groups follow the long-tail convention: many-shot classes have more than 100 training
@@ -156,7 +165,7 @@ def shot_accuracies(counts, many_above=100, few_below=20):
             for group, classes in groups.items() if classes]
 
 
-def _class_ids(values, num_classes, arg):
+def _class_ids(values: ArrayLike, num_classes: int, arg: str) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim >= 2 and values.shape[-1] == num_classes:
         return values.reshape(-1, num_classes).argmax(axis=-1)
@@ -169,7 +178,7 @@ def _class_ids(values, num_classes, arg):
     return flat.astype(np.int64)
 
 
-def confusion_matrix(y_true, y_pred, num_classes):
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """Confusion matrix `M[i, j]` = examples of true class i predicted as class j (NumPy).
 
     Args:
@@ -192,7 +201,7 @@ def confusion_matrix(y_true, y_pred, num_classes):
         num_classes, num_classes)
 
 
-def per_class_accuracy(y_true, y_pred, num_classes):
+def per_class_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """Accuracy of each class (recall), NaN for a class with no evaluation example (NumPy)."""
     matrix = confusion_matrix(y_true, y_pred, num_classes)
     support = matrix.sum(axis=1)

@@ -38,7 +38,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> frozenset:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where that file does not exist)."""
     for line in _cpuinfo_lines():
         if line.startswith("flags"):
@@ -97,7 +97,7 @@ def describe() -> str:
             f"({ONEDNN_VARIABLE}={setting})")
 
 
-def _cpuinfo_lines():
+def _cpuinfo_lines() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
             return f.readlines()

@@ -1,18 +1,22 @@
 """`tfimb report`: the published table and plots from finished run directories."""
 
+from __future__ import annotations
+
 import csv
 import json
 import pathlib
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from tfimb import catalog
 from tfimb import weights as weights_lib
+from tfimb._checks import PathLike
 
-LOSS_TITLES = {entry.name: entry.title for entry in catalog.LOSSES}
+LOSS_TITLES: dict[str, str] = {entry.name: entry.title for entry in catalog.LOSSES}
 
 
-def load_history(run_dir):
+def load_history(run_dir: PathLike) -> dict[str, np.ndarray]:
     """history.csv as a dict of float columns (empty when absent)."""
     path = pathlib.Path(run_dir) / "history.csv"
     if not path.exists():
@@ -23,7 +27,7 @@ def load_history(run_dir):
             for key in (rows[0] if rows else {})}
 
 
-def load_run(run_dir):
+def load_run(run_dir: PathLike) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir)
     path = run_dir / "results.json"
     if not path.exists():
@@ -34,10 +38,10 @@ def load_run(run_dir):
     return {"dir": run_dir, "results": results, "history": load_history(run_dir)}
 
 
-def describe(config):
+def describe(config: Mapping[str, Any]) -> str:
     """Row label in the published layout: training data, loss and its hyper-parameters."""
     loss = dict(config["loss"])
-    name = loss.pop("name")
+    name: str = loss.pop("name")
     params = [f"{key}={loss[key]}" for key in ("beta", "gamma", "tau", "max_margin")
               if key in loss]
     if loss.get("drw_epoch") is not None:
@@ -47,7 +51,7 @@ def describe(config):
     return f"{data}, {label}" if name == "softmax_cross_entropy" else label
 
 
-def table(runs):
+def table(runs: Sequence[Mapping[str, Any]]) -> str:
     """The three-group accuracy table (percent) as Markdown lines: the final epoch's test
     accuracies and, when any run recorded it, the best evaluated epoch's all-class accuracy
     (the statistic CIFAR-10-LT reference code reports) with that epoch."""
@@ -69,7 +73,7 @@ def table(runs):
     return "\n".join(lines)
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +82,7 @@ def _pyplot():
     return plt
 
 
-def _line_styles(count):
+def _line_styles(count: int) -> list[dict[str, Any]]:
     """A distinct (colour, dash) pair per run: ten colours, then the next dash pattern, so
     runs beyond the tenth do not reuse a line another run already has."""
     colors = _pyplot().get_cmap("tab10").colors
@@ -87,7 +91,7 @@ def _line_styles(count):
             for i in range(count)]
 
 
-def plot_curves(runs, path):
+def plot_curves(runs: Sequence[Mapping[str, Any]], path: PathLike) -> None:
     """Training loss and evaluation all/minority accuracy per epoch, a line per run.
 
     The loss axis is logarithmic because losses differ in scale (LDAM's scaled logits give it
@@ -124,7 +128,8 @@ def plot_curves(runs, path):
     plt.close(fig)
 
 
-def plot_effective_number(path, betas=(0.9, 0.99, 0.999, 0.9999), n_max=10000):
+def plot_effective_number(path: PathLike, betas: Sequence[float] = (0.9, 0.99, 0.999, 0.9999),
+                          n_max: int = 10000) -> None:
     """E_n = (1 - beta^n) / (1 - beta) against n, with E_n = n for reference."""
     plt = _pyplot()
     n = np.unique(np.round(np.logspace(0, np.log10(n_max), 400)))
@@ -141,7 +146,7 @@ def plot_effective_number(path, betas=(0.9, 0.99, 0.999, 0.9999), n_max=10000):
     plt.close(fig)
 
 
-def plot_run(run_dir):
+def plot_run(run_dir: PathLike) -> None:
     """A run's own training curves, written to RUN_DIR/plots/training_curves.png."""
     run_dir = pathlib.Path(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -149,7 +154,7 @@ def plot_run(run_dir):
                 run_dir / "plots" / "training_curves.png")
 
 
-def report(run_dirs, output):
+def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
     """Print the table for `run_dirs`; write table.md and the plots under `output`."""
     runs = [load_run(d) for d in run_dirs]
     output = pathlib.Path(output)

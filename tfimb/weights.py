@@ -8,14 +8,25 @@ Reference: Cui, Jia, Lin, Song, Belongie. "Class-Balanced Loss Based on Effectiv
 Samples." CVPR 2019. https://arxiv.org/abs/1901.05555
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
 import numpy as np
 
 from tfimb import _checks
+from tfimb._checks import ArrayLike
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+#: `normalization` of the weight helpers: rescale to sum to C, or leave unscaled.
+WeightNormalization = Literal["num_classes", "none"]
 
 WEIGHT_NORMALIZATIONS = ("num_classes", "none")
 
 
-def effective_number(counts, beta):
+def effective_number(counts: ArrayLike, beta: float) -> np.ndarray:
     """Effective number of samples per class, `E_n = (1 - beta^n) / (1 - beta)`.
 
     `E_1 = 1`; `E_n -> 1 / (1 - beta)` as `n -> infinity`; `beta = 0` gives `E_n = 1` (no
@@ -41,7 +52,8 @@ def effective_number(counts, beta):
     return -np.expm1(n * np.log(beta)) / (1.0 - beta)
 
 
-def class_balanced_weights(counts, beta, normalization="num_classes"):
+def class_balanced_weights(counts: ArrayLike, beta: float,
+                           normalization: WeightNormalization = "num_classes") -> np.ndarray:
     """Class-balanced weights `w_c = 1 / E_{n_c} = (1 - beta) / (1 - beta^{n_c})`, float64.
 
     Args:
@@ -66,27 +78,28 @@ def class_balanced_weights(counts, beta, normalization="num_classes"):
     return _normalized(1.0 / effective_number(counts, beta), normalization)
 
 
-def inverse_frequency_weights(counts, normalization="num_classes"):
+def inverse_frequency_weights(counts: ArrayLike,
+                              normalization: WeightNormalization = "num_classes") -> np.ndarray:
     """Inverse class frequency weights `w_c = 1 / n_c` (the `beta -> 1` limit), float64."""
     _check_weight_normalization(normalization)
     return _normalized(1.0 / _checks.check_counts(counts), normalization)
 
 
-def _check_weight_normalization(normalization):
+def _check_weight_normalization(normalization: str) -> None:
     if normalization not in WEIGHT_NORMALIZATIONS:
         raise _checks.invalid_value(
             "normalization", f"one of {WEIGHT_NORMALIZATIONS}", normalization
         )
 
 
-def _normalized(weights, normalization):
+def _normalized(weights: np.ndarray, normalization: str) -> np.ndarray:
     """Rescale weights to sum to C (`"num_classes"`) or leave them (`"none"`)."""
     if normalization == "num_classes":
         weights = weights * (weights.size / weights.sum())
     return weights
 
 
-def _count_array(labels, num_classes):
+def _count_array(labels: ArrayLike, num_classes: int) -> np.ndarray:
     """Counts of one NumPy array of sparse (`(N,)`, `(N, 1)`) or one-hot (`(N, C)`) labels."""
     labels = np.asarray(labels)
     if labels.ndim >= 2 and labels.shape[-1] == num_classes and num_classes > 1:
@@ -116,7 +129,8 @@ def _count_array(labels, num_classes):
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
-def class_counts(labels, num_classes, multi_label=False):
+def class_counts(labels: ArrayLike | tf.data.Dataset, num_classes: int,
+                 multi_label: bool = False) -> np.ndarray:
     """Number of examples of each class, from labels or from a whole dataset.
 
     Use this on the whole training set: class-balanced losses need dataset counts, never
@@ -148,7 +162,7 @@ def class_counts(labels, num_classes, multi_label=False):
     return _count_array(labels, num_classes)
 
 
-def _count_multi_hot(labels, num_classes):
+def _count_multi_hot(labels: ArrayLike, num_classes: int) -> np.ndarray:
     """Positives per class of multi-hot rows `(N, num_classes)` of zeros and ones."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[1] != num_classes:
@@ -164,13 +178,13 @@ def _count_multi_hot(labels, num_classes):
     return values.sum(axis=0).astype(np.int64)
 
 
-def _first_is_onehot(labels_only):
+def _first_is_onehot(labels_only: tf.data.Dataset) -> bool:
     for first in labels_only.take(1).as_numpy_iterator():
         return bool(np.all((first == 0) | (first == 1)) and first.sum() == 1)
     return False
 
 
-def _count_dataset(dataset, num_classes):
+def _count_dataset(dataset: tf.data.Dataset, num_classes: int) -> np.ndarray:
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise _checks.invalid_value(

@@ -6,6 +6,8 @@
 * `CosineClassifier`: a normalised linear head giving cosine logits, for `tfimb.LDAM`.
 """
 
+from __future__ import annotations
+
 from tfimb.models.heads import CosineClassifier
 from tfimb.models.resnet import MODELS, get, resnet8, resnet18_cifar, resnet20, resnet32
 

@@ -11,15 +11,23 @@
 The classifier head outputs logits in float32 even under a mixed precision policy.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Sequence
+
 import keras
 
 from tfimb import _checks
+from tfimb._checks import TensorLike
 from tfimb.models.heads import CosineClassifier
 
+#: The classifier head: `"dense"` (logits) or `"cosine"` (`CosineClassifier`, for `tfimb.LDAM`).
+Head = Literal["dense", "cosine"]
 HEADS = ("dense", "cosine")
 
 
-def _conv_bn(x, filters, kernel, strides, name, weight_decay, relu=True):
+def _conv_bn(x: TensorLike, filters: int, kernel: int, strides: int, name: str,
+             weight_decay: float, relu: bool = True) -> TensorLike:
     regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
     x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                             kernel_initializer="he_normal", kernel_regularizer=regularizer,
@@ -28,7 +36,8 @@ def _conv_bn(x, filters, kernel, strides, name, weight_decay, relu=True):
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _basic_block(x, filters, strides, name, weight_decay):
+def _basic_block(x: TensorLike, filters: int, strides: int, name: str,
+                 weight_decay: float) -> TensorLike:
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", weight_decay, relu=False)
@@ -38,7 +47,7 @@ def _basic_block(x, filters, strides, name, weight_decay):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _head(x, num_classes, head):
+def _head(x: TensorLike, num_classes: int, head: str) -> TensorLike:
     if head not in HEADS:
         raise _checks.invalid_value("head", f"one of {HEADS}", head)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -47,13 +56,14 @@ def _head(x, num_classes, head):
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
-def _check_common(num_classes, input_shape):
+def _check_common(num_classes: int, input_shape: Sequence[int]) -> None:
     _checks.check_int("num_classes", num_classes, 2)
     if len(tuple(input_shape)) != 3:
         raise _checks.invalid_value("input_shape", "(height, width, channels)", input_shape)
 
 
-def _build(name, stages, blocks, num_classes, input_shape, head, weight_decay):
+def _build(name: str, stages: Sequence[int], blocks: int, num_classes: int,
+           input_shape: Sequence[int], head: Head, weight_decay: float) -> keras.Model:
     _check_common(num_classes, input_shape)
     inputs = keras.Input(tuple(input_shape), name="image")
     x = _conv_bn(inputs, stages[0], 3, 1, "stem", weight_decay)
@@ -65,7 +75,8 @@ def _build(name, stages, blocks, num_classes, input_shape, head, weight_decay):
     return keras.Model(inputs, _head(x, num_classes, head), name=name)
 
 
-def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+def resnet18_cifar(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3),
+                   head: Head = "dense", weight_decay: float = 0.0) -> keras.Model:
     """ResNet-18, CIFAR variant (3x3 stem, no max-pool), 64/128/256/512 channels.
 
     Args:
@@ -78,26 +89,30 @@ def resnet18_cifar(num_classes=10, input_shape=(32, 32, 3), head="dense", weight
                   weight_decay)
 
 
-def resnet8(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+def resnet8(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3), head: Head = "dense",
+            weight_decay: float = 0.0) -> keras.Model:
     """ResNet-8 for CIFAR (3 stages of 1 basic block, 16/32/64 channels). Args as above."""
     return _build("resnet8", (16, 32, 64), 1, num_classes, input_shape, head, weight_decay)
 
 
-def resnet20(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+def resnet20(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3), head: Head = "dense",
+             weight_decay: float = 0.0) -> keras.Model:
     """ResNet-20 for CIFAR (3 stages of 3 basic blocks, 16/32/64 channels). Args as above."""
     return _build("resnet20", (16, 32, 64), 3, num_classes, input_shape, head, weight_decay)
 
 
-def resnet32(num_classes=10, input_shape=(32, 32, 3), head="dense", weight_decay=0.0):
+def resnet32(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3), head: Head = "dense",
+             weight_decay: float = 0.0) -> keras.Model:
     """ResNet-32 for CIFAR (3 stages of 5 basic blocks), the CIFAR-10-LT papers' model."""
     return _build("resnet32", (16, 32, 64), 5, num_classes, input_shape, head, weight_decay)
 
 
-MODELS = {"resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
-          "resnet32": resnet32}
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
+    "resnet32": resnet32}
 
 
-def get(name, **kwargs):
+def get(name: str, **kwargs: Any) -> keras.Model:
     """Build a model by name: one of `MODELS`."""
     if name not in MODELS:
         raise _checks.invalid_value("name", f"one of {sorted(MODELS)}", name)
