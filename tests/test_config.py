@@ -1,3 +1,5 @@
+import pathlib
+
 import pytest
 
 from tfimb import config
@@ -94,6 +96,46 @@ def test_every_shipped_config_is_valid_and_documented():
         if "search" in raw:  # A `tfimb tune` config: a training config plus `search`.
             config.resolve_search(raw)
             continue
-        for variant in raw.pop("variants", None) or [{}]:
-            variant = {k: v for k, v in variant.items() if k != "name"}
-            config.resolve(config.merge(raw, variant))
+        config.resolve_variants(raw)
+
+
+def test_variants_expand_in_the_config_package():
+    raw = {"imbalance": {"minority": [1], "minority_count": 5},
+           "variants": [{"name": "group"},
+                        {"name": "long_tail", "imbalance": {"long_tail_factor": 10}}]}
+    jobs = config.resolve_variants(raw, ["train.epochs=2"])
+    assert [name for name, _ in jobs] == ["group", "long_tail"]
+    group, long_tail = (cfg for _, cfg in jobs)
+    assert group.imbalance.minority == [1] and group.train.epochs == 2
+    # The imbalance section's own merge rule: a long-tail factor replaces the group keys.
+    assert long_tail.imbalance.long_tail_factor == 10 and long_tail.imbalance.minority is None
+    assert config.resolve_variants({"loss": {"name": "focal"}})[0][0] is None
+    with pytest.raises(config.ConfigError, match=r"`variants\[0\]`.*string `name`"):
+        config.resolve_variants({"variants": [{"loss": {"name": "focal"}}]})
+
+
+def test_engine_has_no_section_special_cases():
+    import dataclasses
+    import typing
+
+    from tfimb.config import engine
+
+    @dataclasses.dataclass
+    class Section:
+        EXTRA_KEYS: typing.ClassVar[str] = "rest"
+        name: str = "a"
+        rest: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+    built = engine.build(Section, {"name": "b", "x": 1, "y": [2]})
+    assert built == Section("b", {"x": 1, "y": [2]})
+    source = (pathlib.Path(engine.__file__)).read_text()
+    for name in ("LossConfig", "ImbalanceConfig", '"imbalance"', '"loss"'):
+        assert name not in source
+    # Loss names and arguments come from the registry, with no Keras import.
+    assert config.losses_taking("beta", ["ldam", "focal", "class_balanced_focal"],
+                                required=True) == ["class_balanced_focal"]
+    with pytest.raises(config.ConfigError, match="Unknown key `loss.tau` for loss 'focal'"):
+        config.resolve({"loss": {"name": "focal", "tau": 1.0}})
+    with pytest.raises(config.ConfigError, match=r"key `loss.drw_beta`"):
+        config.resolve({"loss": {"name": "ldam", "drw_epoch": 1, "drw_beta": 1.0},
+                        "model": {"head": "cosine"}})

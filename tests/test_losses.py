@@ -532,6 +532,16 @@ def test_catalog_lists_exactly_the_loss_classes():
     assert [e.name for e in catalog.LOSSES] == list(losses.LOSSES)
     for entry in catalog.LOSSES:
         cls = losses.LOSSES[entry.name]
+        params = inspect.signature(cls).parameters
+        assert entry.required == tuple(k for k, p in params.items()
+                                       if p.default is inspect.Parameter.empty)
+        assert entry.options + catalog.COMMON_OPTIONS == tuple(
+            k for k, p in params.items() if p.default is not inspect.Parameter.empty
+            and k not in ("name", "reduction", "dtype"))
+        assert entry.weighted == ("normalization" in params and "beta" in entry.required
+                                  or entry.name == "inverse_class_frequency")
+        function = inspect.signature(getattr(losses, entry.name)).parameters
+        assert list(function)[2:] == [k for k in params if k not in ("name", "reduction", "dtype")]
         assert cls.__name__ == entry.class_name
         assert getattr(tfimb, entry.class_name) is cls
         assert inspect.signature(cls).parameters["name"].default == entry.name

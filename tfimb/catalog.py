@@ -15,7 +15,7 @@ import collections
 
 LossEntry = collections.namedtuple(
     "LossEntry", ["name", "class_name", "formula", "arguments", "title", "activation",
-                  "weighted"])
+                  "weighted", "required", "options"])
 LossEntry.__doc__ = """One loss, declared once.
 
 name: snake-case config name, also the name of its function in `tfimb.losses`;
@@ -23,45 +23,78 @@ class_name: its `keras.losses.Loss` class in `tfimb.losses` (both exported by `t
 formula: per-example loss (`tfimb losses`); arguments: its main arguments with defaults;
 title: its label in report tables; activation: "softmax" or "sigmoid" (one-vs-all; the
 classifier's last bias starts at -log(C - 1)); weighted: takes class-balanced style weights
-and `normalization`."""
+and `normalization`; required: its constructor's required arguments (`counts` is filled in
+from the data by `tfimb train`); options: its optional arguments besides the ones every loss
+takes (`COMMON_OPTIONS`). A config's `loss:` section takes the required and optional
+arguments other than `counts`."""
+
+# Optional arguments of every loss (besides name, reduction and dtype).
+COMMON_OPTIONS = ("from_logits", "label_smoothing")
 
 LOSSES = (
     LossEntry("softmax_cross_entropy", "SoftmaxCrossEntropy",
-              "-log p_y", "", "CE", "softmax", False),
+              "-log p_y", "", "CE", "softmax", False, (),
+              ()),
     LossEntry("inverse_class_frequency", "InverseClassFrequency",
               "-w_y log p_y,  w_c = 1/n_c", "counts", "inverse class frequency", "softmax",
-              True),
+              True, ('counts',),
+              ('normalization',)),
     LossEntry("focal", "Focal",
-              "-(1 - p_y)^gamma log p_y", "gamma=2.0", "focal", "softmax", False),
+              "-(1 - p_y)^gamma log p_y", "gamma=2.0", "focal", "softmax", False, (),
+              ('gamma',)),
     LossEntry("class_balanced_softmax", "ClassBalancedSoftmax",
               "-w_y log p_y,  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts",
-              "class-balanced softmax", "softmax", True),
+              "class-balanced softmax", "softmax", True, ('beta', 'counts'),
+              ('normalization',)),
     LossEntry("class_balanced_focal", "ClassBalancedFocal",
               "-w_y (1 - p_y)^gamma log p_y,  w_c = (1 - beta)/(1 - beta^n_c)",
-              "beta, counts, gamma=1.0", "class-balanced focal", "softmax", True),
+              "beta, counts, gamma=1.0", "class-balanced focal", "softmax", True,
+              ('beta', 'counts'),
+              ('gamma', 'normalization')),
     LossEntry("balanced_softmax", "BalancedSoftmax",
-              "CE(z + log n)", "counts", "balanced softmax", "softmax", False),
+              "CE(z + log n)", "counts", "balanced softmax", "softmax", False, ('counts',),
+              ()),
     LossEntry("logit_adjusted", "LogitAdjusted",
               "CE(z + tau log pi),  pi_c = n_c / sum_k n_k", "counts, tau=1.0",
-              "logit adjusted", "softmax", False),
+              "logit adjusted", "softmax", False, ('counts',),
+              ('tau',)),
     LossEntry("ldam", "LDAM",
               "CE(s (z - D_y onehot(y))),  D_c = m n_c^(-1/4) / max_k n_k^(-1/4)",
-              "counts, max_margin=0.5, scale=30.0", "LDAM", "softmax", False),
+              "counts, max_margin=0.5, scale=30.0", "LDAM", "softmax", False, ('counts',),
+              ('max_margin', 'scale', 'beta', 'normalization')),
     LossEntry("sigmoid_cross_entropy", "SigmoidCrossEntropy",
               "sum_c BCE(z_c, y_c),  BCE(z, y) = softplus(z) - y z", "", "sigmoid CE",
-              "sigmoid", False),
+              "sigmoid", False, (),
+              ()),
     LossEntry("sigmoid_focal", "SigmoidFocal",
               "sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  p_t = sigmoid(+-z)", "gamma=2.0",
-              "sigmoid focal", "sigmoid", False),
+              "sigmoid focal", "sigmoid", False, (),
+              ('gamma',)),
     LossEntry("class_balanced_sigmoid", "ClassBalancedSigmoid",
               "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts",
-              "class-balanced sigmoid", "sigmoid", True),
+              "class-balanced sigmoid", "sigmoid", True, ('beta', 'counts'),
+              ('normalization',)),
     LossEntry("class_balanced_sigmoid_focal", "ClassBalancedSigmoidFocal",
               "w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
-              "beta, counts, gamma=1.0", "class-balanced sigmoid focal", "sigmoid", True),
+              "beta, counts, gamma=1.0", "class-balanced sigmoid focal", "sigmoid", True,
+              ('beta', 'counts'),
+              ('gamma', 'normalization')),
 )
 BY_NAME: dict[str, LossEntry] = {entry.name: entry for entry in LOSSES}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def config_keys(name: str) -> tuple[str, ...]:
+    """The keys a config's `loss:` section may give loss `name` (all its arguments but
+    `counts`, which `tfimb train` fills in from the data)."""
+    entry = BY_NAME[name]
+    return tuple(k for k in entry.required + entry.options + COMMON_OPTIONS if k != "counts")
+
+
+def takes(name: str, parameter: str, required: bool = False) -> bool:
+    """Whether loss `name` takes `parameter` (as a required argument, if `required`)."""
+    entry = BY_NAME[name]
+    return parameter in entry.required or (not required and parameter in entry.options)
 WEIGHTED: tuple[str, ...] = tuple(e.name for e in LOSSES if e.weighted)
 # Losses of one-vs-all sigmoids: the classifier's last bias starts at -log(C - 1) (Cui et al.).
 SIGMOID: tuple[str, ...] = tuple(e.name for e in LOSSES if e.activation == "sigmoid")

@@ -61,17 +61,9 @@ def _train(args):
 
     path, raw = _load_yaml_config(args.config)
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / path.stem)
-    variants = raw.pop("variants", None) if isinstance(raw, dict) else None
-    jobs = []
-    try:
-        if variants:  # One config, several runs: one sub-directory per variant.
-            for variant in variants:
-                variant = dict(variant)
-                name = variant.pop("name")
-                cfg = config_lib.resolve(config_lib.merge(raw, variant), args.set)
-                jobs.append((cfg, workdir / name))
-        else:
-            jobs.append((config_lib.resolve(raw, args.set), workdir))
+    try:  # A config with variants is several runs: one sub-directory per variant.
+        jobs = [(cfg, workdir / name if name else workdir)
+                for name, cfg in config_lib.resolve_variants(raw, args.set)]
     except config_lib.ConfigError as error:
         raise SystemExit(f"tfimb: {path}: {error}") from None
     if args.local_workers is not None:

@@ -1,0 +1,255 @@
+"""`tfimb train`: the classifier experiment's config (`ExperimentConfig`).
+
+Every key is optional and defaults to the imbalanced CIFAR-10 protocol:
+
+    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
+               # auto: the folder data.dir or $TFIMB_DATA_DIR if set, else tfds
+    imbalance: {minority: [1, 4, 6], minority_count: 250, majority_count: null}
+               # or {long_tail_factor: 100}, or null for the data as it is
+    model:     {name: resnet18_cifar | resnet8 | resnet20 | resnet32, head: dense | cosine}
+    loss:      {name: class_balanced_focal, beta: 0.99, gamma: 1.0, ...}   # counts filled in
+    train:     {epochs: 25, batch_size: 128, momentum: 0.9, weight_decay: 5.0e-4,
+                lr_values: [0.1, 0.01, 0.001], lr_boundaries: [15, 20], seed: 0, ...}
+    mixed_precision: auto | float32 | mixed_bfloat16 | mixed_float16
+    distribute: {strategy: default | mirrored | multi_worker, num_cpu_devices: 2,
+                 sync_batch_norm: false}
+    evaluation: {minority: null, interval: 1, every_epoch_from: null}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from tfimb import _checks, catalog
+from tfimb.config import engine
+from tfimb.config.common import DataConfig, DistributeConfig
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass
+class ImbalanceConfig:
+    minority: typing.Optional[typing.List[int]] = None
+    minority_count: typing.Optional[int] = None
+    majority_count: typing.Optional[int] = None
+    long_tail_factor: typing.Optional[float] = None
+
+    # The section is one of two modes: a long-tail factor drops the group keys and group keys
+    # drop the long-tail factor, so that `{long_tail_factor: 100}` needs nothing else.
+    GROUP_KEYS = ("minority", "minority_count", "majority_count")
+
+    @staticmethod
+    def merge_into(base, update):
+        """The keys of `base` that `update` keeps (engine.merge's rule for this section)."""
+        if update.get("long_tail_factor") is not None:
+            return {}
+        if any(k in update for k in ImbalanceConfig.GROUP_KEYS):
+            return {k: v for k, v in base.items() if k != "long_tail_factor"}
+        return base
+
+    def validate(self):
+        by_group = self.minority is not None or self.minority_count is not None
+        if by_group and self.long_tail_factor is not None:
+            raise engine.ConfigError("Invalid value for section `imbalance`. Expected either "
+                              "{minority, minority_count, majority_count} or {long_tail_factor}, "
+                              f"not both. Received: imbalance={dataclasses.asdict(self)}")
+        if self.long_tail_factor is not None:
+            if not self.long_tail_factor >= 1:
+                raise engine.ConfigError("Invalid value for key `imbalance.long_tail_factor`. Expected "
+                                  "a number >= 1 (n_max / n_min). Received: "
+                                  f"imbalance.long_tail_factor={self.long_tail_factor!r}")
+        elif self.minority is None or self.minority_count is None:
+            if self.majority_count is None:
+                raise engine.ConfigError("Invalid value for section `imbalance`. Expected minority and "
+                                  "minority_count, or majority_count, or long_tail_factor, or "
+                                  f"imbalance: null. Received: imbalance={dataclasses.asdict(self)}")
+        if self.minority is not None:
+            engine.check("imbalance.minority", _checks.check_classes, "imbalance.minority",
+                         self.minority)
+        for key in ("minority_count", "majority_count"):
+            if getattr(self, key) is not None:
+                engine.at_least(f"imbalance.{key}", getattr(self, key), 1)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "resnet18_cifar"
+    head: str = "dense"              # dense | cosine (for the LDAM loss)
+
+    def validate(self):
+        from tfimb.models import resnet  # Keras only; cheap enough at config time.
+        engine.one_of("model.name", self.name, tuple(resnet.MODELS))
+        engine.one_of("model.head", self.head, resnet.HEADS)
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """`name` plus the loss's own keyword arguments, which sit beside it in the YAML and are
+    gathered into `options` (its `counts` come from the data). Valid names and arguments come
+    from the loss registry, `tfimb.catalog`."""
+
+    EXTRA_KEYS: typing.ClassVar[str] = "options"
+
+    name: str = "softmax_cross_entropy"
+    options: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    drw_epoch: typing.Optional[int] = None  # deferred re-weighting starts at this epoch (0-based)
+    drw_beta: float = 0.9999
+
+    def validate(self):
+        engine.one_of("loss.name", self.name, catalog.NAMES)
+        valid = sorted(catalog.config_keys(self.name))
+        for key in self.options:
+            if key not in valid:
+                raise engine.ConfigError(
+                    f"Unknown key `loss.{key}` for loss {self.name!r}. Valid keys: "
+                    f"{', '.join(['name', 'drw_epoch', 'drw_beta'] + valid)}")
+        if self.drw_epoch is not None:
+            engine.at_least("loss.drw_epoch", self.drw_epoch, 0)
+            engine.in_range("loss.drw_beta", self.drw_beta, _checks.check_beta, "0 <= beta < 1")
+
+    @property
+    def needs_counts(self):
+        return catalog.takes(self.name, "counts", required=True)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 25
+    batch_size: int = 128            # global batch, split across replicas
+    momentum: float = 0.9
+    weight_decay: float = 5.0e-4     # coupled L2 as PyTorch's SGD(weight_decay=...)
+    lr_values: typing.List[float] = dataclasses.field(default_factory=lambda: [0.1, 0.01, 0.001])
+    lr_boundaries: typing.List[int] = dataclasses.field(default_factory=lambda: [15, 20])
+    warmup_epochs: int = 0           # linear warm-up to lr_values[0] (Cui et al. use 5)
+    seed: int = 0
+    steps_per_execution: int = 1
+    checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
+
+    def validate(self):
+        engine.at_least("train.epochs", self.epochs, 1)
+        engine.at_least("train.batch_size", self.batch_size, 1)
+        engine.at_least("train.warmup_epochs", self.warmup_epochs, 0)
+        engine.at_least("train.steps_per_execution", self.steps_per_execution, 1)
+        if self.checkpoint_every is not None:
+            engine.at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        if len(self.lr_values) != len(self.lr_boundaries) + 1:
+            raise engine.ConfigError("Invalid value for key `train.lr_values`. Expected one more value "
+                              f"than train.lr_boundaries ({len(self.lr_boundaries)}). Received: "
+                              f"train.lr_values={self.lr_values}")
+        if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or \
+                any(b < 1 for b in self.lr_boundaries):
+            raise engine.ConfigError("Invalid value for key `train.lr_boundaries`. Expected increasing "
+                              "epochs >= 1. Received: "
+                              f"train.lr_boundaries={self.lr_boundaries}")
+        if not 0 <= self.momentum < 1:
+            raise engine.ConfigError("Invalid value for key `train.momentum`. Expected 0 <= momentum "
+                              f"< 1. Received: train.momentum={self.momentum}")
+        if self.weight_decay < 0 or any(v < 0 for v in self.lr_values):
+            raise engine.ConfigError("Invalid value for keys `train.weight_decay` / `train.lr_values`. "
+                              "Expected non-negative numbers. Received: "
+                              f"weight_decay={self.weight_decay}, lr_values={self.lr_values}")
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    # Minority group for the three-group table; null: imbalance.minority, else the rarer half
+    # of a long tail (classes below the geometric mean of the largest and smallest counts).
+    minority: typing.Optional[typing.List[int]] = None
+    # Evaluate every `interval` epochs, every epoch from 0-based epoch `every_epoch_from` on, and
+    # always the last epoch: long protocols (CIFAR-10-LT, 200 epochs) keep their curves and
+    # the best-over-epochs statistic (reached after the last learning-rate drop) at a fraction
+    # of the evaluation cost.
+    interval: int = 1
+    every_epoch_from: typing.Optional[int] = None
+
+    def validate(self):
+        if self.minority is not None:
+            engine.check("evaluation.minority", _checks.check_classes, "evaluation.minority",
+                         self.minority)
+        engine.at_least("evaluation.interval", self.interval, 1)
+        if self.every_epoch_from is not None:
+            engine.at_least("evaluation.every_epoch_from", self.every_epoch_from, 0)
+
+    def evaluates(self, epoch, epochs):
+        """Whether 0-based `epoch` of `epochs` is evaluated."""
+        return ((epoch + 1) % self.interval == 0 or epoch == epochs - 1
+                or (self.every_epoch_from is not None and epoch >= self.every_epoch_from))
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    imbalance: typing.Optional[ImbalanceConfig] = dataclasses.field(
+        default_factory=lambda: ImbalanceConfig(minority=[1, 4, 6], minority_count=250))
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mixed_precision: str = "auto"
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+    def validate(self):
+        for section in (self.data, self.imbalance, self.model, self.loss, self.train,
+                        self.distribute, self.evaluation):
+            if section is not None:
+                section.validate()
+        engine.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+        if self.loss.name == "ldam" and self.model.head != "cosine":
+            raise engine.ConfigError("Invalid value for key `model.head`. Expected 'cosine' with the "
+                              "ldam loss (LDAM's margins and scale assume cosine logits). "
+                              f"Received: model.head={self.model.head!r}")
+        if self.loss.drw_epoch is not None and self.loss.name != "ldam":
+            raise engine.ConfigError("Invalid value for key `loss.drw_epoch`. Expected it only with "
+                              "the ldam loss (deferred re-weighting of LDAM-DRW). Received: "
+                              f"loss.drw_epoch={self.loss.drw_epoch} with loss {self.loss.name!r}")
+        if self.loss.drw_epoch is not None and self.loss.drw_epoch >= self.train.epochs:
+            raise engine.ConfigError("Invalid value for key `loss.drw_epoch`. Expected an epoch below "
+                              f"train.epochs={self.train.epochs}. Received: "
+                              f"loss.drw_epoch={self.loss.drw_epoch}")
+        return self
+
+    def resolved(self):
+        """The config with `data.source: auto` made concrete (what a run records)."""
+        return dataclasses.replace(self, data=self.data.concrete())
+
+    def to_dict(self):
+        """Plain dict in the YAML layout (loss options flattened into `loss`)."""
+        out = dataclasses.asdict(self)
+        loss = out.pop("loss")
+        out["loss"] = {"name": loss["name"], **loss["options"]}
+        if loss["drw_epoch"] is not None:
+            out["loss"].update(drw_epoch=loss["drw_epoch"], drw_beta=loss["drw_beta"])
+        return {key: out[key] for key in ("data", "imbalance", "model", "loss", "train",
+                                          "mixed_precision", "distribute", "evaluation")}
+
+
+def resolve(raw, overrides=()):
+    """A validated `ExperimentConfig`: defaults, then the YAML dict, then `--set` overrides."""
+    return engine.resolve_dataclass(ExperimentConfig, raw, overrides)
+
+
+def resolve_variants(raw, overrides=()):
+    """[(variant name or None, validated `ExperimentConfig`)]: one per entry of the config's
+    `variants` list (shared keys, then the variant's, then `--set`), or the config itself."""
+    return [(name, resolve(variant, overrides))
+            for name, variant in engine.expand_variants(raw, ExperimentConfig)]
+
+
+def from_dict(raw):
+    """Validated `ExperimentConfig` from a complete plain dict (the YAML layout)."""
+    return engine.build(ExperimentConfig, raw or {}, "").validate().resolved()
+
+
+def load(path=None, overrides=()):
+    """Read a YAML config (safe loader), apply `--set` overrides, validate."""
+    import yaml
+
+    raw = {}
+    if path is not None:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise engine.ConfigError(f"Invalid config file {path}: expected a mapping of "
+                                     "sections.")
+    return resolve(raw, overrides)

@@ -1,0 +1,62 @@
+"""Config sections shared by the experiments: data and distribution."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+
+from tfimb.config import engine
+
+DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    # tfds | folder | digits (scikit-learn's, ships offline) | auto: an image folder from
+    # `data.dir` or $TFIMB_DATA_DIR when either is set, else tfds (resolved when the config is,
+    # so a run's config.yaml records what it read).
+    source: str = "tfds"
+    name: str = "cifar10"            # tfds data set name
+    dir: typing.Optional[str] = None  # folder root (`root/<split>/<class>/*.jpg`) or tfds data_dir
+    validation_per_class: int = 0    # carved from training data, before the imbalance
+    seed: int = 0
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: typing.Optional[int] = None  # resize folder images to this square size
+    augment: bool = True             # pad-4 random crop + horizontal flip
+
+    def concrete(self):
+        """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
+        if self.source != "auto":
+            return self
+        folder = self.dir or os.environ.get(DATA_DIR_VARIABLE) or None
+        return dataclasses.replace(self, source="folder" if folder else "tfds", dir=folder)
+
+    def validate(self):
+        engine.one_of("data.source", self.source, ("tfds", "folder", "digits", "auto"))
+        if self.source == "folder" and not self.dir:
+            raise engine.ConfigError("Invalid value for key `data.dir`. Expected the folder root "
+                              "when data.source is 'folder'. Received: data.dir=None")
+        engine.at_least("data.validation_per_class", self.validation_per_class, 0)
+
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+    strategy: str = "default"        # default | mirrored | multi_worker (hosts from TF_CONFIG)
+    num_cpu_devices: int = 2         # logical CPU replicas for `mirrored` when there is no GPU
+    # Batch-norm statistics over the global batch (all replicas) rather than each replica's
+    # share, at one all-reduce per batch-norm layer and step; one device then trains the
+    # weights N workers train (both compute the moments as E[x^2] - E[x]^2). Classifiers only.
+    sync_batch_norm: bool = False
+
+    def validate(self):
+        engine.one_of("distribute.strategy", self.strategy, STRATEGIES)
+        engine.at_least("distribute.num_cpu_devices", self.num_cpu_devices, 1)
+        if not isinstance(self.sync_batch_norm, bool):
+            raise engine.ConfigError("Invalid value for key `distribute.sync_batch_norm`. Expected true "
+                              f"or false. Received: {self.sync_batch_norm!r}")

@@ -1,0 +1,194 @@
+"""The config engine: YAML dicts -> typed dataclass sections, `--set` overrides, variants.
+
+Generic over any dataclass of sections: unknown keys are errors listing the valid ones, values
+are checked against the field types, nested sections merge key by key. A section can declare
+two things the engine honours without knowing the section:
+
+* `EXTRA_KEYS = "<field>"`: keys that are not fields are gathered into that dict field (the
+  loss section keeps its loss's own arguments beside `name`);
+* `merge_into(base, update)` (a staticmethod on plain dicts): how an update replaces the
+  section's keys (the imbalance section is one of two modes).
+
+Values are checked with the library's own checks (`tfimb._checks`), reworded for keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from tfimb import _checks
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with the offending key and what is valid."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: the library's, naming a config key.
+
+
+def check(key: str, check_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a `tfimb._checks` function on a config value; its error as a ConfigError naming the
+    key (`check("loss.beta", _checks.check_beta, 1.0)`)."""
+    try:
+        return check_fn(*args, **kwargs)
+    except ValueError as error:
+        raise ConfigError(str(error).replace("for argument `", "for key `", 1)) from None
+
+
+def one_of(key: str, value: Any, valid: Iterable[Any]) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ConfigError(f"Invalid value for key `{key}`. Expected one of {valid}. "
+                          f"Received: {key}={value!r}")
+
+
+def at_least(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"Invalid value for key `{key}`. Expected an integer >= {low}. "
+                          f"Received: {key}={value!r}")
+
+
+def in_range(key: str, value: Any, check_fn: Callable[[Any], Any], expected: str) -> None:
+    try:
+        check_fn(value)
+    except ValueError:
+        raise ConfigError(f"Invalid value for key `{key}`. Expected {expected}. "
+                          f"Received: {key}={value!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclass with type checks and unknown-key errors.
+
+
+def _section_type(annotation: Any) -> Any:
+    """The dataclass inside `annotation` (Optional[X] -> X), else None."""
+    if typing.get_origin(annotation) is typing.Union:
+        annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _convert(value, [a for a in args if a is not type(None)][0], key)
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"Invalid value for key `{key}`. Expected a list. "
+                              f"Received: {key}={value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is typing.Any or (isinstance(value, annotation)
+                                    and not (annotation is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"Invalid value for key `{key}`. Expected {annotation.__name__}. "
+                      f"Received: {key}={value!r}")
+
+
+def build(cls: type, raw: Any, prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a plain dict (not validated)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Invalid value for section `{prefix}`. Expected a mapping of keys "
+                          f"{', '.join(f.name for f in dataclasses.fields(cls))}. "
+                          f"Received: {prefix}={raw!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    extra = getattr(cls, "EXTRA_KEYS", None)
+    raw = dict(raw)
+    if extra:  # Keys beside the fields are gathered into the `extra` dict field.
+        raw = {**{k: v for k, v in raw.items() if k in fields and k != extra},
+               extra: {k: v for k, v in raw.items() if k not in fields}}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            where = f"{prefix}." if prefix else ""
+            raise ConfigError(f"Unknown key `{where}{key}`. Valid keys: "
+                              f"{', '.join(sorted(fields))}")
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging, overrides, variants.
+
+
+def parse_override(text: str) -> dict:
+    """`"a.b=value"` -> `{"a": {"b": value}}`, the value parsed as YAML (safe loader)."""
+    if "=" not in text:
+        raise ConfigError(f"Invalid value for `--set`. Expected key=value with a dotted key, "
+                          f"e.g. train.epochs=10. Received: {text!r}")
+    key, value = text.split("=", 1)
+    nested = yaml.safe_load(value)
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def merge(base: Any, update: Any, cls: Any = None) -> Any:
+    """Deep-merge `update` into `base` (dicts key by key; anything else replaces). With the
+    dataclass `cls` the dicts describe, a section's own `merge_into` rule applies."""
+    if not isinstance(base, dict) or not isinstance(update, dict):
+        return copy.deepcopy(update)
+    if cls is not None and hasattr(cls, "merge_into"):
+        base = cls.merge_into(base, update)
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = (merge(out[key], value, _section_type(hints.get(key)))
+                    if key in out else copy.deepcopy(value))
+    return out
+
+
+def expand_variants(raw: Any, cls: Any = None) -> list[tuple[str | None, dict]]:
+    """A config with `variants: [{name: ..., <keys>}, ...]` -> one (name, config) per variant,
+    each the shared keys merged with the variant's (by `cls`'s rules, when given); without
+    variants, [(None, raw)]."""
+    if not isinstance(raw, dict) or not raw.get("variants"):
+        return [(None, raw)]
+    raw = dict(raw)
+    variants = raw.pop("variants")
+    if not isinstance(variants, list):
+        raise ConfigError("Invalid value for key `variants`. Expected a list of mappings, each "
+                          f"with a `name`. Received: variants={variants!r}")
+    out = []
+    for i, variant in enumerate(variants):
+        if not isinstance(variant, dict) or not isinstance(variant.get("name"), str):
+            raise ConfigError(f"Invalid value for key `variants[{i}]`. Expected a mapping with "
+                              f"a string `name`. Received: {variant!r}")
+        variant = dict(variant)
+        name = variant.pop("name")
+        out.append((name, merge(raw, variant, cls)))
+    return out
+
+
+def resolve_dataclass(cls: type, raw: Any, overrides: Iterable[str] = ()) -> Any:
+    """Defaults of `cls`, then the YAML dict, then `--set` overrides, merged key by key;
+    validated (`cls.validate()`), then `cls.resolved()` if it has one."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
+    build(cls, raw or {}, "")  # Unknown keys in the file are reported as such.
+    merged = merge(cls().to_dict(), raw or {}, cls)
+    for text in overrides:
+        merged = merge(merged, parse_override(text), cls)
+    config = build(cls, merged, "").validate()
+    return config.resolved() if hasattr(config, "resolved") else config
+
+
+def dump(config: Any) -> str:
+    """A resolved config as YAML text (its `to_dict()` layout)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,91 @@
+"""`tfimb flow train`: the RealNVP experiment's config (`FlowConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from tfimb.config import engine
+from tfimb.config.common import DataConfig, DistributeConfig
+
+
+@dataclasses.dataclass
+class FlowModelConfig:
+    num_scales: int = 2              # the paper's CIFAR-10 model: 2 scales, 8 blocks, 64 maps
+    num_blocks: int = 8
+    num_filters: int = 64
+    momentum: float = 0.9            # running statistics of the batch-norm bijectors
+    epsilon: float = 1.0e-4
+    alpha: float = 0.05              # logit transform
+
+    def validate(self):
+        for key in ("num_scales", "num_blocks", "num_filters"):
+            engine.at_least(f"model.{key}", getattr(self, key), 1)
+        if not 0 <= self.momentum < 1:
+            raise engine.ConfigError("Invalid value for key `model.momentum`. Expected 0 <= momentum "
+                              f"< 1. Received: model.momentum={self.momentum}")
+        if not 0 < self.alpha < 0.5 or not self.epsilon > 0:
+            raise engine.ConfigError("Invalid value for keys `model.alpha` / `model.epsilon`. Expected "
+                              "0 < alpha < 0.5 and epsilon > 0. Received: "
+                              f"alpha={self.alpha}, epsilon={self.epsilon}")
+
+
+@dataclasses.dataclass
+class FlowTrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1.0e-3    # Adam, default betas
+    l2: float = 5.0e-5               # on the weight-norm scales only
+    clip_norm: float = 100.0         # global gradient norm
+    flip: bool = True                # random horizontal flips
+    seed: int = 0
+    steps_per_execution: int = 1
+    checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
+    max_train_images: typing.Optional[int] = None  # a subset, for CPU-sized runs
+    max_eval_images: typing.Optional[int] = None
+
+    def validate(self):
+        engine.at_least("train.epochs", self.epochs, 1)
+        engine.at_least("train.batch_size", self.batch_size, 2)  # Batch statistics need 2.
+        engine.at_least("train.steps_per_execution", self.steps_per_execution, 1)
+        if self.checkpoint_every is not None:
+            engine.at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        for key in ("max_train_images", "max_eval_images"):
+            if getattr(self, key) is not None:
+                engine.at_least(f"train.{key}", getattr(self, key), 2)
+        for key in ("learning_rate", "clip_norm"):
+            if not getattr(self, key) > 0:
+                raise engine.ConfigError(f"Invalid value for key `train.{key}`. Expected a number > 0. "
+                                  f"Received: train.{key}={getattr(self, key)}")
+        if self.l2 < 0:
+            raise engine.ConfigError("Invalid value for key `train.l2`. Expected a number >= 0. "
+                              f"Received: train.l2={self.l2}")
+
+
+@dataclasses.dataclass
+class FlowConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: FlowModelConfig = dataclasses.field(default_factory=FlowModelConfig)
+    train: FlowTrainConfig = dataclasses.field(default_factory=FlowTrainConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+
+    def validate(self):
+        for section in (self.data, self.model, self.train, self.distribute):
+            section.validate()
+        return self
+
+    def resolved(self):
+        """The config with `data.source: auto` made concrete (what a run records)."""
+        return dataclasses.replace(self, data=self.data.concrete())
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def resolve_flow(raw, overrides=()):
+    """A validated `FlowConfig`: defaults, then the YAML dict, then `--set` overrides."""
+    return engine.resolve_dataclass(FlowConfig, raw, overrides)
+
+
+def dump_flow(config):
+    return engine.dump(config)
