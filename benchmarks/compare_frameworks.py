@@ -6,7 +6,7 @@
 
 ResNets. tfimb: `tfimb.train.build_trainer` (the model with its normalisation layer, coupled L2
 weight decay 5e-4 on every weight, softmax cross-entropy, the group metrics, SGD with momentum
-0.9), trained by `tfimb.loop.TrainingLoop` (the loop of `tfimb train` under every strategy) from
+0.9), trained by `tfimb.runtime.loop.TrainingLoop` (the loop of `tfimb train` under every strategy) from
 `tfimb.data.pipeline` over uint8 images in memory, without augmentation (as the PyTorch side).
 PyTorch: the same architecture in `torch.nn` (3x3 stem, basic blocks with 1x1 projection
 shortcuts, global average pooling, dense head; batch-norm eps 1e-5 and momentum 0.1, i.e.
@@ -61,12 +61,12 @@ def cpu_model():
 
 
 class _LoopRunner:
-    """Times steps of `tfimb.loop.TrainingLoop` over a compiled model and a repeated dataset."""
+    """Times steps of `tfimb.runtime.loop.TrainingLoop` over a compiled model and a repeated dataset."""
 
     def _start(self, model, dataset, run_dir):
         import tensorflow as tf
 
-        from tfimb import loop
+        from tfimb.runtime import loop
 
         strategy = tf.distribute.get_strategy()
         self.model = model

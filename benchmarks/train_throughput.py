@@ -6,7 +6,7 @@
 tfimb: the training pipeline of `tfimb train` (uint8 images in memory, seeded shuffle, pad-4
 random crop and flip as a parallel map, prefetch), the model with its normalisation layer and
 coupled weight decay, `ClassBalancedFocal` and the three group metrics, trained by
-`tfimb.loop.TrainingLoop` (the loop `tfimb train` uses under every strategy).
+`tfimb.runtime.loop.TrainingLoop` (the loop `tfimb train` uses under every strategy).
 Keras: the same model (normalisation included, no weight decay) compiled with
 `SparseCategoricalCrossentropy` and plain accuracy, `fit` on in-memory float32 arrays (no
 augmentation). Both: SGD with momentum, batch 128, the same number of timed steps after a
@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 
-from tfimb import config, data, loop, metrics, train  # noqa: E402
+from tfimb import config, data, metrics, train  # noqa: E402
+from tfimb.runtime import loop  # noqa: E402
 
 
 def _images(count):

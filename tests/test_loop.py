@@ -15,7 +15,8 @@ import keras
 import tensorflow as tf
 
 from cli_helpers import run_tfimb
-from tfimb import config, launch, loop, train
+from tfimb import config, train
+from tfimb.runtime import launch, loop
 
 
 def _model():

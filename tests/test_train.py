@@ -7,6 +7,7 @@ import keras
 
 from cli_helpers import run_tfimb
 from tfimb import config, report, train
+from tfimb.runtime import devices, rundir
 
 TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
         "imbalance.minority_count=5", "model.name=resnet8", "train.batch_size=32",
@@ -26,11 +27,11 @@ def test_learning_rate_schedule():
 
 
 def test_precision_resolution(monkeypatch):
-    assert train.resolve_precision("float32") == "float32"
-    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: True)
-    assert train.resolve_precision("auto") == "mixed_bfloat16"
-    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: False)
-    assert train.resolve_precision("auto") == "float32"
+    assert devices.resolve_precision("float32") == "float32"
+    monkeypatch.setattr(devices, "cpu_has_amx_bf16", lambda: True)
+    assert devices.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(devices, "cpu_has_amx_bf16", lambda: False)
+    assert devices.resolve_precision("auto") == "float32"
 
 
 def test_weight_decay_is_coupled_l2_on_every_weight():
@@ -93,27 +94,32 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
         assert (out / name).is_file()
 
 
+def _prepare(run_dir, cfg, resume, is_chief=True):
+    return rundir.prepare_run_dir(run_dir, config.dump(cfg),
+                                  rundir.resume_mode(cfg.distribute, resume), writable=is_chief)
+
+
 def test_run_directory_refusals_and_resume_modes(tmp_path):
     # Training-level resume is covered by tests/test_loop.py (in-process and a killed worker).
     cfg, other = _tiny(), _tiny("train.epochs=3")
-    assert train.prepare_run_dir(tmp_path, cfg, resume=False) is False
-    with pytest.raises(train.RunDirError, match="--resume"):
-        train.prepare_run_dir(tmp_path, cfg, resume=False)
-    with pytest.raises(train.RunDirError, match="config differs"):
-        train.prepare_run_dir(tmp_path, other, resume=True)
-    assert train.prepare_run_dir(tmp_path, cfg, resume=True) is True
+    assert _prepare(tmp_path, cfg, resume=False) is False
+    with pytest.raises(rundir.RunDirError, match="--resume"):
+        _prepare(tmp_path, cfg, resume=False)
+    with pytest.raises(rundir.RunDirError, match="config differs"):
+        _prepare(tmp_path, other, resume=True)
+    assert _prepare(tmp_path, cfg, resume=True) is True
     # Multi-worker runs resume without --resume (a restarted worker reruns its command).
     multi = _tiny("distribute.strategy=multi_worker")
-    assert train.prepare_run_dir(tmp_path / "mw", multi, resume=False) is False
-    assert train.prepare_run_dir(tmp_path / "mw", multi, resume=False) is True
+    assert _prepare(tmp_path / "mw", multi, resume=False) is False
+    assert _prepare(tmp_path / "mw", multi, resume=False) is True
     # A non-chief worker only checks: it writes nothing.
-    assert train.prepare_run_dir(tmp_path / "worker", multi, False, is_chief=False) is False
+    assert _prepare(tmp_path / "worker", multi, False, is_chief=False) is False
     assert not (tmp_path / "worker").exists()
-    with pytest.raises(train.RunDirError, match="nothing to resume"):
-        train.prepare_run_dir(tmp_path / "fresh", cfg, resume=True)
+    with pytest.raises(rundir.RunDirError, match="nothing to resume"):
+        _prepare(tmp_path / "fresh", cfg, resume=True)
     (tmp_path / "results.json").write_text("{}")
-    with pytest.raises(train.RunDirError, match="finished run"):
-        train.prepare_run_dir(tmp_path, cfg, resume=True)
+    with pytest.raises(rundir.RunDirError, match="finished run"):
+        _prepare(tmp_path, cfg, resume=True)
 
 
 @pytest.mark.slow

@@ -24,13 +24,13 @@ def _info(args):
     import keras
     import tensorflow as tf
 
-    from tfimb import train
+    from tfimb.runtime import devices
 
     print(f"tfimb {tfimb.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__} "
           f"({keras.backend.backend()} backend)")
     print(tfimb.platform_info.describe())
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"GPUs: {len(gpus)}; mixed_precision auto -> {train.resolve_precision('auto')}")
+    print(f"GPUs: {len(gpus)}; mixed_precision auto -> {devices.resolve_precision('auto')}")
     return 0
 
 
@@ -138,7 +138,7 @@ def _flow_train(args):
 
 def _launch_local_workers(args, command, workdir):
     """`--local-workers N`: the same command as N multi-worker processes on this machine."""
-    from tfimb import launch
+    from tfimb.runtime import launch
 
     argv = [sys.executable, "-m", "tfimb", *command, str(args.config), "--workdir", str(workdir)]
     for text in args.set:

@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from tfimb import _checks
-from tfimb.launch import LaunchError, check_count, free_port, supervise
+from tfimb.runtime.launch import LaunchError, check_count, free_port, supervise
 
 
 def parse_address(arg, text):

@@ -22,72 +22,16 @@ import pathlib
 import keras
 import numpy as np
 
-from tfimb import _files, catalog
+from tfimb import catalog
 from tfimb import config as config_lib
-from tfimb import platform_info
+from tfimb import data as data_lib
+from tfimb import metrics as metrics_lib
+from tfimb import losses, models, report
+from tfimb.runtime import devices, rundir
+from tfimb.runtime import run as run_lib
 
-RESULTS = _files.RESULTS
-RunDirError = _files.RunDirError
-_atomic_write = _files.atomic_write
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment: devices, strategy, precision.
-
-
-def configure_devices(distribute):
-    """Split the CPU into logical devices for `mirrored` when there is no GPU (before TF runs)."""
-    import tensorflow as tf
-
-    if distribute.strategy != "mirrored" or tf.config.list_physical_devices("GPU"):
-        return
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * distribute.num_cpu_devices)
-    except RuntimeError:  # Already initialised: keep what exists if it is enough.
-        if len(tf.config.list_logical_devices("CPU")) < distribute.num_cpu_devices:
-            raise
-
-
-_MULTI_WORKER = None
-
-
-def make_strategy(distribute):
-    """The configured strategy; `multi_worker` reads the cluster from TF_CONFIG (create it before
-    any other TensorFlow work: its collectives are configured at start-up)."""
-    import tensorflow as tf
-
-    if distribute.strategy == "default":
-        return tf.distribute.get_strategy()
-    if distribute.strategy == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise RunDirError(
-                "distribute.strategy=multi_worker reads the cluster from the TF_CONFIG "
-                "environment variable, which is not set. Set it on every host (README: "
-                "'Several hosts'), or pass --local-workers N to start N workers on this machine.")
-        global _MULTI_WORKER  # One per process: a second one's collectives do not connect.
-        if _MULTI_WORKER is None:
-            _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
-        return _MULTI_WORKER
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(devices)
-
-
-def cpu_has_amx_bf16():
-    return platform_info.has_fast_bf16()
-
-
-def resolve_precision(name):
-    """`auto`: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with AMX-bf16, else float32."""
-    if name != "auto":
-        return name
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_amx_bf16() else "float32"
+RESULTS = rundir.RESULTS
+RunDirError = rundir.RunDirError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +40,6 @@ def resolve_precision(name):
 
 def build_model(cfg, dataset):
     """Normalisation (training-set channel statistics) + the configured ResNet."""
-    from tfimb import data as data_lib
-    from tfimb import models
-
     shape = dataset.train.images.shape[1:]
     mean, variance = data_lib.channel_statistics(dataset.train.images)
     backbone = models.get(cfg.model.name, num_classes=dataset.num_classes, input_shape=shape,
@@ -157,8 +98,6 @@ def regularized(model, weight_decay):
 
 
 def make_loss(cfg, counts):
-    from tfimb import losses
-
     kwargs = dict(cfg.loss.options)
     if cfg.loss.needs_counts:
         kwargs["counts"] = [int(c) for c in counts]
@@ -169,8 +108,6 @@ def build_trainer(cfg, dataset, minority):
     """(model, trainer, loss): the classifier, its weight-decay wrapper compiled with SGD, the
     configured loss (counts from `dataset`) and the group metrics. Call under the strategy's
     scope."""
-    from tfimb import metrics as metrics_lib
-
     model = build_model(cfg, dataset)
     loss = make_loss(cfg, dataset.counts)
     metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)), name="all_accuracy")]
@@ -242,19 +179,6 @@ class DeferredReweighting(keras.callbacks.Callback):
 # The run.
 
 
-def resume_mode(distribute, resume):
-    """`resume` for `_files.prepare_run_dir`: multi-worker runs resume an unfinished run of the
-    same config without --resume ("auto"), since a worker that died is restarted with the
-    command that started it."""
-    return "auto" if distribute.strategy == "multi_worker" else resume
-
-
-def prepare_run_dir(run_dir, cfg, resume, is_chief=True):
-    """Create or check the run directory; return True when resuming."""
-    return _files.prepare_run_dir(run_dir, config_lib.dump(cfg),
-                                  resume_mode(cfg.distribute, resume), writable=is_chief)
-
-
 def group_accuracy(matrix, classes):
     classes = list(classes)
     total = matrix[classes].sum()
@@ -290,90 +214,87 @@ def predict(model, dataset):
     return np.concatenate([step(x).numpy() for x, _ in dataset])
 
 
-def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
-    """Train, evaluate on the test split and write the run directory; returns the results.
+class ClassifierExperiment(run_lib.Experiment):
+    """`tfimb train`'s experiment for the run skeleton: data with its imbalance, the
+    normalising ResNet with coupled weight decay, the configured loss and group metrics; after
+    training, the test split's confusion matrix and group accuracies, `model.keras` and the
+    training curves."""
 
-    Every strategy trains through `tfimb.loop.TrainingLoop`; under several workers only the
-    chief writes. `callbacks` are extra Keras callbacks (after tfimb's own).
-    """
-    configure_devices(cfg.distribute)
-    strategy = make_strategy(cfg.distribute)
+    def dump_config(self, cfg):
+        return config_lib.dump(cfg)
 
-    from tfimb import data as data_lib
-    from tfimb import loop as loop_lib
-    from tfimb import metrics as metrics_lib
+    def precision(self, cfg):
+        return devices.resolve_precision(cfg.mixed_precision)
 
-    is_chief, _ = loop_lib.worker_role(strategy)
-    run_dir = pathlib.Path(run_dir)
-    prepare_run_dir(run_dir, cfg, resume, is_chief)
-    keras.utils.set_random_seed(cfg.train.seed)
-    precision = resolve_precision(cfg.mixed_precision)
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        dataset = data_lib.load(cfg.data, cfg.imbalance)
-        counts = dataset.counts
+    def prepare(self, cfg, run_dir, is_chief):
+        self.dataset = data_lib.load(cfg.data, cfg.imbalance)
+        counts = self.dataset.counts
         if np.any(counts == 0):
             raise data_lib.DataError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no "
                                      "training image after subsampling.")
         if is_chief:
-            _atomic_write(run_dir / "counts.json", json.dumps(
-                {"class_names": dataset.class_names, "counts": counts.tolist()}, indent=1))
-        minority = minority_classes(cfg, counts)
-        with strategy.scope():
-            model, trainer, loss = build_trainer(cfg, dataset, minority)
-        replicated = strategy.num_replicas_in_sync > 1
-        batch = cfg.train.batch_size
-        steps = len(dataset.train) // batch if replicated else -(-len(dataset.train) // batch)
+            rundir.atomic_write(run_dir / "counts.json", json.dumps(
+                {"class_names": self.dataset.class_names, "counts": counts.tolist()}, indent=1))
+        self.minority = minority_classes(cfg, counts)
+
+    def build(self, cfg):
+        self.model, trainer, self.loss = build_trainer(cfg, self.dataset, self.minority)
+        return trainer
+
+    def steps_per_epoch(self, cfg, replicas):
+        # Under several replicas the last partial batch is dropped (a remainder smaller than
+        # the replica count would leave a replica an empty batch).
+        n, batch = len(self.dataset.train), cfg.train.batch_size
+        steps = n // batch if replicas > 1 else -(-n // batch)
         if steps < 1:
             raise data_lib.DataError(
-                f"Invalid value for key `train.batch_size`. Expected at most the "
-                f"{len(dataset.train)} training images under {strategy.num_replicas_in_sync} "
-                f"replicas (which drop the last partial batch). Received: {batch}")
-        loop = loop_lib.TrainingLoop(trainer, strategy, run_dir, cfg.train.steps_per_execution,
-                                     cfg.train.checkpoint_every)
+                f"Invalid value for key `train.batch_size`. Expected at most the {n} training "
+                f"images under {replicas} replicas (which drop the last partial batch). "
+                f"Received: {batch}")
+        return steps
 
-        def train_data(epoch):
-            return data_lib.pipeline(dataset.train, batch, training=True, seed=cfg.data.seed,
-                                     augment=cfg.data.augment, drop_remainder=replicated,
-                                     epoch=epoch)
+    def train_data(self, cfg, epoch, replicas):
+        return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,
+                                 seed=cfg.data.seed, augment=cfg.data.augment,
+                                 drop_remainder=replicas > 1, epoch=epoch)
 
-        eval_ds = data_lib.pipeline(dataset.evaluation, batch, training=False)
-        if verbose == "auto":
-            verbose = 1 if os.isatty(1) else 2
-        rows = loop.fit(train_data, steps, cfg.train.epochs, batch, eval_data=eval_ds,
-                        callbacks=schedule_callbacks(cfg, loss, loop.retrace) + list(callbacks),
-                        verbose=verbose,
-                        evaluates=lambda epoch: cfg.evaluation.evaluates(epoch, cfg.train.epochs))
+    def eval_data(self, cfg, replicas):
+        return data_lib.pipeline(self.dataset.evaluation, cfg.train.batch_size, training=False)
 
-        scores = predict(model, data_lib.pipeline(dataset.test, 512, training=False))
+    def callbacks(self, cfg, loop, run_dir, is_chief):
+        return schedule_callbacks(cfg, self.loss, loop.retrace)
+
+    def evaluates(self, cfg):
+        return lambda epoch: cfg.evaluation.evaluates(epoch, cfg.train.epochs)
+
+    def results(self, cfg, rows, loop):
+        dataset, minority = self.dataset, self.minority
+        scores = predict(self.model, data_lib.pipeline(dataset.test, 512, training=False))
         matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
         majority = [c for c in range(dataset.num_classes) if c not in minority]
-        results = {
+        return {
             "accuracy": {"majority": group_accuracy(matrix, majority) if minority else None,
                          "minority": group_accuracy(matrix, minority) if minority else None,
                          "all": group_accuracy(matrix, range(dataset.num_classes))},
+            "best_evaluated_epoch": best_evaluated_epoch(
+                rows, "validation" if len(dataset.validation) else "test"),
             "per_class_accuracy": metrics_lib.per_class_accuracy(
                 dataset.test.labels, scores, dataset.num_classes).tolist(),
             "confusion_matrix": matrix.tolist(),
-            "counts": counts.tolist(),
+            "counts": dataset.counts.tolist(),
             "class_names": dataset.class_names,
             "minority_classes": minority,
-            "best_evaluated_epoch": best_evaluated_epoch(
-                rows, "validation" if len(dataset.validation) else "test"),
-            "epochs_completed": len(rows),
-            "train_seconds": loop.train_seconds,
-            "images_per_second": (loop.train_images / loop.train_seconds
-                                  if loop.train_seconds else None),
-            "precision": precision,
-            "replicas": strategy.num_replicas_in_sync,
-            "config": cfg.to_dict(),
         }
-        if is_chief:
-            save_model(model, run_dir / "model.keras")
-            from tfimb import report
 
-            report.plot_run(run_dir)
-            _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
-        return results
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    def save(self, cfg, run_dir):
+        save_model(self.model, run_dir / "model.keras")
+        report.plot_run(run_dir)
+
+
+def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
+    """Train, evaluate on the test split and write the run directory; returns the results.
+
+    The run skeleton (`tfimb.runtime.run`) with `ClassifierExperiment`: every strategy trains
+    through `tfimb.runtime.loop.TrainingLoop`; under several workers only the chief writes.
+    `callbacks` are extra Keras callbacks (after tfimb's own)."""
+    return run_lib.run(ClassifierExperiment(), cfg, run_dir, resume, verbose, callbacks)

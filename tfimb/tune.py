@@ -38,7 +38,7 @@ import time
 
 import yaml
 
-from tfimb import _files
+from tfimb.runtime import devices, rundir
 from tfimb import config as config_lib
 
 PROJECT = "tuner"
@@ -298,7 +298,7 @@ def write_reports(workdir, cfg, search):
     writer.writerow(header)
     for trial in trials:
         writer.writerow(_row(trial, search, extra))
-    _files.atomic_write(workdir / "trials.csv", buffer.getvalue())
+    rundir.atomic_write(workdir / "trials.csv", buffer.getvalue())
 
     ranked = _sorted_by_objective(trials, search)
     lines = [f"# Search results: {search.algorithm}, objective {search.objective} "
@@ -310,7 +310,7 @@ def write_reports(workdir, cfg, search):
     for rank, trial in enumerate(ranked, 1):
         cells = [str(c) for c in _row(trial, search, extra)]
         lines.append(f"| {rank} | " + " | ".join(cells) + " |")
-    _files.atomic_write(workdir / "results.md", "\n".join(lines) + "\n")
+    rundir.atomic_write(workdir / "results.md", "\n".join(lines) + "\n")
 
     best = ranked[0] if ranked and ranked[0]["status"] == "COMPLETED" else None
     if best is not None:
@@ -322,7 +322,7 @@ def write_reports(workdir, cfg, search):
             "training data (no validation split).",
             f"# Command: tfimb train {workdir / 'best.yaml'}   (or: tfimb tune CONFIG --final)",
         ]
-        _files.atomic_write(workdir / "best.yaml",
+        rundir.atomic_write(workdir / "best.yaml",
                       "\n".join(header_lines) + "\n" + config_lib.dump(winner))
     return best
 
@@ -343,7 +343,7 @@ def check_workdir(workdir, cfg, search):
                               "pass another --workdir.")
         return True
     workdir.mkdir(parents=True, exist_ok=True)
-    _files.atomic_write(path, text)
+    rundir.atomic_write(path, text)
     return False
 
 
@@ -358,16 +358,16 @@ def run_search(cfg, search, workdir, verbose="auto"):
 
     validate(cfg, search)
     workdir = pathlib.Path(workdir)
-    train.configure_devices(cfg.distribute)
+    devices.configure_devices(cfg.distribute)
     import keras
 
-    keras.mixed_precision.set_global_policy(train.resolve_precision(cfg.mixed_precision))
+    keras.mixed_precision.set_global_policy(devices.resolve_precision(cfg.mixed_precision))
     try:
         dataset = data_lib.load(cfg.data, cfg.imbalance)
         minority = train.minority_classes(cfg, dataset.counts)
         _check_objective(search, minority)
         check_workdir(workdir, cfg, search)
-        strategy = train.make_strategy(cfg.distribute)
+        strategy = devices.make_strategy(cfg.distribute)
         distributed = strategy.num_replicas_in_sync > 1
         tuner = make_tuner(cfg, search, dataset, minority, workdir,
                            strategy if distributed else None)

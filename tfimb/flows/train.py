@@ -19,15 +19,16 @@ import pathlib
 import numpy as np
 import yaml
 
-from tfimb import _files
 from tfimb import config as config_lib
+from tfimb.runtime import rundir
+from tfimb.runtime import run as run_lib
 
-RESULTS = _files.RESULTS
+RESULTS = rundir.RESULTS
 WEIGHTS = "model.weights.h5"
 
 
-FlowRunError = _files.RunDirError  # A run directory that cannot be used as asked.
-_atomic_write = _files.atomic_write
+FlowRunError = rundir.RunDirError  # A run directory that cannot be used as asked.
+_atomic_write = rundir.atomic_write
 
 
 def _subset(split, limit, seed):
@@ -101,87 +102,84 @@ def _sample_callback(log_dir, n=16):
     return SampleImages()
 
 
+class FlowExperiment(run_lib.Experiment):
+    """`tfimb flow train`'s experiment for the run skeleton: images (subsets for CPU-sized
+    runs), RealNVP with its optimizer, bits/dim; after training, test bits/dim, the weights,
+    samples and the image shape (so that the run rebuilds without its data)."""
+
+    def dump_config(self, cfg):
+        return config_lib.dump_flow(cfg)
+
+    def prepare(self, cfg, run_dir, is_chief):
+        from tfimb import data as data_lib
+
+        self.dataset = data_lib.load(cfg.data, None)
+        self.train_images = _subset(self.dataset.train, cfg.train.max_train_images,
+                                    cfg.train.seed)
+        self.eval_images = _subset(self.dataset.evaluation, cfg.train.max_eval_images,
+                                   cfg.train.seed + 1)
+        if len(self.train_images) // cfg.train.batch_size < 1:
+            raise data_lib.DataError(
+                f"Invalid value for key `train.batch_size`. Expected at most the "
+                f"{len(self.train_images)} training images. Received: {cfg.train.batch_size}")
+
+    def build(self, cfg):
+        self.model = build_compiled_model(cfg, self.train_images.shape[1:])
+        return self.model
+
+    def steps_per_epoch(self, cfg, replicas):
+        return len(self.train_images) // cfg.train.batch_size
+
+    def train_data(self, cfg, epoch, replicas):
+        return pipeline(self.train_images, cfg.train.batch_size, True, cfg.train.seed,
+                        cfg.train.flip, drop_remainder=True, epoch=epoch)
+
+    def eval_data(self, cfg, replicas):
+        return pipeline(self.eval_images, cfg.train.batch_size, False,
+                        drop_remainder=replicas > 1)
+
+    def callbacks(self, cfg, loop, run_dir, is_chief):
+        return [_sample_callback(run_dir / "logs")] if is_chief else []
+
+    def fit_errors(self, error, run_dir):
+        import tensorflow as tf
+
+        if not isinstance(error, tf.errors.InvalidArgumentError) or "RealNVP:" not in str(error):
+            return None
+        message = str(error).split("RealNVP:")[1].split(" : ")[0].split("\n")[0]
+        return FloatingPointError(
+            f"RealNVP training stopped: {message.strip()}. {run_dir} keeps the checkpoint of "
+            "the last completed epoch (resume with --resume after lowering "
+            "train.learning_rate or train.clip_norm).")
+
+    def results(self, cfg, rows, loop):
+        history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
+        return {
+            "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
+                             "test": evaluate_images(self.model, self.eval_images,
+                                                     cfg.train.batch_size)},
+            "num_parameters": int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
+            # What rebuilding the model needs beyond config.yaml: export, sample and
+            # interpolate then never read the dataset.
+            "image_shape": [int(d) for d in self.train_images.shape[1:]],
+            "evaluation_split": "validation" if len(self.dataset.validation) else "test",
+            "evaluation_images": int(len(self.eval_images)),
+        }
+
+    def save(self, cfg, run_dir):
+        tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        os.replace(tmp, run_dir / WEIGHTS)
+        write_grid(self.model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
+
+
 def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     """Train RealNVP per `cfg` into `run_dir`; evaluate; write samples and results.json.
 
-    Trains through `tfimb.loop.TrainingLoop` under every strategy; under several workers only
-    the chief writes. `callbacks`: extra Keras callbacks (after tfimb's own)."""
-    from tfimb import data as data_lib
-    from tfimb import loop as loop_lib
-    from tfimb import train as classifier_train
-
-    classifier_train.configure_devices(cfg.distribute)
-    strategy = classifier_train.make_strategy(cfg.distribute)
-    import keras
-    import tensorflow as tf
-
-    is_chief, _ = loop_lib.worker_role(strategy)
-    run_dir = pathlib.Path(run_dir)
-    _files.prepare_run_dir(run_dir, config_lib.dump_flow(cfg),
-                           classifier_train.resume_mode(cfg.distribute, resume),
-                           writable=is_chief)
-    keras.utils.set_random_seed(cfg.train.seed)
-    dataset = data_lib.load(cfg.data, None)
-    train_images = _subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
-    eval_images = _subset(dataset.evaluation, cfg.train.max_eval_images, cfg.train.seed + 1)
-    image_shape = train_images.shape[1:]
-    batch = cfg.train.batch_size
-    steps = len(train_images) // batch
-    if steps < 1:
-        raise data_lib.DataError(
-            f"Invalid value for key `train.batch_size`. Expected at most the "
-            f"{len(train_images)} training images. Received: {batch}")
-    with strategy.scope():
-        model = build_compiled_model(cfg, image_shape)
-    loop = loop_lib.TrainingLoop(model, strategy, run_dir, cfg.train.steps_per_execution,
-                                 cfg.train.checkpoint_every)
-
-    def train_data(epoch):
-        return pipeline(train_images, batch, True, cfg.train.seed, cfg.train.flip,
-                        drop_remainder=True, epoch=epoch)
-
-    eval_ds = pipeline(eval_images, batch, False,
-                       drop_remainder=strategy.num_replicas_in_sync > 1)
-    own = [_sample_callback(run_dir / "logs")] if is_chief else []
-    if verbose == "auto":
-        verbose = 1 if os.isatty(1) else 2
-    try:
-        rows = loop.fit(train_data, steps, cfg.train.epochs, batch, eval_data=eval_ds,
-                        callbacks=own + list(callbacks), verbose=verbose)
-    except tf.errors.InvalidArgumentError as error:
-        if "RealNVP:" not in str(error):
-            raise
-        message = str(error).split("RealNVP:")[1].split(" : ")[0].split("\n")[0]
-        raise FloatingPointError(
-            f"RealNVP training stopped: {message.strip()}. {run_dir} keeps the checkpoint of "
-            "the last completed epoch (resume with --resume after lowering "
-            "train.learning_rate or train.clip_norm).") from None
-
-    test_bpd = evaluate_images(model, eval_images, batch)
-    history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
-    results = {
-        "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
-                         "test": test_bpd},
-        "epochs_completed": len(history),
-        "train_seconds": loop.train_seconds,
-        "images_per_second": (loop.train_images / loop.train_seconds
-                              if loop.train_seconds else None),
-        "num_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        # What rebuilding the model needs beyond config.yaml: export, sample and interpolate
-        # then never read the dataset.
-        "image_shape": [int(d) for d in image_shape],
-        "evaluation_split": "validation" if len(dataset.validation) else "test",
-        "evaluation_images": int(len(eval_images)),
-        "replicas": strategy.num_replicas_in_sync,
-        "config": cfg.to_dict(),
-    }
-    if is_chief:
-        tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, run_dir / WEIGHTS)
-        write_grid(model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
-        _atomic_write(run_dir / RESULTS, json.dumps(results, indent=1))
-    return results
+    The run skeleton (`tfimb.runtime.run`) with `FlowExperiment`: every strategy trains
+    through `tfimb.runtime.loop.TrainingLoop`; under several workers only the chief writes.
+    `callbacks`: extra Keras callbacks (after tfimb's own)."""
+    return run_lib.run(FlowExperiment(), cfg, run_dir, resume, verbose, callbacks)
 
 
 def evaluate_images(model, images, batch_size, seed=1234):

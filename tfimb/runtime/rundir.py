@@ -1,4 +1,9 @@
-"""Run-directory files shared by `tfimb train`, `tfimb flow train` and `tfimb tune`."""
+"""The run directory: its files, atomic writes and resume rules, shared by every experiment.
+
+A run directory holds `config.yaml` (the resolved config) from its start and `results.json`,
+written atomically, once the run has finished: a finished run is never overwritten, and an
+unfinished one is continued only with `--resume` and the same config.
+"""
 
 import os
 import pathlib
@@ -49,3 +54,10 @@ def prepare_run_dir(run_dir, config_text, resume, writable=True):
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(config_path, config_text)
     return False
+
+
+def resume_mode(distribute, resume):
+    """`resume` for `prepare_run_dir`: multi-worker runs resume an unfinished run of the same
+    config without --resume ("auto"), since a worker that died is restarted with the command
+    that started it."""
+    return "auto" if distribute.strategy == "multi_worker" else resume

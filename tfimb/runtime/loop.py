@@ -1,7 +1,8 @@
 """One training loop for every strategy: one device, several local devices, several hosts.
 
 Keras 3 `fit` fails under `MultiWorkerMirroredStrategy` on TF 2.21 (keras#20585), so `tfimb
-train` and `tfimb flow train` train through this loop whatever the strategy. Each step runs the
+train`, `tfimb flow train` and `tfimb tune`'s trials train through this loop whatever the
+strategy. Each step runs the
 model's own `train_step` (the loss, metrics, loss scaling and gradient all-reduce `fit` would
 use) through `strategy.run`, `steps_per_execution` steps per `tf.function` call; Keras callbacks
 (learning-rate schedule, progress bar, user callbacks) are driven as `fit` drives them.
@@ -34,7 +35,7 @@ import time
 import keras
 import tensorflow as tf
 
-from tfimb import _files
+from tfimb.runtime import rundir
 
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.csv"
@@ -96,7 +97,7 @@ class History:
         writer = csv.DictWriter(out, ["epoch"] + keys, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        _files.atomic_write(self.path, out.getvalue())
+        rundir.atomic_write(self.path, out.getvalue())
 
 
 def _floats(values):
