@@ -166,6 +166,12 @@ def test_search_resumes_after_a_kill_refuses_a_changed_config_and_trains_the_win
     assert json.loads((workdir / "tuner" / "trial_00" / "trial.json").read_text()) == first
     for row in rows:
         assert int(row["epochs"]) == 2 and float(row["seconds"]) > 0
+    # Trials train through tfimb train's loop: each trial's directory has its history, one row
+    # per epoch, and checkpoints.
+    for trial_dir in sorted((workdir / "tuner").glob("trial_*")):
+        history = (trial_dir / "history.csv").read_text().splitlines()
+        assert len(history) == 3 and "val_all_accuracy" in history[0]
+        assert any((trial_dir / "checkpoints").glob("ckpt-*.index"))
 
     best = max(rows, key=lambda r: float(r["val_all_accuracy"]))
     winner = config.load(workdir / "best.yaml")

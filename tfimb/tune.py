@@ -13,8 +13,9 @@ A search config is a training config (see `tfimb.config`) plus a `search` sectio
         beta: [0.9, 0.99, 0.999, 0.9999]   # only for the class-balanced losses
         gamma: [0.5, 1.0, 2.0]             # only for the focal losses
 
-Each trial trains the configured model with `tfimb train`'s step (same data pipeline, SGD,
-weight decay, learning-rate schedule and group metrics) and is scored on a validation split
+Each trial trains the configured model through `tfimb train`'s loop
+(`tfimb.runtime.loop.TrainingLoop`: same data pipeline, SGD, weight decay, learning-rate
+schedule, group metrics and checkpoints, in the trial's directory) and is scored on a validation split
 carved from the training data, the same number of images per class (`data.validation_per_class`),
 so that all-group accuracy means what it means on the balanced test split, which a search never
 touches. A trial's score is its best epoch's objective (keras-tuner's rule). With
@@ -108,19 +109,26 @@ def _hypermodel_class():
     import keras
     import keras_tuner
 
+    from tfimb import data as data_lib
     from tfimb import train
+    from tfimb.runtime import loop as loop_lib
 
     class ImbalanceHyperModel(keras_tuner.HyperModel):
-        """Builds `tfimb train`'s compiled model for the loss, beta and gamma that `hp` picks.
+        """Builds `tfimb train`'s compiled model for the loss, beta and gamma that `hp` picks,
+        and trains it through `tfimb train`'s loop (`tfimb.runtime.loop.TrainingLoop`: the
+        same per-epoch data order and augmentation, learning-rate schedule and checkpoints, in
+        the trial's own directory; a trial killed mid-way continues from its last epoch).
 
         `beta` is active only for the class-balanced losses and `gamma` only for the focal
         ones (keras-tuner conditional scopes on `loss`), so a grid never repeats a loss with
         an argument it ignores.
         """
 
-        def __init__(self, cfg, search, dataset, minority):
+        def __init__(self, cfg, search, dataset, minority, strategy):
             super().__init__(name="imbalance")
             self.cfg, self.search, self.dataset, self.minority = cfg, search, dataset, minority
+            self.strategy = strategy
+            self.trial_dir = None  # Set by the tuner before each trial.
             self._built = {}
 
         def declare(self, hp):
@@ -139,19 +147,41 @@ def _hypermodel_class():
         def build(self, hp):
             cfg = trial_config(self.cfg, self.search, self.declare(hp))
             keras.utils.set_random_seed(cfg.train.seed)
-            _, trainer, loss = train.build_trainer(cfg, self.dataset, self.minority)
+            with self.strategy.scope():
+                _, trainer, loss = train.build_trainer(cfg, self.dataset, self.minority)
             self._built[id(trainer)] = (cfg, loss)
             return trainer
 
-        def fit(self, hp, model, *args, callbacks=(), **kwargs):
+        def fit(self, hp, model, *args, callbacks=(), epochs=1, initial_epoch=0, verbose=2,
+                **kwargs):
+            """Train epochs initial_epoch .. epochs - 1 (Hyperband continues a parent trial's
+            weights, loaded by keras-tuner); returns a `keras.callbacks.History`. A non-finite
+            loss fails the trial (keras-tuner records it as FAILED with this message)."""
             cfg, loss = self._built.pop(id(model))
-            callbacks = list(callbacks) + train.schedule_callbacks(cfg, loss)
+            replicas = self.strategy.num_replicas_in_sync
+            loop = loop_lib.TrainingLoop(model, self.strategy, self.trial_dir,
+                                         cfg.train.steps_per_execution)
+            if initial_epoch and not loop_lib.checkpoint_paths(loop.directory):
+                loop.save(initial_epoch, 0)  # Start from the parent trial's epoch.
+            callbacks = list(callbacks) + train.schedule_callbacks(cfg, loss, loop.retrace)
             if self.search.early_stopping_patience:
                 callbacks.append(keras.callbacks.EarlyStopping(
                     self.search.objective, patience=self.search.early_stopping_patience,
                     mode=self.search.direction))
-            callbacks.append(keras.callbacks.TerminateOnNaN())
-            return model.fit(*args, callbacks=callbacks, **kwargs)
+            batch, n = cfg.train.batch_size, len(self.dataset.train)
+            steps = n // batch if replicas > 1 else -(-n // batch)
+            rows = loop.fit(
+                lambda epoch: data_lib.pipeline(
+                    self.dataset.train, batch, training=True, seed=cfg.data.seed,
+                    augment=cfg.data.augment, drop_remainder=replicas > 1, epoch=epoch),
+                steps, epochs, batch,
+                eval_data=data_lib.pipeline(self.dataset.validation, batch, training=False),
+                callbacks=callbacks, verbose=verbose)
+            history = keras.callbacks.History()
+            keys = sorted({k for row in rows for k in row} - {"epoch", "epoch_seconds"})
+            history.history = {k: [float(row[k]) for row in rows if row.get(k) not in ("", None)]
+                               for k in keys}
+            return history
 
     return ImbalanceHyperModel
 
@@ -198,6 +228,7 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
 
         def run_trial(self, trial, *args, **kwargs):
             start = time.perf_counter()
+            self.hypermodel.trial_dir = pathlib.Path(self.get_trial_dir(trial.trial_id))
             histories = super().run_trial(trial, *args, **kwargs)
             return _summarize(histories, search.objective, search.direction,
                               time.perf_counter() - start)
@@ -207,7 +238,10 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
             if not is_worker():  # Workers' oracles live in the chief, which writes reports.
                 write_reports(workdir, cfg, search)
 
-    hypermodel = _hypermodel_class()(cfg, search, dataset, minority)
+    import tensorflow as tf
+
+    hypermodel = _hypermodel_class()(cfg, search, dataset, minority,
+                                     strategy or tf.distribute.get_strategy())
     return Tuner(hypermodel=hypermodel, **kwargs)
 
 
@@ -371,14 +405,10 @@ def run_search(cfg, search, workdir, verbose="auto"):
         distributed = strategy.num_replicas_in_sync > 1
         tuner = make_tuner(cfg, search, dataset, minority, workdir,
                            strategy if distributed else None)
-        train_ds = data_lib.pipeline(dataset.train, cfg.train.batch_size, training=True,
-                                     seed=cfg.data.seed, augment=cfg.data.augment,
-                                     drop_remainder=distributed)
-        val_ds = data_lib.pipeline(dataset.validation, cfg.train.batch_size, training=False)
         if verbose == "auto":
             verbose = 1 if os.isatty(1) else 2
-        tuner.search(train_ds, validation_data=val_ds, epochs=trial_epochs(cfg, search),
-                     shuffle=False, verbose=verbose)
+        # The hypermodel builds each epoch's data itself (tfimb train's per-epoch order).
+        tuner.search(epochs=trial_epochs(cfg, search), verbose=verbose)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if is_worker():
