@@ -117,7 +117,7 @@ def _hypermodel_class():
         """Builds `tfimb train`'s compiled model for the loss, beta and gamma that `hp` picks,
         and trains it through `tfimb train`'s loop (`tfimb.runtime.loop.TrainingLoop`: the
         same per-epoch data order and augmentation, learning-rate schedule and checkpoints, in
-        the trial's own directory; a trial killed mid-way continues from its last epoch).
+        the trial's own directory).
 
         `beta` is active only for the class-balanced losses and `gamma` only for the focal
         ones (keras-tuner conditional scopes on `loss`), so a grid never repeats a loss with
