@@ -139,3 +139,13 @@ def test_engine_has_no_section_special_cases():
     with pytest.raises(config.ConfigError, match=r"key `loss.drw_beta`"):
         config.resolve({"loss": {"name": "ldam", "drw_epoch": 1, "drw_beta": 1.0},
                         "model": {"head": "cosine"}})
+
+
+def test_loss_options_key_and_empty_variants():
+    with pytest.raises(config.ConfigError, match="Unknown key `loss.options`"):
+        config.resolve({"loss": {"name": "focal", "options": {"gamma": 1.0}}})
+    for empty in ([], None):
+        [(name, cfg)] = config.resolve_variants({"variants": empty, "train": {"epochs": 3}})
+        assert name is None and cfg.train.epochs == 3
+    # Options every loss takes reach trials and best.yaml (the registry lists them).
+    assert config.losses_taking("label_smoothing", ["focal", "ldam"]) == ["focal", "ldam"]

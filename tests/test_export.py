@@ -145,3 +145,17 @@ def test_export_refuses_to_overwrite_and_validates_the_run(tmp_path):
         export.export(tmp_path / "unfinished", output_dir=tmp_path / "saved")
     with pytest.raises(export.ExportError, match="--version"):
         export.export(tmp_path / "flow", version=0, output_dir=tmp_path / "saved")
+
+
+def test_sigmoid_runs_export_per_class_sigmoid_probabilities(tmp_path):
+    model, dataset = _classifier_run(tmp_path / "sig")
+    results = {"accuracy": {"all": 0.1}, "config": {"loss": {"name": "sigmoid_focal"}}}
+    (tmp_path / "sig" / "results.json").write_text(json.dumps(results))
+    path = export.export(tmp_path / "sig", output_dir=tmp_path / "saved")
+    images = dataset.test.images[:4]
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](
+        images=tf.constant(images))
+    logits = model.predict(images.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(out["probabilities"], 1 / (1 + np.exp(-logits)), rtol=1e-4,
+                               atol=1e-6)
+    assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()

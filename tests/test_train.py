@@ -135,3 +135,24 @@ def test_ldam_with_deferred_reweighting(tmp_path):
     assert seen == [None, 0.9999]
     assert np.isfinite(results["accuracy"]["all"])
     assert "DRW from epoch 2" in report.describe(results["config"])
+
+
+def test_sigmoid_losses_leave_the_last_bias_undecayed():
+    cfg = config.resolve({"data": {"source": "digits"}, "imbalance": None,
+                          "model": {"name": "resnet8"},
+                          "loss": {"name": "sigmoid_focal", "gamma": 1.0}})
+    softmax = config.resolve({"data": {"source": "digits"}, "imbalance": None,
+                              "model": {"name": "resnet8"}})
+    images = np.zeros((10, 8, 8, 1), np.uint8)
+    from tfimb import data
+
+    split = data.Split(images, np.arange(10))
+    dataset = data.Dataset(split, data.Split(images[:0], split.labels[:0]), split,
+                           [str(i) for i in range(10)], 10)
+    for c, excluded in ((cfg, ("logits/bias",)), (softmax, ())):
+        _, trainer, _ = train.build_trainer(c, dataset, [1])
+        assert trainer.exclude == excluded
+        kept = [w.path for w in trainer.inner.trainable_weights
+                if not w.path.endswith(trainer.exclude)]
+        assert any(p.endswith("logits/kernel") for p in kept)
+        assert any(p.endswith("logits/bias") for p in kept) == (not excluded)

@@ -94,7 +94,10 @@ def config_keys(name: str) -> tuple[str, ...]:
 def takes(name: str, parameter: str, required: bool = False) -> bool:
     """Whether loss `name` takes `parameter` (as a required argument, if `required`)."""
     entry = BY_NAME[name]
-    return parameter in entry.required or (not required and parameter in entry.options)
+    optional = entry.options + COMMON_OPTIONS
+    return parameter in entry.required or (not required and parameter in optional)
+
+
 WEIGHTED: tuple[str, ...] = tuple(e.name for e in LOSSES if e.weighted)
 # Losses of one-vs-all sigmoids: the classifier's last bias starts at -log(C - 1) (Cui et al.).
 SIGMOID: tuple[str, ...] = tuple(e.name for e in LOSSES if e.activation == "sigmoid")

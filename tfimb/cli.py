@@ -73,7 +73,7 @@ def _train(args):
         print(f"== {run_dir}", flush=True)
         try:
             results = train.run(cfg, run_dir, resume=args.resume)
-        except train.RunDirError as error:
+        except (train.RunDirError, train.data_lib.DataError, FloatingPointError) as error:
             raise SystemExit(f"tfimb: {error}") from None
         finished.append({"dir": run_dir, "results": results})
     print(report.table(finished))
@@ -127,7 +127,7 @@ def _flow_train(args):
         return _launch_local_workers(args, ["flow", "train"], workdir)
     try:
         results = flow_train.run(cfg, workdir, resume=args.resume)
-    except (flow_train.FlowRunError, FloatingPointError) as error:
+    except (flow_train.FlowRunError, flow_train.DataError, FloatingPointError) as error:
         raise SystemExit(f"tfimb: {error}") from None
     bpd = results["bits_per_dim"]
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "

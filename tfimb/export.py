@@ -74,11 +74,20 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
         class_names = json.load(f)["class_names"]
     height, width, channels = model.input_shape[1:]
     names = tf.constant(class_names)
+    # Per-class probabilities as the run's loss defines them: one-vs-all sigmoids for the
+    # sigmoid losses, a softmax otherwise.
+    from tfimb import catalog
+
+    results = json.loads((run_dir / "results.json").read_text())
+    loss_name = results.get("config", {}).get("loss", {}).get("name")
+    entry = catalog.BY_NAME.get(loss_name)
+    probabilities = (tf.math.sigmoid if entry is not None and entry.activation == "sigmoid"
+                     else tf.nn.softmax)
 
     def predict(images):
         logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
         class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
-        return {"probabilities": tf.nn.softmax(logits), "class_ids": class_ids,
+        return {"probabilities": probabilities(logits), "class_ids": class_ids,
                 "class_names": tf.gather(names, class_ids)}
 
     def decode(data):

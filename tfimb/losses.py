@@ -899,7 +899,9 @@ class SigmoidCrossEntropy(_ImbalanceLoss):
     Args:
         from_logits: whether `y_pred` are logits (default `True`) or per-class probabilities.
         label_smoothing: float in [0, 1); targets become `y (1 - e) + e / 2` (Keras' binary
-            rule).
+            rule). The focal modulator then uses Cui et al.'s form with the smoothed target
+            q, `exp(-gamma (q z + softplus(-z)))`, which equals `(1 - p_t)^gamma` for hard
+            targets only (Keras' `BinaryFocalCrossentropy` interpolates p_t instead).
         reduction, name, dtype: as in `SoftmaxCrossEntropy`.
 
     Example:

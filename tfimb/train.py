@@ -77,24 +77,28 @@ def save_model(model, path):
 
 
 class WeightDecayModel(keras.Model):
-    """Wraps a model so that its training loss includes `decay / 2 * ||w||^2` on every weight."""
+    """Wraps a model so that its training loss includes `decay / 2 * ||w||^2` on every weight
+    (but those whose path ends with one of `exclude`)."""
 
-    def __init__(self, inner, decay):
+    def __init__(self, inner, decay, exclude=()):
         super().__init__(name=inner.name)
         self.inner = inner
         self.decay = decay
+        self.exclude = tuple(exclude)
 
     def call(self, inputs, training=False):
         if training and self.decay:
             penalty = sum(keras.ops.sum(keras.ops.square(keras.ops.cast(w, "float32")))
-                          for w in self.inner.trainable_weights)
+                          for w in self.inner.trainable_weights
+                          if not w.path.endswith(self.exclude))
             self.add_loss(0.5 * self.decay * penalty)
         return self.inner(inputs, training=training)
 
 
-def regularized(model, weight_decay):
-    """Wrap the model so that its loss includes the coupled L2 penalty on every weight."""
-    return WeightDecayModel(model, weight_decay)
+def regularized(model, weight_decay, exclude=()):
+    """Wrap the model so that its loss includes the coupled L2 penalty on every weight (but
+    those whose path ends with one of `exclude`)."""
+    return WeightDecayModel(model, weight_decay, exclude)
 
 
 def make_loss(cfg, counts):
@@ -113,7 +117,9 @@ def build_trainer(cfg, dataset, minority):
     metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)), name="all_accuracy")]
     if minority:
         metrics = metrics_lib.group_accuracies(minority, dataset.num_classes)
-    trainer = regularized(model, cfg.train.weight_decay)
+    # Cui et al. leave the sigmoid classifier's last bias (started at -log(C - 1)) undecayed.
+    exclude = ("logits/bias",) if cfg.loss.name in catalog.SIGMOID else ()
+    trainer = regularized(model, cfg.train.weight_decay, exclude)
     trainer(np.zeros((1,) + dataset.train.images.shape[1:], np.float32))  # Build.
     trainer.compile(
         optimizer=keras.optimizers.SGD(learning_rate(0, cfg), momentum=cfg.train.momentum),
@@ -214,6 +220,18 @@ def predict(model, dataset):
     return np.concatenate([step(x).numpy() for x, _ in dataset])
 
 
+def steps_per_epoch(n, batch, replicas):
+    """Training steps per epoch of n images: under several replicas the last partial batch is
+    dropped (a remainder smaller than the replica count would leave a replica an empty batch)."""
+    steps = n // batch if replicas > 1 else -(-n // batch)
+    if steps < 1:
+        raise data_lib.DataError(
+            f"Invalid value for key `train.batch_size`. Expected at most the {n} training "
+            f"images under {replicas} replicas (which drop the last partial batch). "
+            f"Received: {batch}")
+    return steps
+
+
 class ClassifierExperiment(run_lib.Experiment):
     """`tfimb train`'s experiment for the run skeleton: data with its imbalance, the
     normalising ResNet with coupled weight decay, the configured loss and group metrics; after
@@ -242,16 +260,7 @@ class ClassifierExperiment(run_lib.Experiment):
         return trainer
 
     def steps_per_epoch(self, cfg, replicas):
-        # Under several replicas the last partial batch is dropped (a remainder smaller than
-        # the replica count would leave a replica an empty batch).
-        n, batch = len(self.dataset.train), cfg.train.batch_size
-        steps = n // batch if replicas > 1 else -(-n // batch)
-        if steps < 1:
-            raise data_lib.DataError(
-                f"Invalid value for key `train.batch_size`. Expected at most the {n} training "
-                f"images under {replicas} replicas (which drop the last partial batch). "
-                f"Received: {batch}")
-        return steps
+        return steps_per_epoch(len(self.dataset.train), cfg.train.batch_size, replicas)
 
     def train_data(self, cfg, epoch, replicas):
         return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,

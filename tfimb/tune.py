@@ -15,10 +15,11 @@ A search config is a training config (see `tfimb.config`) plus a `search` sectio
 
 Each trial trains the configured model through `tfimb train`'s loop
 (`tfimb.runtime.loop.TrainingLoop`: same data pipeline, SGD, weight decay, learning-rate
-schedule, group metrics and checkpoints, in the trial's directory) and is scored on a validation split
-carved from the training data, the same number of images per class (`data.validation_per_class`),
-so that all-group accuracy means what it means on the balanced test split, which a search never
-touches. A trial's score is its best epoch's objective (keras-tuner's rule). With
+schedule, group metrics and checkpoints, in the trial's directory; the checkpoints are removed
+when the trial ends) and is scored on a validation split carved from the training data, the
+same number of images per class (`data.validation_per_class`), so that all-group accuracy means
+what it means on the balanced test split, which a search never touches. A trial whose loss
+turns non-finite fails (FAILED in trials.csv) and the search goes on. A trial's score is its best epoch's objective (keras-tuner's rule). With
 `epochs_per_trial` below `train.epochs`, the learning-rate steps keep their fractions of training.
 
 The work directory holds the tuner's own state (`tuner/`; the same command again resumes the
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import time
 
 import yaml
@@ -160,7 +162,7 @@ def _hypermodel_class():
             cfg, loss = self._built.pop(id(model))
             replicas = self.strategy.num_replicas_in_sync
             loop = loop_lib.TrainingLoop(model, self.strategy, self.trial_dir,
-                                         cfg.train.steps_per_execution)
+                                         cfg.train.steps_per_execution, keep=1)
             if initial_epoch and not loop_lib.checkpoint_paths(loop.directory):
                 loop.save(initial_epoch, 0)  # Start from the parent trial's epoch.
             callbacks = list(callbacks) + train.schedule_callbacks(cfg, loss, loop.retrace)
@@ -168,8 +170,8 @@ def _hypermodel_class():
                 callbacks.append(keras.callbacks.EarlyStopping(
                     self.search.objective, patience=self.search.early_stopping_patience,
                     mode=self.search.direction))
-            batch, n = cfg.train.batch_size, len(self.dataset.train)
-            steps = n // batch if replicas > 1 else -(-n // batch)
+            batch = cfg.train.batch_size
+            steps = train.steps_per_epoch(len(self.dataset.train), batch, replicas)
             rows = loop.fit(
                 lambda epoch: data_lib.pipeline(
                     self.dataset.train, batch, training=True, seed=cfg.data.seed,
@@ -204,10 +206,15 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
     """The keras-tuner tuner of `search.algorithm`, resuming any search found in `workdir`."""
     import keras_tuner
 
+    from tfimb.runtime import loop as loop_lib
+
     base = getattr(keras_tuner, ALGORITHM_CLASSES[search.algorithm])
     objective = keras_tuner.Objective(search.objective, search.direction)
     kwargs = dict(objective=objective, seed=search.seed, directory=str(workdir),
                   project_name=PROJECT, overwrite=False, distribution_strategy=strategy)
+    # A trial whose loss turns non-finite fails (FAILED in trials.csv); any number of them may
+    # occur in a row (a grid walks one loss's betas in turn), so they never end the search.
+    kwargs.update(max_consecutive_failed_trials=None)
     if search.algorithm == "hyperband":
         kwargs.update(max_epochs=trial_epochs(cfg, search), factor=3)
     else:
@@ -230,6 +237,9 @@ def make_tuner(cfg, search, dataset, minority, workdir, strategy=None):
             start = time.perf_counter()
             self.hypermodel.trial_dir = pathlib.Path(self.get_trial_dir(trial.trial_id))
             histories = super().run_trial(trial, *args, **kwargs)
+            # A finished trial needs no checkpoint to resume from (keras-tuner keeps its best
+            # epoch's weights itself): free the disk a search of many trials would fill.
+            shutil.rmtree(self.hypermodel.trial_dir / loop_lib.CHECKPOINTS, ignore_errors=True)
             return _summarize(histories, search.objective, search.direction,
                               time.perf_counter() - start)
 

@@ -23,6 +23,7 @@ import typing
 
 from tfimb import _checks, catalog
 from tfimb.config import engine
+from tfimb.config.engine import ConfigError
 from tfimb.config.common import DataConfig, DistributeConfig
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -51,22 +52,21 @@ class ImbalanceConfig:
     def validate(self):
         by_group = self.minority is not None or self.minority_count is not None
         if by_group and self.long_tail_factor is not None:
-            raise engine.ConfigError("Invalid value for section `imbalance`. Expected either "
+            raise ConfigError("Invalid value for section `imbalance`. Expected either "
                               "{minority, minority_count, majority_count} or {long_tail_factor}, "
                               f"not both. Received: imbalance={dataclasses.asdict(self)}")
         if self.long_tail_factor is not None:
             if not self.long_tail_factor >= 1:
-                raise engine.ConfigError("Invalid value for key `imbalance.long_tail_factor`. Expected "
+                raise ConfigError("Invalid value for key `imbalance.long_tail_factor`. Expected "
                                   "a number >= 1 (n_max / n_min). Received: "
                                   f"imbalance.long_tail_factor={self.long_tail_factor!r}")
         elif self.minority is None or self.minority_count is None:
             if self.majority_count is None:
-                raise engine.ConfigError("Invalid value for section `imbalance`. Expected minority and "
+                raise ConfigError("Invalid value for section `imbalance`. Expected minority and "
                                   "minority_count, or majority_count, or long_tail_factor, or "
                                   f"imbalance: null. Received: imbalance={dataclasses.asdict(self)}")
         if self.minority is not None:
-            engine.check("imbalance.minority", _checks.check_classes, "imbalance.minority",
-                         self.minority)
+            engine.check(_checks.check_classes, "imbalance.minority", self.minority)
         for key in ("minority_count", "majority_count"):
             if getattr(self, key) is not None:
                 engine.at_least(f"imbalance.{key}", getattr(self, key), 1)
@@ -101,7 +101,7 @@ class LossConfig:
         valid = sorted(catalog.config_keys(self.name))
         for key in self.options:
             if key not in valid:
-                raise engine.ConfigError(
+                raise ConfigError(
                     f"Unknown key `loss.{key}` for loss {self.name!r}. Valid keys: "
                     f"{', '.join(['name', 'drw_epoch', 'drw_beta'] + valid)}")
         if self.drw_epoch is not None:
@@ -134,19 +134,19 @@ class TrainConfig:
         if self.checkpoint_every is not None:
             engine.at_least("train.checkpoint_every", self.checkpoint_every, 1)
         if len(self.lr_values) != len(self.lr_boundaries) + 1:
-            raise engine.ConfigError("Invalid value for key `train.lr_values`. Expected one more value "
+            raise ConfigError("Invalid value for key `train.lr_values`. Expected one more value "
                               f"than train.lr_boundaries ({len(self.lr_boundaries)}). Received: "
                               f"train.lr_values={self.lr_values}")
         if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or \
                 any(b < 1 for b in self.lr_boundaries):
-            raise engine.ConfigError("Invalid value for key `train.lr_boundaries`. Expected increasing "
+            raise ConfigError("Invalid value for key `train.lr_boundaries`. Expected increasing "
                               "epochs >= 1. Received: "
                               f"train.lr_boundaries={self.lr_boundaries}")
         if not 0 <= self.momentum < 1:
-            raise engine.ConfigError("Invalid value for key `train.momentum`. Expected 0 <= momentum "
+            raise ConfigError("Invalid value for key `train.momentum`. Expected 0 <= momentum "
                               f"< 1. Received: train.momentum={self.momentum}")
         if self.weight_decay < 0 or any(v < 0 for v in self.lr_values):
-            raise engine.ConfigError("Invalid value for keys `train.weight_decay` / `train.lr_values`. "
+            raise ConfigError("Invalid value for keys `train.weight_decay` / `train.lr_values`. "
                               "Expected non-negative numbers. Received: "
                               f"weight_decay={self.weight_decay}, lr_values={self.lr_values}")
 
@@ -165,8 +165,7 @@ class EvaluationConfig:
 
     def validate(self):
         if self.minority is not None:
-            engine.check("evaluation.minority", _checks.check_classes, "evaluation.minority",
-                         self.minority)
+            engine.check(_checks.check_classes, "evaluation.minority", self.minority)
         engine.at_least("evaluation.interval", self.interval, 1)
         if self.every_epoch_from is not None:
             engine.at_least("evaluation.every_epoch_from", self.every_epoch_from, 0)
@@ -196,15 +195,15 @@ class ExperimentConfig:
                 section.validate()
         engine.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         if self.loss.name == "ldam" and self.model.head != "cosine":
-            raise engine.ConfigError("Invalid value for key `model.head`. Expected 'cosine' with the "
+            raise ConfigError("Invalid value for key `model.head`. Expected 'cosine' with the "
                               "ldam loss (LDAM's margins and scale assume cosine logits). "
                               f"Received: model.head={self.model.head!r}")
         if self.loss.drw_epoch is not None and self.loss.name != "ldam":
-            raise engine.ConfigError("Invalid value for key `loss.drw_epoch`. Expected it only with "
+            raise ConfigError("Invalid value for key `loss.drw_epoch`. Expected it only with "
                               "the ldam loss (deferred re-weighting of LDAM-DRW). Received: "
                               f"loss.drw_epoch={self.loss.drw_epoch} with loss {self.loss.name!r}")
         if self.loss.drw_epoch is not None and self.loss.drw_epoch >= self.train.epochs:
-            raise engine.ConfigError("Invalid value for key `loss.drw_epoch`. Expected an epoch below "
+            raise ConfigError("Invalid value for key `loss.drw_epoch`. Expected an epoch below "
                               f"train.epochs={self.train.epochs}. Received: "
                               f"loss.drw_epoch={self.loss.drw_epoch}")
         return self
@@ -250,6 +249,6 @@ def load(path=None, overrides=()):
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
         if not isinstance(raw, dict):
-            raise engine.ConfigError(f"Invalid config file {path}: expected a mapping of "
+            raise ConfigError(f"Invalid config file {path}: expected a mapping of "
                                      "sections.")
     return resolve(raw, overrides)

@@ -7,6 +7,7 @@ import os
 import typing
 
 from tfimb.config import engine
+from tfimb.config.engine import ConfigError
 
 DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
 
@@ -36,10 +37,9 @@ class DataConfig:
     def validate(self):
         engine.one_of("data.source", self.source, ("tfds", "folder", "digits", "auto"))
         if self.source == "folder" and not self.dir:
-            raise engine.ConfigError("Invalid value for key `data.dir`. Expected the folder root "
+            raise ConfigError("Invalid value for key `data.dir`. Expected the folder root "
                               "when data.source is 'folder'. Received: data.dir=None")
         engine.at_least("data.validation_per_class", self.validation_per_class, 0)
-
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -58,5 +58,5 @@ class DistributeConfig:
         engine.one_of("distribute.strategy", self.strategy, STRATEGIES)
         engine.at_least("distribute.num_cpu_devices", self.num_cpu_devices, 1)
         if not isinstance(self.sync_batch_norm, bool):
-            raise engine.ConfigError("Invalid value for key `distribute.sync_batch_norm`. Expected true "
+            raise ConfigError("Invalid value for key `distribute.sync_batch_norm`. Expected true "
                               f"or false. Received: {self.sync_batch_norm!r}")

@@ -21,9 +21,6 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from tfimb import _checks
-
-
 class ConfigError(ValueError):
     """A config that cannot be used, with the offending key and what is valid."""
 
@@ -32,9 +29,10 @@ class ConfigError(ValueError):
 # Checks: the library's, naming a config key.
 
 
-def check(key: str, check_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a `tfimb._checks` function on a config value; its error as a ConfigError naming the
-    key (`check("loss.beta", _checks.check_beta, 1.0)`)."""
+def check(check_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a `tfimb._checks` function on a config value, passing the key as its argument name;
+    its error as a ConfigError naming the key
+    (`check(_checks.check_classes, "evaluation.minority", [1, 4])`)."""
     try:
         return check_fn(*args, **kwargs)
     except ValueError as error:
@@ -107,9 +105,9 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     extra = getattr(cls, "EXTRA_KEYS", None)
     raw = dict(raw)
-    if extra:  # Keys beside the fields are gathered into the `extra` dict field.
+    if extra:  # Keys beside the fields (and a literal `extra` key) go into the `extra` field.
         raw = {**{k: v for k, v in raw.items() if k in fields and k != extra},
-               extra: {k: v for k, v in raw.items() if k not in fields}}
+               extra: {k: v for k, v in raw.items() if k not in fields or k == extra}}
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
@@ -158,8 +156,10 @@ def expand_variants(raw: Any, cls: Any = None) -> list[tuple[str | None, dict]]:
     """A config with `variants: [{name: ..., <keys>}, ...]` -> one (name, config) per variant,
     each the shared keys merged with the variant's (by `cls`'s rules, when given); without
     variants, [(None, raw)]."""
-    if not isinstance(raw, dict) or not raw.get("variants"):
+    if not isinstance(raw, dict) or "variants" not in raw:
         return [(None, raw)]
+    if not raw["variants"]:  # `variants: []` or null: the config itself.
+        return [(None, {k: v for k, v in raw.items() if k != "variants"})]
     raw = dict(raw)
     variants = raw.pop("variants")
     if not isinstance(variants, list):

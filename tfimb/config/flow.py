@@ -6,6 +6,7 @@ import dataclasses
 import typing
 
 from tfimb.config import engine
+from tfimb.config.engine import ConfigError
 from tfimb.config.common import DataConfig, DistributeConfig
 
 
@@ -22,10 +23,10 @@ class FlowModelConfig:
         for key in ("num_scales", "num_blocks", "num_filters"):
             engine.at_least(f"model.{key}", getattr(self, key), 1)
         if not 0 <= self.momentum < 1:
-            raise engine.ConfigError("Invalid value for key `model.momentum`. Expected 0 <= momentum "
+            raise ConfigError("Invalid value for key `model.momentum`. Expected 0 <= momentum "
                               f"< 1. Received: model.momentum={self.momentum}")
         if not 0 < self.alpha < 0.5 or not self.epsilon > 0:
-            raise engine.ConfigError("Invalid value for keys `model.alpha` / `model.epsilon`. Expected "
+            raise ConfigError("Invalid value for keys `model.alpha` / `model.epsilon`. Expected "
                               "0 < alpha < 0.5 and epsilon > 0. Received: "
                               f"alpha={self.alpha}, epsilon={self.epsilon}")
 
@@ -55,10 +56,10 @@ class FlowTrainConfig:
                 engine.at_least(f"train.{key}", getattr(self, key), 2)
         for key in ("learning_rate", "clip_norm"):
             if not getattr(self, key) > 0:
-                raise engine.ConfigError(f"Invalid value for key `train.{key}`. Expected a number > 0. "
+                raise ConfigError(f"Invalid value for key `train.{key}`. Expected a number > 0. "
                                   f"Received: train.{key}={getattr(self, key)}")
         if self.l2 < 0:
-            raise engine.ConfigError("Invalid value for key `train.l2`. Expected a number >= 0. "
+            raise ConfigError("Invalid value for key `train.l2`. Expected a number >= 0. "
                               f"Received: train.l2={self.l2}")
 
 

@@ -7,6 +7,7 @@ import typing
 
 from tfimb import _checks, catalog
 from tfimb.config import engine
+from tfimb.config.engine import ConfigError
 from tfimb.config.classify import resolve
 
 SEARCH_ALGORITHMS = ("grid", "random", "bayesian", "hyperband")
@@ -42,7 +43,7 @@ class SearchSpaceConfig:
         for key in ("loss", "beta", "gamma"):
             values = getattr(self, key)
             if not values or len(set(values)) != len(values):
-                raise engine.ConfigError(f"Invalid value for key `search.space.{key}`. Expected a "
+                raise ConfigError(f"Invalid value for key `search.space.{key}`. Expected a "
                                   "non-empty list of distinct values. Received: "
                                   f"search.space.{key}={values!r}")
         names = catalog.NAMES
@@ -68,7 +69,7 @@ class SearchConfig:
         engine.one_of("search.algorithm", self.algorithm, SEARCH_ALGORITHMS)
         if not (isinstance(self.objective, str) and self.objective.startswith("val_")
                 and self.objective.endswith(("accuracy", "loss"))):
-            raise engine.ConfigError("Invalid value for key `search.objective`. Expected a validation "
+            raise ConfigError("Invalid value for key `search.objective`. Expected a validation "
                               "metric: 'val_' + an accuracy (maximised) or a loss (minimised), "
                               "e.g. val_all_accuracy. Received: "
                               f"search.objective={self.objective!r}")
@@ -93,11 +94,11 @@ def resolve_search(raw, overrides=()):
     `--set search.max_trials=4` reaches the search section; every other key the training config.
     """
     if not isinstance(raw, dict):
-        raise engine.ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
+        raise ConfigError(f"Invalid config: expected a mapping of sections. Received: {raw!r}")
     raw = dict(raw)
     search = raw.pop("search", None)
     if search is None:
-        raise engine.ConfigError("Missing section `search` in a search config (algorithm, objective, "
+        raise ConfigError("Missing section `search` in a search config (algorithm, objective, "
                           "max_trials, epochs_per_trial, early_stopping_patience, seed, space).")
     search = engine.merge(SearchConfig().to_dict(), search if isinstance(search, dict) else
                    engine.build(SearchConfig, search, "search"))

@@ -18,8 +18,11 @@ a list of them; `RealNVP` computes its densities, latents and samples that way, 
 depends on TFP's bijector cache (which is keyed by tensor identity and shared between instances
 of equal parameters, and could return a result computed before the weights changed). The TFP
 methods (`forward`, `inverse`, `inverse_log_det_jacobian`) compute from the same two methods,
-and `tfb.Chain` composes them for users. Under `validate_args=True` each bijector asserts what
-its math needs (finite scales and shifts, positive variances, even image sizes).
+and `tfb.Chain` composes them for users. (Through TFP, `log_prob` calls `inverse` and the
+log-det separately, so each network runs twice and a training-mode batch norm records its
+statistics twice, with equal values: use the walk where speed matters.) Under
+`validate_args=True` each bijector asserts what its math needs (finite scales and shifts,
+positive variances, even image sizes).
 """
 
 import numpy as np

@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from tfimb import config as config_lib
+from tfimb import data as data_lib
 from tfimb.runtime import rundir
 from tfimb.runtime import run as run_lib
 
@@ -28,6 +29,7 @@ WEIGHTS = "model.weights.h5"
 
 
 FlowRunError = rundir.RunDirError  # A run directory that cannot be used as asked.
+DataError = data_lib.DataError  # Data that cannot be used (missing folder, tfds failure...).
 _atomic_write = rundir.atomic_write
 
 

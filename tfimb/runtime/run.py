@@ -1,5 +1,6 @@
-"""One run skeleton for every experiment: `tfimb train`, `tfimb flow train` and each trial of
-`tfimb tune` run through `run(experiment, cfg, run_dir)`.
+"""One run skeleton for every experiment: `tfimb train` and `tfimb flow train` run through
+`run(experiment, cfg, run_dir)`. (Each trial of `tfimb tune` trains through the same
+`TrainingLoop`, inside keras-tuner's trial, which owns its directory and records.)
 
 The skeleton owns what every run shares: devices, strategy and precision; the worker role
 (only the chief writes); the run directory and its resume rules; the seeds; the training loop
