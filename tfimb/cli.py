@@ -1,13 +1,15 @@
 """The `tfimb` command line. Subcommands import TensorFlow only when they need it."""
 
 import argparse
+import contextlib
+import os
 import pathlib
 import sys
 
 import numpy as np
 
 import tfimb
-from tfimb import catalog
+from tfimb import catalog, errors
 
 PACKAGED_CONFIGS = pathlib.Path(__file__).parent / "configs"
 
@@ -43,16 +45,21 @@ def resolve_config_path(name):
     if packaged.is_file():
         return packaged
     shipped = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
-    raise SystemExit(f"tfimb: config not found: {name!r} is neither a file nor one of the "
-                     f"configs shipped with tfimb ({', '.join(shipped)}).")
+    raise errors.UsageError(f"config not found: {name!r} is neither a file nor one of the "
+                            f"configs shipped with tfimb ({', '.join(shipped)}).")
 
 
 def _load_yaml_config(name):
     import yaml
 
     path = resolve_config_path(name)
-    with open(path) as f:
-        return path, yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            return path, yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:  # Syntax, or a tag the safe loader refuses (!!python/...).
+        problem = " ".join(str(error).split())
+        raise errors.UsageError(f"{path}: not a YAML config the safe loader reads ({problem}); "
+                                "configs hold plain YAML values only.") from None
 
 
 def _train(args):
@@ -65,16 +72,13 @@ def _train(args):
         jobs = [(cfg, workdir / name if name else workdir)
                 for name, cfg in config_lib.resolve_variants(raw, args.set)]
     except config_lib.ConfigError as error:
-        raise SystemExit(f"tfimb: {path}: {error}") from None
+        raise config_lib.ConfigError(f"{path}: {error}") from None
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
     finished = []
     for cfg, run_dir in jobs:
         print(f"== {run_dir}", flush=True)
-        try:
-            results = train.run(cfg, run_dir, resume=args.resume)
-        except (train.RunDirError, train.data_lib.DataError, FloatingPointError) as error:
-            raise SystemExit(f"tfimb: {error}") from None
+        results = train.run(cfg, run_dir, resume=args.resume)
         finished.append({"dir": run_dir, "results": results})
     print(report.table(finished))
     return 0
@@ -82,33 +86,28 @@ def _train(args):
 
 def _tune(args):
     from tfimb import config as config_lib
-    from tfimb import distributed_search, report, train, tune
+    from tfimb import distributed_search, report, tune
 
     path, raw = _load_yaml_config(args.config)
     try:
         cfg, search = config_lib.resolve_search(raw, args.set)
     except config_lib.ConfigError as error:
-        raise SystemExit(f"tfimb: {path}: {error}") from None
+        raise config_lib.ConfigError(f"{path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
-    try:
-        if args.local_workers is not None:
-            best = distributed_search.run_local(args, workdir, cfg, search)
-        else:
-            distributed_search.set_environment(args.chief, args.worker, args.worker_id)
-            best = tune.run_search(cfg, search, workdir)
-            if tune.is_worker():
-                return 0
-    except (config_lib.ConfigError, tune.SearchError, distributed_search.LaunchError) as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    if args.local_workers is not None:
+        best = distributed_search.run_local(args, workdir, cfg, search)
+    else:
+        distributed_search.set_environment(args.chief, args.worker, args.worker_id)
+        best = tune.run_search(cfg, search, workdir)
+        if tune.is_worker():
+            return 0
     if best is None:
-        raise SystemExit(f"tfimb: no trial completed in {workdir}; see {workdir / 'trials.csv'}.")
+        raise tune.SearchError(f"no trial completed in {workdir}; see "
+                               f"{workdir / 'trials.csv'}.")
     print((workdir / "results.md").read_text())
     print(f"best config: {workdir / 'best.yaml'}")
     if args.final:
-        try:
-            tune.final(workdir)
-        except (tune.SearchError, train.RunDirError) as error:
-            raise SystemExit(f"tfimb: {error}") from None
+        tune.final(workdir)
         print(report.table([report.load_run(workdir / "final")]))
     return 0
 
@@ -121,14 +120,11 @@ def _flow_train(args):
     try:
         cfg = config_lib.resolve_flow(raw, args.set)
     except config_lib.ConfigError as error:
-        raise SystemExit(f"tfimb: {path}: {error}") from None
+        raise config_lib.ConfigError(f"{path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
     if args.local_workers is not None:
         return _launch_local_workers(args, ["flow", "train"], workdir)
-    try:
-        results = flow_train.run(cfg, workdir, resume=args.resume)
-    except (flow_train.FlowRunError, flow_train.DataError, FloatingPointError) as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    results = flow_train.run(cfg, workdir, resume=args.resume)
     bpd = results["bits_per_dim"]
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "
           f"{bpd['test']:.4f} after {results['epochs_completed']} epochs; samples: "
@@ -146,20 +142,14 @@ def _launch_local_workers(args, command, workdir):
     argv += ["--set", "distribute.strategy=multi_worker"]
     if args.resume:
         argv.append("--resume")
-    try:
-        launch.run_local_workers(argv, args.local_workers, workdir / "workers")
-    except launch.LaunchError as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    launch.run_local_workers(argv, args.local_workers, workdir / "workers")
     return 0
 
 
 def _load_flow(run_dir):
     from tfimb.flows import train as flow_train
 
-    try:
-        return flow_train.load_run(run_dir)
-    except flow_train.FlowRunError as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    return flow_train.load_run(run_dir)
 
 
 def _flow_evaluate(args):
@@ -179,8 +169,8 @@ def _flow_sample(args):
     _, model = _load_flow(args.run_dir)
     try:
         images = model.sample(args.n, args.temperature, seed=args.seed).numpy()
-    except ValueError as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    except ValueError as error:  # n or temperature out of range: a usage error.
+        raise errors.UsageError(str(error)) from None
     output = args.output or pathlib.Path(args.run_dir) / f"samples_T{args.temperature}.png"
     print(f"{args.n} samples written to {flow_train.write_grid(images, output)}")
     return 0
@@ -215,11 +205,8 @@ def _flow_two_moons(args):
 def _export(args):
     from tfimb import export
 
-    try:
-        path = export.export(args.run_dir, name=args.name, version=args.version,
-                             output_dir=args.output_dir, overwrite=args.overwrite)
-    except export.ExportError as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    path = export.export(args.run_dir, name=args.name, version=args.version,
+                         output_dir=args.output_dir, overwrite=args.overwrite)
     print(f"SavedModel written to {path} ({export.run_kind(args.run_dir)}); signatures: "
           "saved_model_cli show --all --dir " + str(path))
     return 0
@@ -230,8 +217,8 @@ def _report(args):
 
     try:
         print(report.report(args.run_dirs, args.output))
-    except FileNotFoundError as error:
-        raise SystemExit(f"tfimb: {error}") from None
+    except FileNotFoundError as error:  # A run that has not finished.
+        raise errors.TfimbError(str(error)) from None
     print(f"\nplots and table.md written to {args.output}")
     return 0
 
@@ -254,6 +241,9 @@ def build_parser():
         prog="tfimb",
         description="Class-imbalance losses and RealNVP density models for TensorFlow/Keras.")
     parser.add_argument("--version", action="version", version=f"tfimb {tfimb.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an anticipated error, and TensorFlow's "
+                             "start-up log lines (also TFIMB_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     losses = commands.add_parser("losses", help="list the losses with their formulas")
@@ -347,13 +337,52 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null (C++ libraries write there directly), then restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _load_tensorflow_quietly():
+    """Import TensorFlow and look for devices with its C++ start-up lines (CUDA stubs, cuInit
+    on a CPU machine, CPU feature notes) silenced: they look like errors and are not. Python
+    errors still surface (after stderr is restored). Skipped with --debug, or when the user set
+    TF_CPP_MIN_LOG_LEVEL."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    with _stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    debug = args.debug or os.environ.get("TFIMB_DEBUG", "") not in ("", "0")
+    try:
+        if not debug and args.handler is not _losses:
+            _load_tensorflow_quietly()
+        return args.handler(args)
+    except (errors.TfimbError, FloatingPointError) as error:
+        # Anticipated: one line naming what and where. Unanticipated errors keep their
+        # traceback.
+        if debug:
+            raise
+        print(f"tfimb: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 1)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ import pathlib
 import numpy as np
 
 from tfimb import _checks
+from tfimb.errors import TfimbError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class DataError(ValueError):
+class DataError(TfimbError, ValueError):
     """Data that cannot be used: a missing folder, an empty class, an unreadable image..."""
 
 

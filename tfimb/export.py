@@ -27,6 +27,8 @@ import pathlib
 import shutil
 import tempfile
 
+from tfimb.errors import TfimbError
+
 # Names for the annotations only (`from __future__ import annotations` keeps them unevaluated):
 # type checkers read this block, and at run time this module imports neither `typing`, NumPy nor
 # Keras before an export is asked for.
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from tfimb._checks import PathLike
 
 
-class ExportError(RuntimeError):
+class ExportError(TfimbError, RuntimeError):
     """A run directory that cannot be exported, or a version that exists."""
 
 

@@ -41,6 +41,7 @@ import time
 
 import yaml
 
+from tfimb.errors import TfimbError
 from tfimb.runtime import devices, rundir
 from tfimb import config as config_lib
 
@@ -50,7 +51,7 @@ ALGORITHM_CLASSES = {"grid": "GridSearch", "random": "RandomSearch",
                      "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
 
 
-class SearchError(RuntimeError):
+class SearchError(TfimbError, RuntimeError):
     """A search that cannot run as asked (a changed config on resume, no usable objective)."""
 
 

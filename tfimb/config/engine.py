@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-class ConfigError(ValueError):
+from tfimb.errors import UsageError
+
+class ConfigError(UsageError, ValueError):
     """A config that cannot be used, with the offending key and what is valid."""
 
 
@@ -131,7 +133,12 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"Invalid value for `--set`. Expected key=value with a dotted key, "
                           f"e.g. train.epochs=10. Received: {text!r}")
     key, value = text.split("=", 1)
-    nested = yaml.safe_load(value)
+    try:
+        nested = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"Invalid value for `--set {key.strip()}`. Expected a YAML value "
+                          f"(a number, a string, a [list] or a {{mapping}}). Received: "
+                          f"{value!r}") from None
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     return nested

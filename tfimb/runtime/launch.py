@@ -13,8 +13,10 @@ import socket
 import subprocess
 import time
 
+from tfimb.errors import TfimbError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(TfimbError, RuntimeError):
     """A process group that could not be started or one of whose processes failed."""
 
 

@@ -35,13 +35,14 @@ import time
 import keras
 import tensorflow as tf
 
+from tfimb.errors import TfimbError
 from tfimb.runtime import rundir
 
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.csv"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TfimbError, RuntimeError):
     """No checkpoint of a run directory could be restored."""
 
 

@@ -8,10 +8,12 @@ unfinished one is continued only with `--resume` and the same config.
 import os
 import pathlib
 
+from tfimb.errors import TfimbError
+
 RESULTS = "results.json"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(TfimbError, RuntimeError):
     """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
 
 
