@@ -17,7 +17,7 @@ import typing
 
 import pytest
 
-from tfimb import cli
+from tfimb import cli, errors
 from tfimb import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def _check_overrides_resolve(name, config, overrides):
 
     try:
         path = cli.resolve_config_path(config)
-    except SystemExit:
+    except errors.UsageError:
         return  # A placeholder such as CONFIG.
     raw = yaml.safe_load(path.read_text()) or {}
     raw.pop("variants", None)
