@@ -149,3 +149,17 @@ def test_loss_options_key_and_empty_variants():
         assert name is None and cfg.train.epochs == 3
     # Options every loss takes reach trials and best.yaml (the registry lists them).
     assert config.losses_taking("label_smoothing", ["focal", "ldam"]) == ["focal", "ldam"]
+
+
+@pytest.mark.parametrize("loss, message", [
+    ({"name": "class_balanced_focal", "beta": 1.0}, r"key `loss.beta`.*Received: beta=1.0"),
+    ({"name": "focal", "gamma": -1.0}, r"key `loss.gamma`"),
+    ({"name": "logit_adjusted", "tau": -2}, r"key `loss.tau`"),
+    ({"name": "class_balanced_softmax", "beta": 0.9, "normalization": "mean"},
+     r"key `loss.normalization`"),
+    ({"name": "focal", "from_logits": "yes"}, r"key `loss.from_logits`.*true or false"),
+    ({"name": "class_balanced_softmax"}, r"Missing key `loss.beta`"),
+])
+def test_loss_argument_values_are_config_errors(loss, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.resolve({"loss": loss})

@@ -6,7 +6,7 @@ import pytest
 import keras
 
 from cli_helpers import run_tfimb
-from tfimb import config, report, train
+from tfimb import config, data, report, train
 from tfimb.runtime import devices, rundir
 
 TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
@@ -144,7 +144,6 @@ def test_sigmoid_losses_leave_the_last_bias_undecayed():
     softmax = config.resolve({"data": {"source": "digits"}, "imbalance": None,
                               "model": {"name": "resnet8"}})
     images = np.zeros((10, 8, 8, 1), np.uint8)
-    from tfimb import data
 
     split = data.Split(images, np.arange(10))
     dataset = data.Dataset(split, data.Split(images[:0], split.labels[:0]), split,
@@ -156,3 +155,55 @@ def test_sigmoid_losses_leave_the_last_bias_undecayed():
                 if not w.path.endswith(trainer.exclude)]
         assert any(p.endswith("logits/kernel") for p in kept)
         assert any(p.endswith("logits/bias") for p in kept) == (not excluded)
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(tmp_path):
+    # An out-of-range class is found with the data, before the run directory exists.
+    bad = _tiny("evaluation.minority=[12]")
+    with pytest.raises(config.ConfigError, match=r"evaluation.minority.*12"):
+        train.run(bad, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+    bad = _tiny("imbalance.minority=[10]")
+    with pytest.raises(Exception, match=r"imbalance.minority.*10") as info:
+        train.run(bad, tmp_path / "run", verbose=0)
+    assert isinstance(info.value, data.DataError) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys):
+    from tfimb import cli
+
+    (tmp_path / "job.yaml").write_text(
+        "data: {source: digits, augment: false}\n"
+        "imbalance: {minority: [1], minority_count: 5, majority_count: 30}\n"
+        "model: {name: resnet8}\ntrain: {epochs: 1, batch_size: 32}\n"
+        "mixed_precision: float32\n"
+        "variants:\n  - {name: ce}\n  - {name: focal, loss: {name: focal, gamma: 1.0}}\n")
+    workdir = tmp_path / "W"
+    real_run = train.run
+    calls = []
+
+    def killed_in_the_second_run(cfg, run_dir, resume=False, **kwargs):
+        calls.append(run_dir.name)
+        if len(calls) == 2:  # The process dies once the second run has its config.yaml.
+            rundir.create_run_dir(run_dir, config.dump(cfg))
+            raise KeyboardInterrupt("killed")
+        return real_run(cfg, run_dir, resume=resume, **kwargs)
+
+    monkeypatch.setattr(train, "run", killed_in_the_second_run)
+    args = ["train", str(tmp_path / "job.yaml"), "--workdir", str(workdir)]
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    monkeypatch.setattr(train, "run", real_run)
+    assert (workdir / "ce" / "results.json").exists()
+    assert not (workdir / "focal" / "results.json").exists()
+    finished = (workdir / "ce" / "results.json").read_text()
+
+    assert cli.main(args + ["--resume"]) == 0  # Skips ce, resumes focal.
+    out = capsys.readouterr().out
+    assert "ce: finished earlier, kept" in out and "focal" in out
+    assert (workdir / "ce" / "results.json").read_text() == finished  # Never retrained.
+    assert (workdir / "focal" / "results.json").exists()
+    assert cli.main(args) == 0  # A finished job says so and prints its table.
+    out = capsys.readouterr().out
+    assert "All 2 runs" in out and "| training data / loss |" in out

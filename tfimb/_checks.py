@@ -70,6 +70,13 @@ def check_int(arg: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def check_bool(arg: str, value: Any) -> bool:
+    """Check that `value` is True or False; return it."""
+    if not isinstance(value, bool):
+        raise invalid_value(arg, "true or false", value)
+    return value
+
+
 def check_beta(beta: float) -> float:
     return check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
 

@@ -75,11 +75,23 @@ def _train(args):
         raise config_lib.ConfigError(f"{path}: {error}") from None
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
-    finished = []
+    several = len(jobs) > 1
+    finished, ran = [], 0
     for cfg, run_dir in jobs:
+        if several and (run_dir / train.RESULTS).exists():
+            # A job of several runs is finished run by run: a finished one is kept (and
+            # never retrained), so an interrupted job completes with --resume.
+            print(f"== {run_dir}: finished earlier, kept", flush=True)
+            finished.append(report.load_run(run_dir))
+            continue
         print(f"== {run_dir}", flush=True)
-        results = train.run(cfg, run_dir, resume=args.resume)
+        # Under --resume a job's runs that never started just start.
+        resume = args.resume and (not several or (run_dir / "config.yaml").exists())
+        results = train.run(cfg, run_dir, resume=resume)
         finished.append({"dir": run_dir, "results": results})
+        ran += 1
+    if several and not ran:
+        print(f"All {len(jobs)} runs of {path} in {workdir} had finished; their table:")
     print(report.table(finished))
     return 0
 

@@ -214,8 +214,11 @@ def target_counts(available, imbalance):
         return available.copy()
     if imbalance.long_tail_factor is not None:
         return long_tail_counts(int(available.min()), num_classes, imbalance.long_tail_factor)
-    minority = _checks.check_classes("imbalance.minority", imbalance.minority or [],
-                                     num_classes, allow_empty=True)
+    try:
+        minority = _checks.check_classes("imbalance.minority", imbalance.minority or [],
+                                         num_classes, allow_empty=True)
+    except ValueError as error:  # A class index the data does not have: say which key.
+        raise DataError(str(error).replace("for argument `", "for key `", 1)) from None
     wanted = available.copy()
     for c in range(num_classes):
         if c in minority:

@@ -22,7 +22,7 @@ import pathlib
 import keras
 import numpy as np
 
-from tfimb import catalog
+from tfimb import _checks, catalog
 from tfimb import config as config_lib
 from tfimb import data as data_lib
 from tfimb import metrics as metrics_lib
@@ -151,7 +151,8 @@ def learning_rate(epoch, cfg):
 def minority_classes(cfg, counts):
     """Classes of the minority group: configured, else the rarer half of a long tail."""
     if cfg.evaluation.minority is not None:
-        return list(cfg.evaluation.minority)
+        return config_lib.engine.check(_checks.check_classes, "evaluation.minority",
+                                       cfg.evaluation.minority, len(counts))
     if cfg.imbalance is not None and cfg.imbalance.minority:
         return list(cfg.imbalance.minority)
     counts = np.asarray(counts)
@@ -244,16 +245,19 @@ class ClassifierExperiment(run_lib.Experiment):
     def precision(self, cfg):
         return devices.resolve_precision(cfg.mixed_precision)
 
-    def prepare(self, cfg, run_dir, is_chief):
+    def prepare(self, cfg):
         self.dataset = data_lib.load(cfg.data, cfg.imbalance)
         counts = self.dataset.counts
         if np.any(counts == 0):
             raise data_lib.DataError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no "
                                      "training image after subsampling.")
-        if is_chief:
-            rundir.atomic_write(run_dir / "counts.json", json.dumps(
-                {"class_names": self.dataset.class_names, "counts": counts.tolist()}, indent=1))
         self.minority = minority_classes(cfg, counts)
+        steps_per_epoch(len(self.dataset.train), cfg.train.batch_size, 1)
+
+    def start(self, cfg, run_dir):
+        rundir.atomic_write(run_dir / "counts.json", json.dumps(
+            {"class_names": self.dataset.class_names,
+             "counts": self.dataset.counts.tolist()}, indent=1))
 
     def build(self, cfg):
         self.model, trainer, self.loss = build_trainer(cfg, self.dataset, self.minority)

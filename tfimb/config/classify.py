@@ -96,6 +96,19 @@ class LossConfig:
     drw_epoch: typing.Optional[int] = None  # deferred re-weighting starts at this epoch (0-based)
     drw_beta: float = 0.9999
 
+    # The library's own check of each loss argument a config can give (NumPy only), so that a
+    # bad value is a config error before any data is read or any run directory is written.
+    _ARGUMENT_CHECKS: typing.ClassVar[dict] = {
+        "beta": lambda v: v is None or _checks.check_beta(v),
+        "gamma": _checks.check_gamma,
+        "tau": lambda v: _checks.check_range("tau", v, 0.0),
+        "max_margin": lambda v: _checks.check_range("max_margin", v, 0.0),
+        "scale": lambda v: _checks.check_range("scale", v, 0.0, low_inclusive=False),
+        "normalization": _checks.check_normalization,
+        "label_smoothing": _checks.check_label_smoothing,
+        "from_logits": lambda v: _checks.check_bool("from_logits", v),
+    }
+
     def validate(self):
         engine.one_of("loss.name", self.name, catalog.NAMES)
         valid = sorted(catalog.config_keys(self.name))
@@ -104,6 +117,16 @@ class LossConfig:
                 raise ConfigError(
                     f"Unknown key `loss.{key}` for loss {self.name!r}. Valid keys: "
                     f"{', '.join(['name', 'drw_epoch', 'drw_beta'] + valid)}")
+        for key in ("beta",) if "beta" in catalog.BY_NAME[self.name].required else ():
+            if key not in self.options:
+                raise ConfigError(f"Missing key `loss.{key}` for loss {self.name!r} (required; "
+                                  "e.g. 0.999).")
+        for key, value in self.options.items():
+            try:
+                self._ARGUMENT_CHECKS[key](value)
+            except ValueError as error:
+                message = str(error).replace(f"argument `{key}`", f"key `loss.{key}`", 1)
+                raise ConfigError(message) from None
         if self.drw_epoch is not None:
             engine.at_least("loss.drw_epoch", self.drw_epoch, 0)
             engine.in_range("loss.drw_beta", self.drw_beta, _checks.check_beta, "0 <= beta < 1")

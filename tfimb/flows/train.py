@@ -112,9 +112,7 @@ class FlowExperiment(run_lib.Experiment):
     def dump_config(self, cfg):
         return config_lib.dump_flow(cfg)
 
-    def prepare(self, cfg, run_dir, is_chief):
-        from tfimb import data as data_lib
-
+    def prepare(self, cfg):
         self.dataset = data_lib.load(cfg.data, None)
         self.train_images = _subset(self.dataset.train, cfg.train.max_train_images,
                                     cfg.train.seed)

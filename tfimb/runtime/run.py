@@ -23,7 +23,8 @@ from tfimb.runtime import devices, loop as loop_lib, rundir
 
 class Experiment:
     """What a run needs from its experiment. `run` calls, in order: `precision`, `prepare`
-    (load data; chief-only files such as counts.json), `build` (under the strategy's scope: the
+    (load and check the data, before the run directory exists), `start` (chief: files such as
+    counts.json), `build` (under the strategy's scope: the
     compiled Keras model to train), `steps_per_epoch`, `train_data` / `eval_data`,
     `callbacks`, `evaluates`, then after training `results` and (chief) `save`."""
 
@@ -37,8 +38,13 @@ class Experiment:
         """The Keras dtype policy of the run (default float32)."""
         return "float32"
 
-    def prepare(self, cfg: Any, run_dir: pathlib.Path, is_chief: bool) -> None:
+    def prepare(self, cfg: Any) -> None:
+        """Load the data and check everything it can tell (class indices, counts, batch size),
+        before the run directory is created: write nothing here."""
         raise NotImplementedError
+
+    def start(self, cfg: Any, run_dir: pathlib.Path) -> None:
+        """Chief only, once the run directory exists: files describing the data."""
 
     def build(self, cfg: Any) -> keras.Model:
         raise NotImplementedError
@@ -80,13 +86,20 @@ def run(experiment: Experiment, cfg: Any, run_dir: str | os.PathLike, resume: bo
     strategy = devices.make_strategy(cfg.distribute)
     is_chief, _ = loop_lib.worker_role(strategy)
     run_dir = pathlib.Path(run_dir)
-    rundir.prepare_run_dir(run_dir, experiment.dump_config(cfg),
-                           rundir.resume_mode(cfg.distribute, resume), writable=is_chief)
+    config_text = experiment.dump_config(cfg)
+    # Refusals first, then everything the data can tell, and only then the run directory:
+    # a command that fails before training leaves nothing behind to refuse its correction.
+    resuming = rundir.check_run_dir(run_dir, config_text,
+                                    rundir.resume_mode(cfg.distribute, resume))
     keras.utils.set_random_seed(experiment.seed(cfg))
     precision = experiment.precision(cfg)
     keras.mixed_precision.set_global_policy(precision)
     try:
-        experiment.prepare(cfg, run_dir, is_chief)
+        experiment.prepare(cfg)
+        if is_chief:
+            if not resuming:
+                rundir.create_run_dir(run_dir, config_text)
+            experiment.start(cfg, run_dir)
         replicas = strategy.num_replicas_in_sync
         with strategy.scope():
             model = experiment.build(cfg)

@@ -36,6 +36,21 @@ def prepare_run_dir(run_dir, config_text, resume, writable=True):
     "auto" to resume whenever the config matches) and the same config text. `writable=False`
     (a non-chief worker) only checks.
     """
+    resuming = check_run_dir(run_dir, config_text, resume)
+    if writable and not resuming:
+        create_run_dir(run_dir, config_text)
+    return resuming
+
+
+def create_run_dir(run_dir, config_text):
+    """The run directory with its `config.yaml` (written atomically)."""
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", config_text)
+
+
+def check_run_dir(run_dir, config_text, resume):
+    """`prepare_run_dir`'s refusals, writing nothing; True when the run is to be resumed."""
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.yaml"
     if (run_dir / RESULTS).exists():
@@ -52,9 +67,6 @@ def prepare_run_dir(run_dir, config_text, resume, writable=True):
         return True
     if resume is True:
         raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
-    if writable:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(config_path, config_text)
     return False
 
 
