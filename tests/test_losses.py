@@ -682,3 +682,18 @@ def test_train_starts_sigmoid_logits_at_the_class_prior():
     model = train.build_model(cfg, dataset)
     bias = [w for w in model.weights if "logits" in w.path and w.path.endswith("bias")]
     np.testing.assert_allclose(bias[0].numpy(), -np.log(9.0) * np.ones(10), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,kwargs", [CASES[i] for i in ONE_PER_LOSS],
+                         ids=[CASE_IDS[i] for i in ONE_PER_LOSS])
+def test_keras_input_conventions(rng, name, kwargs):
+    labels, _, logits = _data(rng, batch=6, ldam=name == "ldam")
+    loss = losses.get(name, **kwargs)
+    # Any tensor-like y_pred, variables included, as Keras' own losses accept.
+    np.testing.assert_allclose(loss(labels, tf.Variable(logits)), loss(labels, logits),
+                               rtol=1e-6)
+    # A label batch that differs from the logits batch names both shapes.
+    _raises(r"y_true.shape=\(5,\), y_pred.shape=\(6, 5\)", loss, labels[:5], logits)
+    if "counts" in kwargs:  # Counts of examples are whole numbers.
+        counts = [c + 0.5 for c in kwargs["counts"]]
+        _raises(r"`counts`.*whole numbers", losses.get, name, **{**kwargs, "counts": counts})

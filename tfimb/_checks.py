@@ -123,6 +123,11 @@ def check_counts(counts: ArrayLike, arg: str = "counts") -> np.ndarray:
     if not np.all(np.isfinite(array)):
         bad = np.flatnonzero(~np.isfinite(array)).tolist()
         raise invalid_value(arg, f"finite counts (classes {bad} are not finite)", counts)
+    if np.any(array != np.round(array)):
+        bad = np.flatnonzero(array != np.round(array)).tolist()
+        raise ValueError(
+            f"Invalid value for argument `{arg}`. Expected whole numbers of training examples "
+            f"per class (classes {bad} are not). Received: {arg}={counts!r}")
     if np.any(array <= 0):
         bad = np.flatnonzero(array <= 0).tolist()
         raise ValueError(

@@ -136,6 +136,13 @@ def _targets(y_true: TensorLike, y_pred: TensorLike, num_classes: int, dtype: st
     per-class targets in [0, 1] (multi-hot) for sigmoid losses (`multi_label`)."""
     y_true = ops.convert_to_tensor(y_true)
     rank_true, rank_pred = len(y_true.shape), len(y_pred.shape)
+    batch_true, batch_pred = tuple(y_true.shape[:1]), tuple(y_pred.shape[:1])
+    if rank_true and rank_pred and None not in batch_true + batch_pred and \
+            batch_true != batch_pred:
+        raise ValueError(
+            "Invalid shape for argument `y_true`. Expected one label per row of `y_pred` "
+            f"(batch {batch_pred[0]}). Received: y_true.shape={tuple(y_true.shape)}, "
+            f"y_pred.shape={tuple(y_pred.shape)}")
     if rank_true == rank_pred and y_true.shape[-1] == num_classes:
         (_check_multi_hot_labels if multi_label else _check_dense_labels)(y_true)
         return ops.cast(y_true, dtype), None
@@ -203,7 +210,9 @@ def _per_example(
     dtype = dtype or _compute_dtype(
         y_pred.dtype if "float" in str(y_pred.dtype) else None
     )
-    y_pred = ops.cast(y_pred, dtype)
+    # A copy, so that any tensor-like works as Keras' own losses allow: a cast to the same
+    # dtype hands a variable back unchanged, and variables lack ops some kernels need.
+    y_pred = ops.copy(ops.cast(y_pred, dtype))
     width = y_pred.shape[-1]
     if width is None:
         raise ValueError(
