@@ -82,8 +82,13 @@ def test_cli_end_to_end_run_report_and_refusals(tmp_path):
     predicted = model.predict(test.images.astype(np.float32), verbose=0).argmax(-1)
     assert np.mean(predicted == test.labels) == pytest.approx(results["accuracy"]["all"])
 
+    # A finished job of several runs (default has two variants) is never retrained: running
+    # it again says so and prints its table (a single finished run is refused:
+    # test_run_directory_refusals_and_resume_modes).
     again = run_tfimb(*args, cwd=tmp_path)
-    assert again.returncode != 0 and "finished run" in again.stderr
+    assert again.returncode == 0 and "All 2 runs" in again.stdout
+    assert "| class-balanced softmax beta=0.999 |" in again.stdout
+    assert (run_dir / "results.json").read_text() == json.dumps(results, indent=1)
 
     out = tmp_path / "report"
     shown = run_tfimb("report", str(tmp_path / "runs" / "cross_entropy"), str(run_dir),

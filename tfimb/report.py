@@ -10,10 +10,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tfimb import catalog
+from tfimb.errors import TfimbError
 from tfimb import weights as weights_lib
 from tfimb._checks import PathLike
 
 LOSS_TITLES: dict[str, str] = {entry.name: entry.title for entry in catalog.LOSSES}
+
+
+class ReportError(TfimbError, ValueError):
+    """A run directory whose results cannot be reported (unfinished, unreadable, foreign)."""
 
 
 def load_history(run_dir: PathLike) -> dict[str, np.ndarray]:
@@ -33,8 +38,13 @@ def load_run(run_dir: PathLike) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no results.json: the run has not finished "
                                 "(resume it with `tfimb train CONFIG --workdir DIR --resume`).")
-    with open(path) as f:
-        results = json.load(f)
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        results["accuracy"], results["config"]["loss"]["name"]
+    except (ValueError, KeyError, TypeError) as error:  # Truncated, or not a tfimb run's.
+        raise ReportError(f"{path} is not a readable tfimb results.json ({type(error).__name__}:"
+                          f" {error}); it was left out.") from None
     return {"dir": run_dir, "results": results, "history": load_history(run_dir)}
 
 
@@ -155,12 +165,26 @@ def plot_run(run_dir: PathLike) -> None:
 
 
 def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
-    """Print the table for `run_dirs`; write table.md and the plots under `output`."""
-    runs = [load_run(d) for d in run_dirs]
+    """Print the table for `run_dirs`; write table.md and the plots under `output`.
+
+    Runs whose results.json cannot be read are left out; the others are reported, and then a
+    `ReportError` names every file left out."""
+    runs, problems = [], []
+    for run_dir in run_dirs:
+        try:
+            runs.append(load_run(run_dir))
+        except (ReportError, FileNotFoundError) as error:
+            problems.append(str(error))
+    if not runs:
+        raise ReportError(" ".join(problems))
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     text = table(runs)
     (output / "table.md").write_text(text + "\n")
     plot_curves(runs, output / "training_curves.png")
     plot_effective_number(output / "effective_number.png")
+    if problems:
+        print(text)
+        raise ReportError(f"reported {len(runs)} of {len(runs) + len(problems)} runs (table.md "
+                          f"and plots in {output}); " + " ".join(problems))
     return text
