@@ -377,6 +377,10 @@ def _load_tensorflow_quietly():
         tf.config.list_physical_devices()
 
 
+# Commands that never import TensorFlow: loading it for them would only add start-up time.
+_NO_TENSORFLOW = (_losses, _report)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -385,7 +389,7 @@ def main(argv=None):
         return 2
     debug = args.debug or os.environ.get("TFIMB_DEBUG", "") not in ("", "0")
     try:
-        if not debug and args.handler is not _losses:
+        if not debug and args.handler not in _NO_TENSORFLOW:
             _load_tensorflow_quietly()
         return args.handler(args)
     except (errors.TfimbError, FloatingPointError) as error:
