@@ -159,3 +159,53 @@ def test_sigmoid_runs_export_per_class_sigmoid_probabilities(tmp_path):
     np.testing.assert_allclose(out["probabilities"], 1 / (1 + np.exp(-logits)), rtol=1e-4,
                                atol=1e-6)
     assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
+
+
+def test_signatures_check_their_inputs_and_name_the_bad_item(tmp_path):
+    """Every signature rejects what the CLI would, naming the input and what was received."""
+    _classifier_run(tmp_path / "cls")
+    _flow_run(tmp_path / "flow", num_scales=1)
+    cls = tf.saved_model.load(str(export.export(tmp_path / "cls", output_dir=tmp_path / "s")))
+    flow = tf.saved_model.load(str(export.export(tmp_path / "flow", output_dir=tmp_path / "s")))
+
+    def error(signature, **inputs):
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            signature(**{k: tf.constant(v) for k, v in inputs.items()})
+        return str(caught.value)
+
+    predict, by_bytes = cls.signatures["serving_default"], cls.signatures["serving_bytes"]
+    for shape in ([2, 16, 16, 1], [2, 8, 8, 3]):  # The model takes [batch, 8, 8, 1].
+        message = error(predict, images=np.zeros(shape, np.uint8))
+        assert "input `images` of signature `serving_default`" in message
+        assert "[batch, 8, 8, 1]" in message and f"[{' '.join(map(str, shape))}]" in message
+    good = tf.io.encode_png(np.zeros([8, 8, 1], np.uint8)).numpy()
+    jpeg = tf.io.encode_jpeg(np.zeros([8, 8, 1], np.uint8)).numpy()
+    message = error(by_bytes, image_bytes=[good, b"not an image", good, jpeg[: len(jpeg) // 2]])
+    assert "`image_bytes` of signature `serving_bytes`" in message
+    assert "do not decode:] [1 3]" in message
+    assert by_bytes(image_bytes=tf.constant([good, jpeg]))["class_ids"].shape == [2]
+
+    for name in ("bits_per_dim", "log_prob", "serving_default"):
+        message = error(flow.signatures[name], images=np.zeros([2, 16, 16, 1], np.uint8))
+        assert f"signature `{name}`" in message and "[2 16 16 1]" in message
+    sample = flow.signatures["sample"]
+    for n, temperature, what in ((0, 1.0, "n >= 1"), (-3, 1.0, "n >= 1"),
+                                 (2, float("nan"), "temperature > 0"),
+                                 (2, -1.0, "temperature > 0"), (2, float("inf"), "finite")):
+        message = error(sample, n=np.int32(n), temperature=np.float32(temperature))
+        assert what in message
+    assert sample(n=tf.constant(3), temperature=tf.constant(0.5))["images"].shape == [3, 8, 8, 1]
+
+
+def test_a_killed_export_leaves_nothing_the_next_export_cannot_clear(tmp_path):
+    _flow_run(tmp_path / "flow", num_scales=1)
+    saved = tmp_path / "saved" / "flow"
+    first = export.export(tmp_path / "flow", output_dir=tmp_path / "saved")
+    # Killed while writing version 2: its temporary folder is left behind.
+    (saved / ".2.tmp-abc123" / "model").mkdir(parents=True)
+    # Killed during `--overwrite` of version 1, between moving it aside and the swap.
+    first.rename(saved / ".1.old")
+    second = export.export(tmp_path / "flow", output_dir=tmp_path / "saved")
+    assert second.name == "2"
+    assert sorted(p.name for p in saved.iterdir()) == ["1", "2"]
+    assert (saved / "1" / "saved_model.pb").exists()

@@ -14,8 +14,15 @@ Flow signatures:
   image, `log p(x) - D log 256`; both dequantise deterministically at mid-bin (x_int + 1/2)/256.
   sample(n: int32 [], temperature: float32 []) -> images uint8 [n, H, W, C].
 
+Every signature checks its inputs in the graph, as the CLI does, and fails with Keras' form of
+message (the input, what is valid, what was received): images must have the model's height,
+width and channels; in a bytes batch, the index of each item that does not decode is named;
+`sample` takes n >= 1 and a finite temperature > 0.
+
 The version is written to a temporary directory and renamed into place, so a server never sees
-a half-written version; an existing version is replaced only with `overwrite=True`.
+a half-written version; an existing version is replaced only with `overwrite=True`. A temporary
+folder left by a killed export is removed by the next export into the same model folder, and a
+version that a killed `--overwrite` had moved aside is put back first.
 """
 
 from __future__ import annotations
@@ -62,6 +69,20 @@ def run_kind(run_dir: PathLike) -> Literal["classifier", "flow"]:
                       "model.weights.h5 (flow) to export.")
 
 
+def _checked_images(images, shape: list[int], signature: str):
+    """`images` after an in-graph check that each is `shape` ([H, W, C]); Keras' message form."""
+    import tensorflow as tf
+
+    expected = "[batch, " + ", ".join(str(d) for d in shape) + "]"
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.shape(images)[1:], shape)),
+        [f"Invalid value for input `images` of signature `{signature}`. Expected uint8 images "
+         f"of shape {expected} (the model's input). Received shape:", tf.shape(images)],
+        summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     import importlib
 
@@ -92,6 +113,9 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
         return {"probabilities": probabilities(logits), "class_ids": class_ids,
                 "class_names": tf.gather(names, class_ids)}
 
+    def predict_images(images):
+        return predict(_checked_images(images, [height, width, channels], "serving_default"))
+
     def decode(data):
         """Encoded JPEG/PNG -> [H, W, C] float pixel values (resized only if its size differs)."""
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -100,13 +124,30 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
             same, lambda: tf.reshape(tf.cast(image, tf.float32), [height, width, channels]),
             lambda: tf.round(tf.image.resize(image, (height, width), antialias=True)))
 
+    def undecodable(image_bytes):
+        """Indices of the items `decode` fails on (a corrupt item otherwise fails the whole
+        batch with a decoder message that names no item)."""
+        n = tf.shape(image_bytes, out_type=tf.int64)[0]
+        decoded = tf.data.Dataset.range(n).map(
+            lambda i: (i, decode(tf.gather(image_bytes, i)))).ignore_errors()
+        ok = decoded.reduce(tf.zeros([n], tf.bool), lambda seen, item: tf.tensor_scatter_nd_update(
+            seen, [[item[0]]], [True]))
+        return tf.where(tf.logical_not(ok))[:, 0]
+
     def predict_bytes(image_bytes):
+        bad = undecodable(image_bytes)
+        check = tf.debugging.Assert(tf.equal(tf.size(bad), 0), [
+            "Invalid value for input `image_bytes` of signature `serving_bytes`. Expected "
+            "encoded JPEG, PNG, GIF, BMP or WebP images. These items of the batch (0-based) do "
+            "not decode:", bad], summarize=20)
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
         images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)
         return predict(tf.cast(tf.clip_by_value(images, 0, 255), tf.uint8))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", predict, [tf.TensorSpec(
+    archive.add_endpoint("serving_default", predict_images, [tf.TensorSpec(
         [None, height, width, channels], tf.uint8, name="images")])
     archive.add_endpoint("serving_bytes", predict_bytes,
                          [tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -124,25 +165,50 @@ def _flow_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     num_dims = model.num_dims
     image_spec = [tf.TensorSpec([None] + shape, tf.uint8, name="images")]
 
-    def bits_per_dim(images):
-        return {"bits_per_dim": model.bits_per_dim(images, noise="mid")}
+    def bits_per_dim_as(signature):
+        def bits_per_dim(images):
+            images = _checked_images(images, shape, signature)
+            return {"bits_per_dim": model.bits_per_dim(images, noise="mid")}
+        return bits_per_dim
 
     def log_prob(images):
-        bpd = model.bits_per_dim(images, noise="mid")
+        bpd = model.bits_per_dim(_checked_images(images, shape, "log_prob"), noise="mid")
         return {"log_prob": -bpd * num_dims * math.log(2.0)}
 
     def sample(n, temperature):
+        checks = [
+            tf.debugging.Assert(n >= 1, [
+                "Invalid value for input `n` of signature `sample`. Expected n >= 1. "
+                "Received: n =", n]),
+            tf.debugging.Assert(tf.logical_and(tf.math.is_finite(temperature), temperature > 0), [
+                "Invalid value for input `temperature` of signature `sample`. Expected a finite "
+                "temperature > 0. Received: temperature =", temperature])]
+        with tf.control_dependencies(checks):
+            n = tf.identity(n)
         z = tf.random.normal(tf.concat([[n], shape], 0)) * temperature
         return {"images": model.decode(z)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", bits_per_dim, image_spec)
-    archive.add_endpoint("bits_per_dim", bits_per_dim, image_spec)
+    archive.add_endpoint("serving_default", bits_per_dim_as("serving_default"), image_spec)
+    archive.add_endpoint("bits_per_dim", bits_per_dim_as("bits_per_dim"), image_spec)
     archive.add_endpoint("log_prob", log_prob, image_spec)
     archive.add_endpoint("sample", sample, [tf.TensorSpec([], tf.int32, name="n"),
                                             tf.TensorSpec([], tf.float32, name="temperature")])
     return archive
+
+
+def _recover(model_dir: pathlib.Path) -> None:
+    """Undo what a killed export left in `model_dir`: remove its temporary folders, and put
+    back a version that an `--overwrite` had moved aside before its replacement was in place."""
+    for leftover in model_dir.glob(".*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in model_dir.glob(".*.old"):
+        version = model_dir / old.name[1:-len(".old")]
+        if version.exists():  # The swap finished: the old copy is garbage.
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, version)
 
 
 def next_version(model_dir: PathLike) -> int:
@@ -160,6 +226,8 @@ def export(run_dir: PathLike, name: str | None = None, version: int | None = Non
         raise ExportError(f"Invalid value for argument `--name`. Expected a folder name. "
                           f"Received: --name={name!r}")
     model_dir = pathlib.Path(output_dir) / name
+    if model_dir.is_dir():
+        _recover(model_dir)
     if version is None:
         version = next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
