@@ -147,3 +147,22 @@ def test_tfds_failure_names_both_ways_to_give_data(tmp_path):
     with pytest.raises(data.DataError, match=r"no_such_dataset_xyz.*data.source=folder "
                                              r"--set data.dir=PATH.*TFIMB_DATA_DIR"):
         data.load(cfg.data, cfg.imbalance)
+
+
+def test_an_image_of_another_size_is_named_or_resized_when_asked(tmp_path):
+    _write_tree(tmp_path, [3, 3])
+    _write_tree(tmp_path, [2, 2], split="test")
+    odd = tmp_path / "train" / "class_1" / "odd.png"
+    odd.write_bytes(tf.io.encode_png(np.zeros((12, 10, 3), np.uint8)).numpy())
+    with pytest.raises(data.DataError) as caught:
+        data.load(_folder_config(tmp_path))
+    message = str(caught.value)
+    assert f"Image {odd} is 12x10x3" in message and "images are 8x8x3" in message
+    assert "1 of 7 differ" in message and "data.image_size" in message
+    # A grey image among colour ones is converted to the first image's channels, not refused.
+    (tmp_path / "test" / "class_0" / "grey.png").write_bytes(
+        tf.io.encode_png(np.full((8, 8, 1), 7, np.uint8)).numpy())
+    resized = data.load(_folder_config(tmp_path, image_size=8))
+    assert resized.train.images.shape == (7, 8, 8, 3) and resized.test.images.shape[1:] == (8, 8, 3)
+    grey = resized.test.images[resized.test.labels == 0][-1]
+    assert (grey == 7).all()

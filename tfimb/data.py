@@ -93,7 +93,8 @@ def _folder_files(root, split):
 
 
 def _decode_files(paths, image_size, channels):
-    """Decode image files in parallel with tf.data; name the file that cannot be read."""
+    """Decode image files in parallel with tf.data into one uint8 array; a file that cannot be
+    read, or whose size differs from the first image's (without `image_size`), is named."""
     import tensorflow as tf
 
     def decode(path):
@@ -106,19 +107,31 @@ def _decode_files(paths, image_size, channels):
 
     ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, tf.data.AUTOTUNE).batch(1024)
     try:
-        batches = [b.numpy() for b in ds]
+        return np.concatenate([b.numpy() for b in ds])
     except (tf.errors.InvalidArgumentError, ValueError):
-        for path in paths:  # Slow path, only after a failure: find the culprit.
+        pass  # A file that does not decode, or images of different sizes: find which.
+    shapes = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: tf.shape(decode(path)), tf.data.AUTOTUNE).batch(4096)
+    try:
+        shapes = np.concatenate([b.numpy() for b in shapes])
+    except tf.errors.InvalidArgumentError:
+        for path in paths:  # Slow, and only after a failure: the file that does not decode.
             try:
                 decode(tf.constant(path))
             except Exception as error:
                 raise DataError(f"Cannot read image {path}: {error}".splitlines()[0]) from None
         raise
-    shapes = {b.shape[1:] for b in batches}
-    if len(shapes) > 1:
-        raise DataError(f"Images of different sizes {sorted(shapes)} under one folder: set "
-                        "data.image_size to resize them.")
-    return np.concatenate(batches)
+    odd = np.flatnonzero(np.any(shapes != shapes[0], axis=1))
+    if odd.size:
+        def size(shape):
+            return "x".join(str(d) for d in shape)
+
+        raise DataError(
+            f"Image {paths[odd[0]]} is {size(shapes[odd[0]])} (height x width x channels), but "
+            f"the folder's images are {size(shapes[0])} (as {paths[0]}); {odd.size} of "
+            f"{len(paths)} differ. Set data.image_size to resize every image to one square "
+            "size, or remove the odd files.")
+    raise RuntimeError("Decoding the images failed, though each decodes alone.")  # Unreached.
 
 
 def _load_folder(config):
