@@ -126,9 +126,9 @@ def test_distributed_arguments():
         distributed_search.run_local(args, "unused", cfg, search)
 
 
-def _wait_for_completed_trial(workdir, process, timeout=300):
+def _wait_for_completed_trial(workdir, process, timeout=300, trial="trial_00"):
     deadline = time.monotonic() + timeout
-    path = pathlib.Path(workdir) / "tuner" / "trial_00" / "trial.json"
+    path = pathlib.Path(workdir) / "tuner" / trial / "trial.json"
     while time.monotonic() < deadline:
         if path.exists() and json.loads(path.read_text())["status"] == "COMPLETED":
             return
@@ -138,38 +138,47 @@ def _wait_for_completed_trial(workdir, process, timeout=300):
 
 
 @pytest.mark.slow
-def test_search_resumes_after_a_kill_refuses_a_changed_config_and_trains_the_winner(tmp_path):
-    # Grid: class-balanced softmax (no gamma) and focal with gamma 1 and 2 -> 3 trials.
+def test_search_resumes_after_a_kill_extends_refuses_a_changed_config_and_trains_the_winner(
+        tmp_path):
+    # Grid: class-balanced softmax (no gamma) and focal with gamma 1 and 2 -> 3 trials; the
+    # search first runs 2 of them (max_trials=2, trial ids "0", "1"), then is extended to 3.
     workdir = tmp_path / "search"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(_tune_command(workdir), cwd=tmp_path, env=env,
+    two = ("--set", "search.max_trials=2")
+    process = subprocess.Popen(_tune_command(workdir, *two), cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_completed_trial(workdir, process)
+        _wait_for_completed_trial(workdir, process, trial="trial_0")
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    first = json.loads((workdir / "tuner" / "trial_00" / "trial.json").read_text())
+    first = json.loads((workdir / "tuner" / "trial_0" / "trial.json").read_text())
 
-    cfg, search = _smoke("search.space.beta=[0.9]", "search.max_trials=5")
-    with pytest.raises(tune.SearchError, match="config differs"):
-        tune.check_workdir(workdir, cfg, search)
-
-    result = _run(_tune_command(workdir, "--final"), tmp_path)
+    result = _run(_tune_command(workdir, *two), tmp_path)  # Resumed: the second trial runs.
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["status"] for r in _trials(workdir)] == ["COMPLETED"] * 2
+    for change, message in (("search.space.gamma=[1.0]", "config differs"),
+                            ("search.max_trials=1", "extended, not shortened")):
+        cfg, search = _smoke("search.space.beta=[0.9]", "search.max_trials=2", change)
+        with pytest.raises(tune.SearchError, match=message):
+            tune.check_workdir(workdir, cfg, search)
+
+    result = _run(_tune_command(workdir, "--set", "search.max_trials=3", "--final"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_trials: 3" in (workdir / "search.yaml").read_text()
     rows = _trials(workdir)
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3
     values = {(r["loss"], r["gamma"]) for r in rows}
     assert values == {("class_balanced_softmax", ""), ("class_balanced_focal", "1.0"),
                       ("class_balanced_focal", "2.0")}  # gamma only for the focal loss
-    # The finished trial was not repeated.
-    assert json.loads((workdir / "tuner" / "trial_00" / "trial.json").read_text()) == first
+    # The finished trials were not repeated.
+    assert json.loads((workdir / "tuner" / "trial_0" / "trial.json").read_text()) == first
     for row in rows:
         assert int(row["epochs"]) == 2 and float(row["seconds"]) > 0
     # Trials train through tfimb train's loop: each trial's directory has its history, one row
     # per epoch; its checkpoints are removed once the trial has finished.
     trial_dirs = sorted((workdir / "tuner").glob("trial_*"))
-    assert len(trial_dirs) == 3
+    assert [d.name for d in trial_dirs] == ["trial_0", "trial_1", "trial_2"]
     for trial_dir in trial_dirs:
         history = (trial_dir / "history.csv").read_text().splitlines()
         assert len(history) == 3 and "val_all_accuracy" in history[0]

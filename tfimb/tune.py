@@ -24,7 +24,8 @@ turns non-finite fails (FAILED in trials.csv) and the search goes on. A trial's 
 
 The work directory holds the tuner's own state (`tuner/`; the same command again resumes the
 search and repeats no finished trial; a trial that was running when the search was killed runs
-again), `search.yaml` (the resolved config; a changed config is refused), `trials.csv`,
+again; a larger `search.max_trials` extends a search, keeping its trials), `search.yaml` (the
+resolved config; any other change is refused), `trials.csv`,
 `results.md`, `best.yaml` (a runnable training config with the winner filled in, trained on the
 full training data) and, with `--final`, `final/`: the run of best.yaml, evaluated once on the
 test split.
@@ -286,7 +287,13 @@ def is_worker():
 def load_trials(workdir):
     """The saved trials as dicts: id, values, status, score, metrics (last values)."""
     trials = []
-    for path in sorted((pathlib.Path(workdir) / PROJECT).glob("trial_*/trial.json")):
+    # keras-tuner pads trial ids to the width of max_trials, so an extended search mixes
+    # widths ("9", "10"): order by number.
+    def number(path):
+        trial_id = path.parent.name[len("trial_"):]
+        return (int(trial_id), trial_id) if trial_id.isdigit() else (math.inf, trial_id)
+
+    for path in sorted((pathlib.Path(workdir) / PROJECT).glob("trial_*/trial.json"), key=number):
         with open(path) as f:
             raw = json.load(f)
         metrics = {}
@@ -377,19 +384,36 @@ def write_reports(workdir, cfg, search):
 
 
 def check_workdir(workdir, cfg, search):
-    """Write `search.yaml`, or check that a resumed search uses the same config."""
+    """Write `search.yaml`, or check that a resumed search uses the same config; True when
+    resuming. Only `search.max_trials` may change, and only upward: keras-tuner keeps the
+    finished trials and runs new ones up to the new total (search.yaml records it)."""
     workdir = pathlib.Path(workdir)
     text = yaml.safe_dump({**cfg.to_dict(), "search": search.to_dict()}, sort_keys=False)
     path = workdir / SEARCH_CONFIG
-    if path.exists():
-        if path.read_text() != text:
-            raise SearchError(f"The config differs from the one of the search in {workdir} "
-                              f"({path}). Run the same config and overrides to resume it, or "
-                              "pass another --workdir.")
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write(path, text)
+        return False
+    if path.read_text() == text:
         return True
-    workdir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(path, text)
-    return False
+    try:
+        saved = yaml.safe_load(path.read_text())
+        saved_max = saved["search"]["max_trials"]
+        saved["search"]["max_trials"] = search.max_trials
+    except (yaml.YAMLError, TypeError, KeyError):
+        raise SearchError(f"{path} is not a search config tfimb wrote; pass another --workdir."
+                          ) from None
+    if saved != yaml.safe_load(text):
+        raise SearchError(f"The config differs from the one of the search in {workdir} "
+                          f"({path}). Run the same config and overrides to resume it (raising "
+                          "only search.max_trials extends it), or pass another --workdir.")
+    if search.max_trials < saved_max:
+        raise SearchError(
+            f"Invalid value for key `search.max_trials`. Expected >= {saved_max}, the search's "
+            f"in {workdir} ({path}): a search can be extended, not shortened. Received: "
+            f"search.max_trials={search.max_trials}")
+    rundir.atomic_write(path, text)  # Extended: the search now runs up to the new total.
+    return True
 
 
 def run_search(cfg, search, workdir, verbose="auto"):
