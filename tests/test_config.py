@@ -152,7 +152,7 @@ def test_loss_options_key_and_empty_variants():
 
 
 @pytest.mark.parametrize("loss, message", [
-    ({"name": "class_balanced_focal", "beta": 1.0}, r"key `loss.beta`.*Received: beta=1.0"),
+    ({"name": "class_balanced_focal", "beta": 1.0}, r"key `loss.beta`.*Received: loss.beta=1.0"),
     ({"name": "focal", "gamma": -1.0}, r"key `loss.gamma`"),
     ({"name": "logit_adjusted", "tau": -2}, r"key `loss.tau`"),
     ({"name": "class_balanced_softmax", "beta": 0.9, "normalization": "mean"},

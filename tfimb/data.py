@@ -25,6 +25,7 @@ the test split, and never taken from it), and the imbalanced training set takes 
 import dataclasses
 import os
 import pathlib
+import re
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def _decode_files(paths, image_size, channels):
             try:
                 decode(tf.constant(path))
             except Exception as error:
-                raise DataError(f"Cannot read image {path}: {error}".splitlines()[0]) from None
+                raise DataError(f"Cannot read image {path}: {_reason(error)}") from None
         raise
     odd = np.flatnonzero(np.any(shapes != shapes[0], axis=1))
     if odd.size:
@@ -159,8 +160,15 @@ def _channels_of(path):
     try:
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
     except Exception as error:
-        raise DataError(f"Cannot read image {path}: {error}".splitlines()[0]) from None
+        raise DataError(f"Cannot read image {path}: {_reason(error)}") from None
     return int(image.shape[-1])
+
+
+def _reason(error):
+    """A TensorFlow op error's own words, without its node and op annotations."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
 
 
 def _load_tfds(config):

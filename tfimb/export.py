@@ -34,7 +34,7 @@ import pathlib
 import shutil
 import tempfile
 
-from tfimb.errors import TfimbError
+from tfimb.errors import TfimbError, UsageError
 
 # Names for the annotations only (`from __future__ import annotations` keeps them unevaluated):
 # type checkers read this block, and at run time this module imports neither `typing`, NumPy nor
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 class ExportError(TfimbError, RuntimeError):
     """A run directory that cannot be exported, or a version that exists."""
+
+
+class ExportArgumentError(ExportError, UsageError):
+    """An invalid `--name` or `--version` (exit status 2, like other usage errors)."""
 
 
 def run_kind(run_dir: PathLike) -> Literal["classifier", "flow"]:
@@ -223,16 +227,16 @@ def export(run_dir: PathLike, name: str | None = None, version: int | None = Non
     kind = run_kind(run_dir)
     name = name or run_dir.resolve().name
     if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"Invalid value for argument `--name`. Expected a folder name. "
-                          f"Received: --name={name!r}")
+        raise ExportArgumentError("Invalid value for argument `--name`. Expected a folder "
+                                  f"name. Received: --name={name!r}")
     model_dir = pathlib.Path(output_dir) / name
     if model_dir.is_dir():
         _recover(model_dir)
     if version is None:
         version = next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError("Invalid value for argument `--version`. Expected an integer >= 1. "
-                          f"Received: --version={version!r}")
+        raise ExportArgumentError("Invalid value for argument `--version`. Expected an "
+                                  f"integer >= 1. Received: --version={version!r}")
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite to replace it, or another "

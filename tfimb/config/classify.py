@@ -125,7 +125,8 @@ class LossConfig:
             try:
                 self._ARGUMENT_CHECKS[key](value)
             except ValueError as error:
-                message = str(error).replace(f"argument `{key}`", f"key `loss.{key}`", 1)
+                message = (str(error).replace(f"argument `{key}`", f"key `loss.{key}`", 1)
+                           .replace(f"Received: {key}=", f"Received: loss.{key}=", 1))
                 raise ConfigError(message) from None
         if self.drw_epoch is not None:
             engine.at_least("loss.drw_epoch", self.drw_epoch, 0)

@@ -212,6 +212,10 @@ def load_run(run_dir):
     from tfimb import data as data_lib
 
     run_dir = pathlib.Path(run_dir)
+    if (run_dir / "model.keras").exists():
+        raise FlowRunError(f"{run_dir} holds a classifier run (model.keras), not a flow: the "
+                           "`tfimb flow` commands take `tfimb flow train` run directories; "
+                           "evaluate a classifier with `tfimb report` or `tfimb export`.")
     if not (run_dir / WEIGHTS).exists():
         raise FlowRunError(f"{run_dir} holds no finished flow ({WEIGHTS} is missing); train "
                            "it with `tfimb flow train CONFIG --workdir DIR` (or --resume).")

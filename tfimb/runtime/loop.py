@@ -136,22 +136,23 @@ class TrainingLoop:
     def restore(self):
         """Restore the newest readable checkpoint; return (epoch, step) to continue from."""
         paths = checkpoint_paths(self.directory)
+        reasons = []
         for i, path in enumerate(paths):
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched()
             except Exception as error:  # Unreadable in any way (truncated, garbled, stale).
                 text = str(error).strip()
-                reason = text.splitlines()[0][:300] if text else type(error).__name__
-                fallback = paths[i + 1] if i + 1 < len(paths) else None
-                print(f"tfimb: checkpoint {path} is unreadable ({reason}); "
-                      + (f"using the previous one, {fallback}." if fallback else
-                         "no earlier checkpoint is left."), file=sys.stderr, flush=True)
+                reasons.append(text.splitlines()[0][:300] if text else type(error).__name__)
+                if i + 1 < len(paths):  # Training goes on from an earlier one: say so.
+                    print(f"tfimb: checkpoint {path} is unreadable ({reasons[-1]}); using the "
+                          f"previous one, {paths[i + 1]}.", file=sys.stderr, flush=True)
                 continue
             return int(self.epoch.numpy()), int(self.step.numpy())
         if paths:
             raise CheckpointError(
-                f"No checkpoint in {self.directory} could be restored ({len(paths)} tried, "
-                f"newest {paths[0]}). Move the directory away to train the run from epoch 0.")
+                f"No checkpoint in {self.directory} could be restored ({len(paths)} tried; "
+                f"newest {paths[0]}: {reasons[0]}). Move the directory away to train the run "
+                "from epoch 0.")
         return 0, 0
 
     def save(self, epoch, step):
@@ -254,9 +255,11 @@ class TrainingLoop:
         """Raise before a checkpoint of non-finite weights could be written."""
         if not math.isfinite(logs.get("loss", 0.0)):
             raise FloatingPointError(
-                f"Training stopped on a non-finite loss ({logs['loss']}) in epoch {epoch}; "
+                f"Training stopped on a non-finite loss ({logs['loss']}) in epoch {epoch + 1}; "
                 f"{self.directory} keeps the last checkpoint written before it and no "
-                "results.json is written.")
+                "results.json is written. Lower the learning rate (train.lr_values; flows: "
+                "train.learning_rate) or check "
+                "the loss arguments, and train in a new --workdir.")
 
     def _train_epoch(self, dataset, epoch, first, steps, global_batch_size, callbacks, verbose,
                      stop_on_nan):
