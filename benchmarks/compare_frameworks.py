@@ -4,7 +4,7 @@
     python benchmarks/compare_frameworks.py            # ResNets in float32 and bf16, RealNVP
     python benchmarks/compare_frameworks.py --models resnet20 --rounds 2 --steps 10
 
-ResNets. tfimb: `tfimb.train.build_trainer` (the model with its normalisation layer, coupled L2
+ResNets. tfimb: `tfimb.experiments.classify.build_trainer` (the model with its normalisation layer, coupled L2
 weight decay 5e-4 on every weight, softmax cross-entropy, the group metrics, SGD with momentum
 0.9), trained by `tfimb.runtime.loop.TrainingLoop` (the loop of `tfimb train` under every strategy) from
 `tfimb.data.pipeline` over uint8 images in memory, without augmentation (as the PyTorch side).
@@ -15,7 +15,7 @@ Keras' 0.9), channels-last, the same normalisation as the first op, cross-entrop
 `torch.autocast("cpu")`; batches from tensors in memory.
 
 RealNVP (float32, as `tfimb flow train`): configs/realnvp/cifar10_cpu.yaml's model, batch,
-Adam and gradient clipping; tfimb through `tfimb.flows.train.build_model` and the same loop,
+Adam and gradient clipping; tfimb through `tfimb.experiments.density.build_model` and the same loop,
 PyTorch through `torch_realnvp`, the same architecture written in `torch.nn`.
 
 Protocol: tfimb and PyTorch each run in their own worker process (neither's thread pools,
@@ -87,7 +87,8 @@ class TfimbRunner(_LoopRunner):
     def __init__(self, name, precision, images, labels, batch, run_dir):
         import keras
 
-        from tfimb import config, data, train
+        from tfimb import config, data
+        from tfimb.experiments import classify
 
         keras.mixed_precision.set_global_policy(PRECISIONS[precision])
         keras.utils.set_random_seed(0)
@@ -96,7 +97,7 @@ class TfimbRunner(_LoopRunner):
         split = data.Split(images, labels)
         dataset = data.Dataset(split, data.Split(images[:0], labels[:0]), split,
                                [str(i) for i in range(10)], 10)
-        _, trainer, _ = train.build_trainer(cfg, dataset, [1, 4, 6])
+        _, trainer, _ = classify.build_trainer(cfg, dataset, [1, 4, 6])
         keras.mixed_precision.set_global_policy("float32")
         self._start(trainer, data.pipeline(split, batch, training=True, augment=False), run_dir)
 
@@ -107,12 +108,12 @@ class TfimbFlowRunner(_LoopRunner):
     def __init__(self, images, batch, run_dir):
         import keras
 
-        from tfimb.flows import train as flow_train
+        from tfimb.experiments import density
 
         keras.utils.set_random_seed(0)
         cfg = _flow_config()
-        model = flow_train.build_compiled_model(cfg, images.shape[1:])
-        self._start(model, flow_train.pipeline(images, batch, True, flip=False), run_dir)
+        model = density.build_compiled_model(cfg, images.shape[1:])
+        self._start(model, density.pipeline(images, batch, True, flip=False), run_dir)
 
 
 # ---------------------------------------------------------------------------------------------

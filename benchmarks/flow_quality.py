@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 import keras  # noqa: E402
 
 from tfimb import config, data  # noqa: E402
-from tfimb.flows import train as flow_train  # noqa: E402
+from tfimb.experiments import density  # noqa: E402
 
 
 class Budget(keras.callbacks.Callback):
@@ -49,16 +49,16 @@ def main(argv=None):
         raise SystemExit(f"{cfg.data.dir} not found: this benchmark needs CIFAR-10 as an "
                          "image folder (set TFIMB_DATA_DIR=PATH).")
     dataset = data.load(cfg.data, None)
-    train_images = flow_train._subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
-    eval_images = flow_train._subset(dataset.test, cfg.train.max_eval_images, cfg.train.seed + 1)
+    train_images = density._subset(dataset.train, cfg.train.max_train_images, cfg.train.seed)
+    eval_images = density._subset(dataset.test, cfg.train.max_eval_images, cfg.train.seed + 1)
     keras.utils.set_random_seed(cfg.train.seed)
-    model = flow_train.build_compiled_model(cfg, train_images.shape[1:])
-    ds = flow_train.pipeline(train_images, cfg.train.batch_size, True, cfg.train.seed,
+    model = density.build_compiled_model(cfg, train_images.shape[1:])
+    ds = density.pipeline(train_images, cfg.train.batch_size, True, cfg.train.seed,
                              cfg.train.flip).repeat()
     budget = Budget(args.minutes * 60)
     model.fit(ds, epochs=1, steps_per_epoch=10**9, callbacks=[budget], verbose=0)
     seconds = time.perf_counter() - budget.start
-    bpd = flow_train.evaluate_images(model, eval_images, cfg.train.batch_size)
+    bpd = density.evaluate_images(model, eval_images, cfg.train.batch_size)
     print(tfimb.platform_info.describe())
     print(f"{args.config} on {cfg.data.dir or cfg.data.name}; {platform.machine()}, "
           f"{os.cpu_count()} CPUs")

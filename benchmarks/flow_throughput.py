@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from tfimb import config  # noqa: E402
-from tfimb.flows import train as flow_train  # noqa: E402
+from tfimb.experiments import density  # noqa: E402
 
 
 def main(argv=None):
@@ -38,8 +38,8 @@ def main(argv=None):
     shape = tuple(args.image_shape)
     images = np.random.default_rng(0).integers(0, 256, (batch * (args.steps + args.warmup),)
                                                + shape).astype(np.uint8)
-    model = flow_train.build_compiled_model(cfg, shape)
-    ds = flow_train.pipeline(images, batch, True, flip=cfg.train.flip).repeat()
+    model = density.build_compiled_model(cfg, shape)
+    ds = density.pipeline(images, batch, True, flip=cfg.train.flip).repeat()
     print(tfimb.platform_info.describe())
     print(f"{args.config}: {sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} "
           f"parameters, images {shape}, batch {batch}; {platform.machine()}, "

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
 
-from tfimb import export  # noqa: E402
+from tfimb.experiments import export  # noqa: E402
 from tfimb.models import resnet  # noqa: E402
 
 

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 
-from tfimb import config, data, metrics, train  # noqa: E402
+from tfimb import config, data, metrics  # noqa: E402
+from tfimb.experiments import classify  # noqa: E402
 from tfimb.runtime import loop  # noqa: E402
 
 
@@ -71,8 +72,8 @@ def measure(name, precision, args, dataset, images, labels):
     counts = np.bincount(dataset.train.labels, minlength=10)
 
     # tfimb: the pipeline, model wrapper, loss and metrics of `tfimb train`.
-    model = train.build_model(cfg, dataset)
-    trainer = train.regularized(model, cfg.train.weight_decay)
+    model = classify.build_model(cfg, dataset)
+    trainer = classify.regularized(model, cfg.train.weight_decay)
     trainer(np.zeros((1, 32, 32, 3), np.float32))
     trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                     loss=tfimb.ClassBalancedFocal(0.99, counts, gamma=1.0),
@@ -83,7 +84,7 @@ def measure(name, precision, args, dataset, images, labels):
 
     # Bare Keras: the same model on in-memory arrays.
     keras.utils.set_random_seed(0)
-    bare = train.build_model(cfg, dataset)
+    bare = classify.build_model(cfg, dataset)
     bare.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=["accuracy"])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tfimb import config, data, train
+from tfimb import config, data
+from tfimb.experiments import classify
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "cifar10_lt").glob("*.yaml"))
@@ -34,7 +35,7 @@ def test_protocol(path):
     assert cfg.model.head == ("cosine" if cfg.loss.name == "ldam" else "dense")
     t = cfg.train
     assert (t.epochs, t.batch_size, t.momentum, t.weight_decay) == (200, 128, 0.9, 2e-4)
-    lr = [train.learning_rate(e, cfg) for e in range(200)]
+    lr = [classify.learning_rate(e, cfg) for e in range(200)]
     np.testing.assert_allclose(lr[:5], [0.02, 0.04, 0.06, 0.08, 0.1])  # epoch e <= 5: 0.1 e / 5
     assert set(lr[5:160]) == {0.1} and set(lr[160:180]) == {0.001}
     assert set(lr[180:]) == {1e-5}

@@ -6,7 +6,6 @@ The command runs in this process (`tfimb.cli.main`), so a case costs no TensorFl
 `tests/test_cli.py` checks the same path in fresh interpreters (start-up noise, --debug).
 """
 
-import json
 import shutil
 
 import numpy as np

@@ -10,8 +10,9 @@ import tensorflow as tf
 
 import keras
 
-from tfimb import config, data, export, train
-from tfimb.flows import train as flow_train
+from tfimb import config, data
+from tfimb.experiments import classify, export
+from tfimb.experiments import density
 
 # Runs in a process where tfimb cannot be imported: the SavedModel must stand alone.
 LOADER = r"""
@@ -52,9 +53,9 @@ def _classifier_run(root):
     cfg = config.resolve({}, ["data.source=digits", "model.name=resnet8", "imbalance=null"])
     dataset = data.load(cfg.data, None)
     keras.utils.set_random_seed(0)
-    model = train.build_model(cfg, dataset)
+    model = classify.build_model(cfg, dataset)
     root.mkdir()
-    train.save_model(model, root / "model.keras")
+    classify.save_model(model, root / "model.keras")
     (root / "counts.json").write_text(json.dumps({"class_names": dataset.class_names,
                                                   "counts": dataset.counts.tolist()}))
     (root / "results.json").write_text(json.dumps({"accuracy": {"all": 0.1}}))
@@ -66,7 +67,7 @@ def _flow_run(root, num_scales=2):
                                    "model.num_blocks=1", "model.num_filters=4"])
     root.mkdir()
     (root / "config.yaml").write_text(config.dump_flow(cfg))
-    model = flow_train.build_model(cfg, (8, 8, 1))
+    model = density.build_model(cfg, (8, 8, 1))
     rng = np.random.default_rng(0)
     for w in model.weights:
         if w.path.endswith("/scale"):

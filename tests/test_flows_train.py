@@ -8,7 +8,7 @@ import keras
 
 from cli_helpers import run_tfimb
 from tfimb import config, data
-from tfimb.flows import train as flow_train
+from tfimb.experiments import density
 
 # One scale (4 couplings) keeps the traced training step small; test_flows.py covers scales.
 TINY = ["data.source=digits", "data.augment=false", "model.num_scales=1", "model.num_blocks=1",
@@ -34,7 +34,7 @@ def test_flow_config_validation():
 
 def test_interpolation_manifold_corners():
     z = np.arange(4 * 2 * 2 * 1, dtype=np.float32).reshape(4, 2, 2, 1)
-    grid = flow_train.interpolation_latents(z, 3)
+    grid = density.interpolation_latents(z, 3)
     assert grid.shape == (9, 2, 2, 1)
     np.testing.assert_allclose(grid[0], z[0], atol=1e-6)   # phi = phi' = 0
     np.testing.assert_allclose(grid[2], z[1], atol=1e-6)   # phi = 0, phi' = pi/2
@@ -53,35 +53,35 @@ def test_flow_training_resumes_and_a_nan_step_stops_it(tmp_path, monkeypatch):
     cfg = _tiny()
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        flow_train.run(cfg, run_dir, verbose=0, callbacks=[_Interrupt()])
+        density.run(cfg, run_dir, verbose=0, callbacks=[_Interrupt()])
     assert not (run_dir / "results.json").exists()
-    with pytest.raises(flow_train.FlowRunError, match="--resume"):
-        flow_train.run(cfg, run_dir, verbose=0)
-    results = flow_train.run(cfg, run_dir, resume=True, verbose=0)
+    with pytest.raises(density.FlowRunError, match="--resume"):
+        density.run(cfg, run_dir, verbose=0)
+    results = density.run(cfg, run_dir, resume=True, verbose=0)
     assert results["epochs_completed"] == 2
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_bits_per_dim" in history[0]
     assert np.isfinite(results["bits_per_dim"]["test"]) and results["bits_per_dim"]["test"] > 0
-    with pytest.raises(flow_train.FlowRunError, match="finished run"):
-        flow_train.run(cfg, run_dir, resume=True, verbose=0)
+    with pytest.raises(density.FlowRunError, match="finished run"):
+        density.run(cfg, run_dir, resume=True, verbose=0)
     # The trained weights reload, without the data, to the same test bits/dim.
     assert results["image_shape"] == [8, 8, 1]
-    loaded_cfg, model = flow_train.load_run(run_dir)
+    loaded_cfg, model = density.load_run(run_dir)
     dataset = data.load(loaded_cfg.data, None)
-    eval_images = flow_train._subset(dataset.evaluation, loaded_cfg.train.max_eval_images,
+    eval_images = density._subset(dataset.evaluation, loaded_cfg.train.max_eval_images,
                                      loaded_cfg.train.seed + 1)
     np.testing.assert_allclose(
-        flow_train.evaluate_images(model, eval_images, loaded_cfg.train.batch_size),
+        density.evaluate_images(model, eval_images, loaded_cfg.train.batch_size),
         results["bits_per_dim"]["test"], rtol=1e-5)
     images = dataset.evaluation.images[:8]
     # Export and sampling rebuild the model from the run directory alone.
-    from tfimb import export
+    from tfimb.experiments import export
 
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was read")
 
     monkeypatch.setattr(data, "load", no_data)
-    _, reloaded = flow_train.load_run(run_dir)
+    _, reloaded = density.load_run(run_dir)
     assert reloaded.sample(2, 0.5, seed=0).shape == (2, 8, 8, 1)
     path = export.export(run_dir, "flow", 1, str(tmp_path / "saved"))
     assert (pathlib.Path(path) / "saved_model.pb").exists()

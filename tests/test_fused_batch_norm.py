@@ -6,7 +6,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from tfimb import config, data, train
+from tfimb import config, data
+from tfimb.experiments import classify
 from tfimb.fused_batch_norm import (FusedBatchNormalization, fuse_batch_norms,
                                     unfuse_batch_norms)
 
@@ -73,18 +74,18 @@ def test_bfloat16_policy_is_close_and_keeps_float32_statistics():
 def test_training_models_are_fused_and_saved_models_are_plain_keras(tmp_path):
     cfg = config.resolve({}, ["data.source=digits", "model.name=resnet20", "imbalance=null"])
     dataset = data.load(cfg.data, None)
-    model = train.build_model(cfg, dataset)
+    model = classify.build_model(cfg, dataset)
     layers = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
     assert layers and all(type(l) is FusedBatchNormalization for l in layers)
     x = dataset.test.images[:4].astype(np.float32)
-    train.save_model(model, tmp_path / "model.keras")
+    classify.save_model(model, tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     assert not [l for l in loaded._flatten_layers() if type(l) is FusedBatchNormalization]
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
     again = fuse_batch_norms(unfuse_batch_norms(model))
     np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
     # Synchronised statistics keep Keras' layer (its moments need an all-reduce).
-    synced = train.build_model(config.resolve({}, ["data.source=digits", "model.name=resnet20",
+    synced = classify.build_model(config.resolve({}, ["data.source=digits", "model.name=resnet20",
                                                    "imbalance=null",
                                                    "distribute.sync_batch_norm=true"]), dataset)
     assert not [l for l in synced._flatten_layers() if type(l) is FusedBatchNormalization]

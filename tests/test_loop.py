@@ -15,7 +15,8 @@ import keras
 import tensorflow as tf
 
 from cli_helpers import run_tfimb
-from tfimb import config, train
+from tfimb import config
+from tfimb.experiments import classify
 from tfimb.runtime import launch, loop
 
 
@@ -138,8 +139,8 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
 def test_multi_worker_needs_tf_config(monkeypatch, tmp_path):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     cfg = config.resolve({}, ["distribute.strategy=multi_worker", "data.source=digits"])
-    with pytest.raises(train.RunDirError, match="TF_CONFIG.*--local-workers"):
-        train.run(cfg, tmp_path)
+    with pytest.raises(classify.RunDirError, match="TF_CONFIG.*--local-workers"):
+        classify.run(cfg, tmp_path)
     with pytest.raises(launch.LaunchError, match="--local-workers=0"):
         launch.check_count(0)
 
@@ -171,7 +172,7 @@ def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
     """2 local workers, one SIGKILLed after the first epoch; the same command again completes
     the run, with the weights and history one process trains with the same global batch."""
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)  # 196 images: 7 global batches of 28.
-    one = train.run(config.resolve(yaml.safe_load(TINY_YAML)), tmp_path / "one", verbose=0)
+    one = classify.run(config.resolve(yaml.safe_load(TINY_YAML)), tmp_path / "one", verbose=0)
 
     run_dir = tmp_path / "two"
     command = [sys.executable, "-m", "tfimb", "train", "tiny.yaml", "--workdir", "two",

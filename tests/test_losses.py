@@ -670,7 +670,8 @@ def test_sigmoid_targets_and_counts_rules(rng):
 
 
 def test_train_starts_sigmoid_logits_at_the_class_prior():
-    from tfimb import config, data, train
+    from tfimb import config, data
+    from tfimb.experiments import classify
 
     cfg = config.resolve({"data": {"source": "digits"}, "imbalance": None,
                           "model": {"name": "resnet8"},
@@ -679,7 +680,7 @@ def test_train_starts_sigmoid_logits_at_the_class_prior():
     split = data.Split(images, np.arange(10))
     dataset = data.Dataset(split, data.Split(images[:0], split.labels[:0]), split,
                            [str(i) for i in range(10)], 10)
-    model = train.build_model(cfg, dataset)
+    model = classify.build_model(cfg, dataset)
     bias = [w for w in model.weights if "logits" in w.path and w.path.endswith("bias")]
     np.testing.assert_allclose(bias[0].numpy(), -np.log(9.0) * np.ones(10), rtol=1e-6)
 

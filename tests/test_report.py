@@ -1,8 +1,8 @@
-"""tfimb.report: every run of a full table gets a line no other run has."""
+"""tfimb.experiments.report: every run of a full table gets a line no other run has."""
 
 import pytest
 
-from tfimb import report
+from tfimb.experiments import report
 
 
 def test_line_styles_are_distinct_for_a_full_table():

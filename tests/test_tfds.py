@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tfimb import config, data
-from tfimb.flows import train as flow_train
+from tfimb.experiments import density
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -57,7 +57,7 @@ def test_flow_pipeline_under_mock_data():
     cfg = config.resolve_flow(yaml.safe_load((ROOT / "configs/realnvp/cifar10.yaml").read_text()))
     with tfds.testing.mock_data(num_examples=256):
         ds = data.load(cfg.data, None)
-        batch = next(iter(flow_train.pipeline(ds.train.images, 32, True, seed=0, epoch=0)))
+        batch = next(iter(density.pipeline(ds.train.images, 32, True, seed=0, epoch=0)))
     assert batch.shape == (32, 32, 32, 3) and batch.dtype == "uint8"
 
 
@@ -90,7 +90,7 @@ def test_every_shipped_tfds_config_builds_its_pipeline(path):
         pytest.skip(f"data.source is {cfg.data.source!r}")
     if kind == "flow":
         ds = _mock_load(cfg.data, None)
-        batch = next(iter(flow_train.pipeline(ds.train.images, cfg.train.batch_size, True,
+        batch = next(iter(density.pipeline(ds.train.images, cfg.train.batch_size, True,
                                               seed=0, epoch=0)))
     else:
         ds = _mock_load(cfg.data, cfg.imbalance)

@@ -6,7 +6,8 @@ import pytest
 import keras
 
 from cli_helpers import run_tfimb
-from tfimb import config, data, report, train
+from tfimb import config, data
+from tfimb.experiments import classify, report
 from tfimb.runtime import devices, rundir
 
 TINY = ["data.source=digits", "data.augment=false", "imbalance.majority_count=30",
@@ -20,10 +21,10 @@ def _tiny(*overrides):
 
 def test_learning_rate_schedule():
     cfg = config.resolve({})
-    assert [train.learning_rate(e, cfg) for e in (0, 14, 15, 19, 20, 24)] == [
+    assert [classify.learning_rate(e, cfg) for e in (0, 14, 15, 19, 20, 24)] == [
         0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     warm = config.resolve({}, ["train.warmup_epochs=5"])
-    assert [train.learning_rate(e, warm) for e in (0, 4, 5)] == pytest.approx([0.02, 0.1, 0.1])
+    assert [classify.learning_rate(e, warm) for e in (0, 4, 5)] == pytest.approx([0.02, 0.1, 0.1])
 
 
 def test_precision_resolution(monkeypatch):
@@ -37,7 +38,7 @@ def test_precision_resolution(monkeypatch):
 def test_weight_decay_is_coupled_l2_on_every_weight():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(inputs)))
-    trainer = train.regularized(model, 0.1)
+    trainer = classify.regularized(model, 0.1)
     trainer(np.ones((1, 3), np.float32), training=True)
     expected = 0.05 * sum(float(np.sum(np.square(w))) for w in model.trainable_weights)
     np.testing.assert_allclose(float(sum(trainer.losses)), expected, rtol=1e-6)
@@ -136,7 +137,7 @@ def test_ldam_with_deferred_reweighting(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(self.model.loss.beta)
 
-    results = train.run(cfg, tmp_path, verbose=0, callbacks=[Record()])
+    results = classify.run(cfg, tmp_path, verbose=0, callbacks=[Record()])
     assert seen == [None, 0.9999]
     assert np.isfinite(results["accuracy"]["all"])
     assert "DRW from epoch 2" in report.describe(results["config"])
@@ -154,7 +155,7 @@ def test_sigmoid_losses_leave_the_last_bias_undecayed():
     dataset = data.Dataset(split, data.Split(images[:0], split.labels[:0]), split,
                            [str(i) for i in range(10)], 10)
     for c, excluded in ((cfg, ("logits/bias",)), (softmax, ())):
-        _, trainer, _ = train.build_trainer(c, dataset, [1])
+        _, trainer, _ = classify.build_trainer(c, dataset, [1])
         assert trainer.exclude == excluded
         kept = [w.path for w in trainer.inner.trainable_weights
                 if not w.path.endswith(trainer.exclude)]
@@ -166,11 +167,11 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(tmp_path):
     # An out-of-range class is found with the data, before the run directory exists.
     bad = _tiny("evaluation.minority=[12]")
     with pytest.raises(config.ConfigError, match=r"evaluation.minority.*12"):
-        train.run(bad, tmp_path / "run", verbose=0)
+        classify.run(bad, tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
     bad = _tiny("imbalance.minority=[10]")
     with pytest.raises(Exception, match=r"imbalance.minority.*10") as info:
-        train.run(bad, tmp_path / "run", verbose=0)
+        classify.run(bad, tmp_path / "run", verbose=0)
     assert isinstance(info.value, data.DataError) and not (tmp_path / "run").exists()
 
 
@@ -185,7 +186,7 @@ def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys)
         "mixed_precision: float32\n"
         "variants:\n  - {name: ce}\n  - {name: focal, loss: {name: focal, gamma: 1.0}}\n")
     workdir = tmp_path / "W"
-    real_run = train.run
+    real_run = classify.run
     calls = []
 
     def killed_in_the_second_run(cfg, run_dir, resume=False, **kwargs):
@@ -195,11 +196,11 @@ def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys)
             raise KeyboardInterrupt("killed")
         return real_run(cfg, run_dir, resume=resume, **kwargs)
 
-    monkeypatch.setattr(train, "run", killed_in_the_second_run)
+    monkeypatch.setattr(classify, "run", killed_in_the_second_run)
     args = ["train", str(tmp_path / "job.yaml"), "--workdir", str(workdir)]
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
-    monkeypatch.setattr(train, "run", real_run)
+    monkeypatch.setattr(classify, "run", real_run)
     assert (workdir / "ce" / "results.json").exists()
     assert not (workdir / "focal" / "results.json").exists()
     finished = (workdir / "ce" / "results.json").read_text()

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tfimb import config, distributed_search, tune
+from tfimb import config
+from tfimb.experiments import distributed_search, trials, tune
 
 SMOKE = pathlib.Path(__file__).parents[1] / "configs" / "search" / "smoke.yaml"
 
@@ -75,25 +76,25 @@ def test_trial_config_keeps_schedule_fractions_and_compatible_loss_arguments():
                          "train.lr_boundaries=[15, 20]", "search.epochs_per_trial=5",
                          "loss={name: class_balanced_focal, beta: 0.5, gamma: 3.0, "
                          "normalization: num_classes}")
-    trial = tune.trial_config(cfg, search, {"name": "class_balanced_softmax", "beta": 0.99})
+    trial = trials.trial_config(cfg, search, {"name": "class_balanced_softmax", "beta": 0.99})
     assert trial.train.epochs == 5 and trial.train.lr_boundaries == [3, 4]
     assert trial.loss.name == "class_balanced_softmax"
     assert trial.loss.options == {"normalization": "num_classes", "beta": 0.99}
     # One epoch per trial: boundaries stay increasing (the later steps are never reached).
     _, short = _smoke("train.epochs=25", "train.lr_values=[0.1, 0.01, 0.001]",
                       "train.lr_boundaries=[15, 20]", "search.epochs_per_trial=1")
-    assert tune.trial_config(cfg, short, {"name": "focal", "gamma": 1.0}).train.lr_boundaries \
+    assert trials.trial_config(cfg, short, {"name": "focal", "gamma": 1.0}).train.lr_boundaries \
         == [1, 2]
 
 
 def test_best_config_trains_on_the_full_training_data():
     cfg, _ = _smoke()
-    best = tune.best_config(cfg, {"loss": "class_balanced_focal", "beta": 0.9, "gamma": 2.0})
+    best = trials.best_config(cfg, {"loss": "class_balanced_focal", "beta": 0.9, "gamma": 2.0})
     assert best.data.validation_per_class == 0
     assert best.loss.name == "class_balanced_focal"
     assert best.loss.options == {"beta": 0.9, "gamma": 2.0}
     assert best.train.epochs == cfg.train.epochs
-    softmax = tune.best_config(cfg, {"loss": "class_balanced_softmax", "beta": 0.9,
+    softmax = trials.best_config(cfg, {"loss": "class_balanced_softmax", "beta": 0.9,
                                      "gamma": None})
     assert softmax.loss.options == {"beta": 0.9}
 

@@ -1,5 +1,7 @@
 """The `tfimb` command line. Subcommands import TensorFlow only when they need it."""
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import os
@@ -11,16 +13,26 @@ import numpy as np
 import tfimb
 from tfimb import catalog, errors
 
+# For type checkers only: at run time the command line imports TensorFlow, Keras, the config
+# package and the experiments only when a subcommand needs them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Sequence
+
+    from tfimb._checks import PathLike
+    from tfimb.config import FlowConfig
+    from tfimb.flows.realnvp import RealNVP
+
 PACKAGED_CONFIGS = pathlib.Path(__file__).parent / "configs"
 
 
-def _losses(args):
+def _losses(args: argparse.Namespace) -> int:
     del args
     print(catalog.format_table())
     return 0
 
 
-def _info(args):
+def _info(args: argparse.Namespace) -> int:
     """The machine as tfimb sees it: versions, CPU kernels, devices, the precision `auto` picks."""
     del args
     import keras
@@ -36,7 +48,7 @@ def _info(args):
     return 0
 
 
-def resolve_config_path(name):
+def resolve_config_path(name: str) -> pathlib.Path:
     """A YAML path, or the name of a config shipped with tfimb (`default`)."""
     path = pathlib.Path(name)
     if path.is_file():
@@ -49,7 +61,7 @@ def resolve_config_path(name):
                             f"configs shipped with tfimb ({', '.join(shipped)}).")
 
 
-def _load_yaml_config(name):
+def _load_yaml_config(name: str) -> tuple[pathlib.Path, Any]:
     import yaml
 
     path = resolve_config_path(name)
@@ -62,9 +74,10 @@ def _load_yaml_config(name):
                                 "configs hold plain YAML values only.") from None
 
 
-def _train(args):
+def _train(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb import report, train
+    from tfimb.experiments import classify
+    from tfimb.experiments import report
 
     path, raw = _load_yaml_config(args.config)
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / path.stem)
@@ -75,30 +88,17 @@ def _train(args):
         raise config_lib.ConfigError(f"{path}: {error}") from None
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
-    several = len(jobs) > 1
-    finished, ran = [], 0
-    for cfg, run_dir in jobs:
-        if several and (run_dir / train.RESULTS).exists():
-            # A job of several runs is finished run by run: a finished one is kept (and
-            # never retrained), so an interrupted job completes with --resume.
-            print(f"== {run_dir}: finished earlier, kept", flush=True)
-            finished.append(report.load_run(run_dir))
-            continue
-        print(f"== {run_dir}", flush=True)
-        # Under --resume a job's runs that never started just start.
-        resume = args.resume and (not several or (run_dir / "config.yaml").exists())
-        results = train.run(cfg, run_dir, resume=resume)
-        finished.append({"dir": run_dir, "results": results})
-        ran += 1
-    if several and not ran:
+    finished, ran = classify.run_job(jobs, args.resume,
+                                     announce=lambda line: print(line, flush=True))
+    if len(jobs) > 1 and not ran:
         print(f"All {len(jobs)} runs of {path} in {workdir} had finished; their table:")
     print(report.table(finished))
     return 0
 
 
-def _tune(args):
+def _tune(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb import distributed_search, report, tune
+    from tfimb.experiments import distributed_search, report, tune
 
     path, raw = _load_yaml_config(args.config)
     try:
@@ -124,9 +124,9 @@ def _tune(args):
     return 0
 
 
-def _flow_train(args):
+def _flow_train(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb.flows import train as flow_train
+    from tfimb.experiments import density
 
     path, raw = _load_yaml_config(args.config)
     try:
@@ -136,7 +136,7 @@ def _flow_train(args):
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
     if args.local_workers is not None:
         return _launch_local_workers(args, ["flow", "train"], workdir)
-    results = flow_train.run(cfg, workdir, resume=args.resume)
+    results = density.run(cfg, workdir, resume=args.resume)
     bpd = results["bits_per_dim"]
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "
           f"{bpd['test']:.4f} after {results['epochs_completed']} epochs; samples: "
@@ -144,7 +144,8 @@ def _flow_train(args):
     return 0
 
 
-def _launch_local_workers(args, command, workdir):
+def _launch_local_workers(args: argparse.Namespace, command: list[str],
+                          workdir: pathlib.Path) -> int:
     """`--local-workers N`: the same command as N multi-worker processes on this machine."""
     from tfimb.runtime import launch
 
@@ -158,25 +159,25 @@ def _launch_local_workers(args, command, workdir):
     return 0
 
 
-def _load_flow(run_dir):
-    from tfimb.flows import train as flow_train
+def _load_flow(run_dir: PathLike) -> tuple[FlowConfig, RealNVP]:
+    from tfimb.experiments import density
 
-    return flow_train.load_run(run_dir)
+    return density.load_run(run_dir)
 
 
-def _flow_evaluate(args):
-    from tfimb.flows import train as flow_train
+def _flow_evaluate(args: argparse.Namespace) -> int:
+    from tfimb.experiments import density
 
     cfg, model = _load_flow(args.run_dir)
-    images = flow_train.test_images(cfg)
-    bpd = flow_train.evaluate_images(model, images, cfg.train.batch_size)
+    images = density.test_images(cfg)
+    bpd = density.evaluate_images(model, images, cfg.train.batch_size)
     print(f"test bits/dim: {bpd:.4f} ({len(images)} images, uniform dequantisation, "
           "inference mode)")
     return 0
 
 
-def _flow_sample(args):
-    from tfimb.flows import train as flow_train
+def _flow_sample(args: argparse.Namespace) -> int:
+    from tfimb.experiments import density
 
     _, model = _load_flow(args.run_dir)
     try:
@@ -184,24 +185,24 @@ def _flow_sample(args):
     except ValueError as error:  # n or temperature out of range: a usage error.
         raise errors.UsageError(str(error)) from None
     output = args.output or pathlib.Path(args.run_dir) / f"samples_T{args.temperature}.png"
-    print(f"{args.n} samples written to {flow_train.write_grid(images, output)}")
+    print(f"{args.n} samples written to {density.write_grid(images, output)}")
     return 0
 
 
-def _flow_interpolate(args):
-    from tfimb.flows import train as flow_train
+def _flow_interpolate(args: argparse.Namespace) -> int:
+    from tfimb.experiments import density
 
     cfg, model = _load_flow(args.run_dir)
-    images = flow_train.test_images(cfg)
+    images = density.test_images(cfg)
     index = np.random.default_rng(args.seed).choice(len(images), 4, replace=False)
-    grid = flow_train.interpolate(model, images[index], args.steps)
+    grid = density.interpolate(model, images[index], args.steps)
     output = args.output or pathlib.Path(args.run_dir) / "interpolation.png"
-    print(f"interpolation written to {flow_train.write_grid(grid, output, args.steps)} "
+    print(f"interpolation written to {density.write_grid(grid, output, args.steps)} "
           f"(test images {index.tolist()} at the corners)")
     return 0
 
 
-def _flow_two_moons(args):
+def _flow_two_moons(args: argparse.Namespace) -> int:
     from tfimb.flows import two_moons
 
     output = pathlib.Path(args.output)
@@ -214,8 +215,8 @@ def _flow_two_moons(args):
     return 0
 
 
-def _export(args):
-    from tfimb import export
+def _export(args: argparse.Namespace) -> int:
+    from tfimb.experiments import export
 
     path = export.export(args.run_dir, name=args.name, version=args.version,
                          output_dir=args.output_dir, overwrite=args.overwrite)
@@ -224,8 +225,8 @@ def _export(args):
     return 0
 
 
-def _report(args):
-    from tfimb import report
+def _report(args: argparse.Namespace) -> int:
+    from tfimb.experiments import report
 
     try:
         print(report.report(args.run_dirs, args.output))
@@ -235,7 +236,7 @@ def _report(args):
     return 0
 
 
-def _add_run_arguments(parser, default_dir):
+def _add_run_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
     """--workdir, --set and --resume of the training commands."""
     parser.add_argument("--workdir", help=f"run directory (default: {default_dir})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -248,7 +249,7 @@ def _add_run_arguments(parser, default_dir):
                              "WORKDIR/workers; all stop when one fails")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfimb",
         description="Class-imbalance losses and RealNVP density models for TensorFlow/Keras.")
@@ -350,7 +351,7 @@ def build_parser():
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def _stderr_silenced() -> Iterator[None]:
     """File descriptor 2 to /dev/null (C++ libraries write there directly), then restored."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -363,7 +364,7 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def _load_tensorflow_quietly():
+def _load_tensorflow_quietly() -> None:
     """Import TensorFlow and look for devices with its C++ start-up lines (CUDA stubs, cuInit
     on a CPU machine, CPU feature notes) silenced: they look like errors and are not. Python
     errors still surface (after stderr is restored). Skipped with --debug, or when the user set
@@ -381,7 +382,7 @@ def _load_tensorflow_quietly():
 _NO_TENSORFLOW = (_losses, _report)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

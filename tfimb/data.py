@@ -22,15 +22,24 @@ seeded with `seed`, the first `validation_per_class` go to the validation split 
 the test split, and never taken from it), and the imbalanced training set takes the next ones.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import pathlib
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfimb import _checks
+from tfimb._checks import ArrayLike
 from tfimb.errors import TfimbError
+
+if TYPE_CHECKING:  # TensorFlow and the config package are imported by the calls that use them.
+    import tensorflow as tf
+
+    from tfimb.config import DataConfig, ImbalanceConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -44,7 +53,7 @@ class Split:
     images: np.ndarray   # uint8, (N, H, W, C)
     labels: np.ndarray   # int64, (N,)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
 
@@ -59,11 +68,11 @@ class Dataset:
     num_classes: int
 
     @property
-    def counts(self):
+    def counts(self) -> np.ndarray:
         return np.bincount(self.train.labels, minlength=self.num_classes)
 
     @property
-    def evaluation(self):
+    def evaluation(self) -> Split:
         """The split evaluated each epoch: validation when carved, else test."""
         return self.validation if len(self.validation) else self.test
 
@@ -217,7 +226,7 @@ def _load_digits():
 # Imbalance.
 
 
-def long_tail_counts(n_max, num_classes, factor):
+def long_tail_counts(n_max: int, num_classes: int, factor: float) -> np.ndarray:
     """Cui et al.'s exponential profile: class c keeps `int(n_max * factor^(-c / (C - 1)))`.
 
     >>> long_tail_counts(5000, 10, 100).tolist()
@@ -227,7 +236,7 @@ def long_tail_counts(n_max, num_classes, factor):
     return np.floor(n_max * np.power(float(factor), -exponents) + 1e-9).astype(np.int64)
 
 
-def target_counts(available, imbalance):
+def target_counts(available: ArrayLike, imbalance: ImbalanceConfig | None) -> np.ndarray:
     """Training images to keep per class, from the available counts and the imbalance config."""
     available = np.asarray(available, np.int64)
     num_classes = len(available)
@@ -273,7 +282,7 @@ def _subsample(split, validation_per_class, imbalance, seed, num_classes):
     return np.sort(train), np.sort(validation)
 
 
-def load(config, imbalance=None):
+def load(config: DataConfig, imbalance: ImbalanceConfig | None = None) -> Dataset:
     """Load the configured data, carve validation, apply the imbalance: a `Dataset`."""
     if config.source == "folder":
         train, test, names = _load_folder(config)
@@ -292,7 +301,7 @@ def load(config, imbalance=None):
         test=test, class_names=names, num_classes=num_classes)
 
 
-def channel_statistics(images):
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and variance of uint8 images, in [0, 255] units (float64)."""
     x = images.reshape(-1, images.shape[-1]).astype(np.float64)
     return x.mean(axis=0), x.var(axis=0)
@@ -302,7 +311,7 @@ def channel_statistics(images):
 # tf.data pipelines.
 
 
-def augmentation_padding(height):
+def augmentation_padding(height: int) -> int:
     """Padding of the random crop: 4 pixels at 32x32 (the CIFAR recipe), height / 8 in general."""
     return max(1, round(height / 8))
 
@@ -319,8 +328,8 @@ def _augment(image, seed):
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=False,
-             epoch=None):
+def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
+             drop_remainder: bool = False, epoch: int | None = None) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of (float32 images in [0, 255], int32 labels).
 
     Training: shuffled (seeded) and augmented with per-example stateless seeds. With `epoch`
@@ -345,7 +354,8 @@ def pipeline(split, batch_size, training, seed=0, augment=True, drop_remainder=F
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def shuffled_with_seeds(ds, buffer_size, seed, epoch=None):
+def shuffled_with_seeds(ds: tf.data.Dataset, buffer_size: int, seed: int,
+                        epoch: int | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """(`ds` shuffled, a dataset of per-example [2] seeds for stateless random ops).
 
     Without `epoch`, every iteration reshuffles and draws new seeds (the next epoch); with it,
@@ -361,7 +371,7 @@ def shuffled_with_seeds(ds, buffer_size, seed, epoch=None):
     return ds, seeds
 
 
-def folder_from_environment():
+def folder_from_environment() -> str | None:
     """The image folder named by $TFIMB_DATA_DIR when it exists (benchmarks, tests), else None."""
     path = os.environ.get("TFIMB_DATA_DIR")
     return path if path and pathlib.Path(path).is_dir() else None

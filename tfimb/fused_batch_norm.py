@@ -12,13 +12,18 @@ updated as `moving = moving * momentum + batch * (1 - momentum)` with the biased
 in inference, the moving statistics. Inputs that the fused kernel does not take (not 4-D
 channels-last, masks, synchronised statistics) go through Keras' own implementation.
 
-`tfimb.train.build_model` swaps this layer in for the classifier's batch norms while training
-(the models in `tfimb.models` stay pure Keras), and `tfimb.train.save_model` swaps Keras' layer
-back before writing `model.keras`, which therefore loads on any backend without tfimb.
+`tfimb.experiments.classify.build_model` swaps this layer in for the classifier's batch norms
+while training (the models in `tfimb.models` stay pure Keras), and
+`tfimb.experiments.classify.save_model` swaps Keras' layer back before writing `model.keras`,
+which therefore loads on any backend without tfimb.
 """
+
+from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from tfimb._checks import TensorLike
 
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 
@@ -31,7 +36,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return (mask is None and not self.synchronized and len(inputs.shape) == 4
                 and self.axis in (-1, 3) and inputs.dtype in _FUSED_DTYPES)
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: TensorLike, training: bool | None = None,
+             mask: TensorLike | None = None) -> tf.Tensor:
         inputs = tf.convert_to_tensor(inputs)
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
@@ -74,11 +80,11 @@ def _swap(model, source, target):
     return swapped
 
 
-def fuse_batch_norms(model):
+def fuse_batch_norms(model: keras.Model) -> keras.Model:
     """A copy of a functional `model` with fused batch norms (nested models too), same weights."""
     return _swap(model, keras.layers.BatchNormalization, FusedBatchNormalization)
 
 
-def unfuse_batch_norms(model):
+def unfuse_batch_norms(model: keras.Model) -> keras.Model:
     """The inverse of `fuse_batch_norms`: Keras' own layer back, same weights."""
     return _swap(model, FusedBatchNormalization, keras.layers.BatchNormalization)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any, Iterable
 
 from tfimb import _checks, catalog
+from tfimb._checks import PathLike
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
 from tfimb.config.common import DataConfig, DistributeConfig
@@ -41,7 +43,7 @@ class ImbalanceConfig:
     GROUP_KEYS = ("minority", "minority_count", "majority_count")
 
     @staticmethod
-    def merge_into(base, update):
+    def merge_into(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         """The keys of `base` that `update` keeps (engine.merge's rule for this section)."""
         if update.get("long_tail_factor") is not None:
             return {}
@@ -49,7 +51,7 @@ class ImbalanceConfig:
             return {k: v for k, v in base.items() if k != "long_tail_factor"}
         return base
 
-    def validate(self):
+    def validate(self) -> None:
         by_group = self.minority is not None or self.minority_count is not None
         if by_group and self.long_tail_factor is not None:
             raise ConfigError("Invalid value for section `imbalance`. Expected either "
@@ -77,7 +79,7 @@ class ModelConfig:
     name: str = "resnet18_cifar"
     head: str = "dense"              # dense | cosine (for the LDAM loss)
 
-    def validate(self):
+    def validate(self) -> None:
         from tfimb.models import resnet  # Keras only; cheap enough at config time.
         engine.one_of("model.name", self.name, tuple(resnet.MODELS))
         engine.one_of("model.head", self.head, resnet.HEADS)
@@ -109,7 +111,7 @@ class LossConfig:
         "from_logits": lambda v: _checks.check_bool("from_logits", v),
     }
 
-    def validate(self):
+    def validate(self) -> None:
         engine.one_of("loss.name", self.name, catalog.NAMES)
         valid = sorted(catalog.config_keys(self.name))
         for key in self.options:
@@ -133,7 +135,7 @@ class LossConfig:
             engine.in_range("loss.drw_beta", self.drw_beta, _checks.check_beta, "0 <= beta < 1")
 
     @property
-    def needs_counts(self):
+    def needs_counts(self) -> bool:
         return catalog.takes(self.name, "counts", required=True)
 
 
@@ -150,7 +152,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
 
-    def validate(self):
+    def validate(self) -> None:
         engine.at_least("train.epochs", self.epochs, 1)
         engine.at_least("train.batch_size", self.batch_size, 1)
         engine.at_least("train.warmup_epochs", self.warmup_epochs, 0)
@@ -187,14 +189,14 @@ class EvaluationConfig:
     interval: int = 1
     every_epoch_from: typing.Optional[int] = None
 
-    def validate(self):
+    def validate(self) -> None:
         if self.minority is not None:
             engine.check(_checks.check_classes, "evaluation.minority", self.minority)
         engine.at_least("evaluation.interval", self.interval, 1)
         if self.every_epoch_from is not None:
             engine.at_least("evaluation.every_epoch_from", self.every_epoch_from, 0)
 
-    def evaluates(self, epoch, epochs):
+    def evaluates(self, epoch: int, epochs: int) -> bool:
         """Whether 0-based `epoch` of `epochs` is evaluated."""
         return ((epoch + 1) % self.interval == 0 or epoch == epochs - 1
                 or (self.every_epoch_from is not None and epoch >= self.every_epoch_from))
@@ -212,7 +214,7 @@ class ExperimentConfig:
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
-    def validate(self):
+    def validate(self) -> ExperimentConfig:
         for section in (self.data, self.imbalance, self.model, self.loss, self.train,
                         self.distribute, self.evaluation):
             if section is not None:
@@ -232,11 +234,11 @@ class ExperimentConfig:
                               f"loss.drw_epoch={self.loss.drw_epoch}")
         return self
 
-    def resolved(self):
+    def resolved(self) -> ExperimentConfig:
         """The config with `data.source: auto` made concrete (what a run records)."""
         return dataclasses.replace(self, data=self.data.concrete())
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain dict in the YAML layout (loss options flattened into `loss`)."""
         out = dataclasses.asdict(self)
         loss = out.pop("loss")
@@ -247,28 +249,29 @@ class ExperimentConfig:
                                           "mixed_precision", "distribute", "evaluation")}
 
 
-def resolve(raw, overrides=()):
+def resolve(raw: Any, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """A validated `ExperimentConfig`: defaults, then the YAML dict, then `--set` overrides."""
     return engine.resolve_dataclass(ExperimentConfig, raw, overrides)
 
 
-def resolve_variants(raw, overrides=()):
+def resolve_variants(raw: Any, overrides: Iterable[str] = ()
+                     ) -> list[tuple[str | None, ExperimentConfig]]:
     """[(variant name or None, validated `ExperimentConfig`)]: one per entry of the config's
     `variants` list (shared keys, then the variant's, then `--set`), or the config itself."""
     return [(name, resolve(variant, overrides))
             for name, variant in engine.expand_variants(raw, ExperimentConfig)]
 
 
-def from_dict(raw):
+def from_dict(raw: Any) -> ExperimentConfig:
     """Validated `ExperimentConfig` from a complete plain dict (the YAML layout)."""
     return engine.build(ExperimentConfig, raw or {}, "").validate().resolved()
 
 
-def load(path=None, overrides=()):
+def load(path: PathLike | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML config (safe loader), apply `--set` overrides, validate."""
     import yaml
 
-    raw = {}
+    raw: Any = {}
     if path is not None:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}

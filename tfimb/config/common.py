@@ -27,14 +27,14 @@ class DataConfig:
     image_size: typing.Optional[int] = None  # resize folder images to this square size
     augment: bool = True             # pad-4 random crop + horizontal flip
 
-    def concrete(self):
+    def concrete(self) -> DataConfig:
         """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
         if self.source != "auto":
             return self
         folder = self.dir or os.environ.get(DATA_DIR_VARIABLE) or None
         return dataclasses.replace(self, source="folder" if folder else "tfds", dir=folder)
 
-    def validate(self):
+    def validate(self) -> None:
         engine.one_of("data.source", self.source, ("tfds", "folder", "digits", "auto"))
         if self.source == "folder" and not self.dir:
             raise ConfigError("Invalid value for key `data.dir`. Expected the folder root "
@@ -54,7 +54,7 @@ class DistributeConfig:
     # weights N workers train (both compute the moments as E[x^2] - E[x]^2). Classifiers only.
     sync_batch_norm: bool = False
 
-    def validate(self):
+    def validate(self) -> None:
         engine.one_of("distribute.strategy", self.strategy, STRATEGIES)
         engine.at_least("distribute.num_cpu_devices", self.num_cpu_devices, 1)
         if not isinstance(self.sync_batch_norm, bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any, Iterable
 
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
@@ -19,7 +20,7 @@ class FlowModelConfig:
     epsilon: float = 1.0e-4
     alpha: float = 0.05              # logit transform
 
-    def validate(self):
+    def validate(self) -> None:
         for key in ("num_scales", "num_blocks", "num_filters"):
             engine.at_least(f"model.{key}", getattr(self, key), 1)
         if not 0 <= self.momentum < 1:
@@ -45,7 +46,7 @@ class FlowTrainConfig:
     max_train_images: typing.Optional[int] = None  # a subset, for CPU-sized runs
     max_eval_images: typing.Optional[int] = None
 
-    def validate(self):
+    def validate(self) -> None:
         engine.at_least("train.epochs", self.epochs, 1)
         engine.at_least("train.batch_size", self.batch_size, 2)  # Batch statistics need 2.
         engine.at_least("train.steps_per_execution", self.steps_per_execution, 1)
@@ -70,23 +71,23 @@ class FlowConfig:
     train: FlowTrainConfig = dataclasses.field(default_factory=FlowTrainConfig)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
-    def validate(self):
+    def validate(self) -> FlowConfig:
         for section in (self.data, self.model, self.train, self.distribute):
             section.validate()
         return self
 
-    def resolved(self):
+    def resolved(self) -> FlowConfig:
         """The config with `data.source: auto` made concrete (what a run records)."""
         return dataclasses.replace(self, data=self.data.concrete())
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def resolve_flow(raw, overrides=()):
+def resolve_flow(raw: Any, overrides: Iterable[str] = ()) -> FlowConfig:
     """A validated `FlowConfig`: defaults, then the YAML dict, then `--set` overrides."""
     return engine.resolve_dataclass(FlowConfig, raw, overrides)
 
 
-def dump_flow(config):
+def dump_flow(config: FlowConfig) -> str:
     return engine.dump(config)

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any, Iterable, Literal
 
 from tfimb import _checks, catalog
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
-from tfimb.config.classify import resolve
+from tfimb.config.classify import ExperimentConfig, resolve
 
 SEARCH_ALGORITHMS = ("grid", "random", "bayesian", "hyperband")
 
 
-def losses_taking(parameter, names, required=False):
+def losses_taking(parameter: str, names: Iterable[str], required: bool = False) -> list[str]:
     """The names among `names` whose loss takes `parameter` (only as a required one if asked),
     from the loss registry."""
     return [name for name in names if catalog.takes(name, parameter, required)]
 
 
-def beta_losses(names):
+def beta_losses(names: Iterable[str]) -> list[str]:
     """Losses whose class-balanced beta is searched (a required `beta`: the class-balanced ones)."""
     return losses_taking("beta", names, required=True)
 
 
-def gamma_losses(names):
+def gamma_losses(names: Iterable[str]) -> list[str]:
     """Losses whose focal gamma is searched."""
     return losses_taking("gamma", names)
 
@@ -39,7 +40,7 @@ class SearchSpaceConfig:
         default_factory=lambda: [0.9, 0.99, 0.999, 0.9999])
     gamma: typing.List[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
 
-    def validate(self):
+    def validate(self) -> None:
         for key in ("loss", "beta", "gamma"):
             values = getattr(self, key)
             if not values or len(set(values)) != len(values):
@@ -65,7 +66,7 @@ class SearchConfig:
     seed: int = 0                            # random, bayesian and hyperband sampling
     space: SearchSpaceConfig = dataclasses.field(default_factory=SearchSpaceConfig)
 
-    def validate(self):
+    def validate(self) -> SearchConfig:
         engine.one_of("search.algorithm", self.algorithm, SEARCH_ALGORITHMS)
         if not (isinstance(self.objective, str) and self.objective.startswith("val_")
                 and self.objective.endswith(("accuracy", "loss"))):
@@ -81,14 +82,15 @@ class SearchConfig:
         return self
 
     @property
-    def direction(self):
+    def direction(self) -> Literal["max", "min"]:
         return "max" if self.objective.endswith("accuracy") else "min"
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def resolve_search(raw, overrides=()):
+def resolve_search(raw: Any, overrides: Iterable[str] = ()
+                   ) -> tuple[ExperimentConfig, SearchConfig]:
     """(ExperimentConfig, SearchConfig) from a search config dict and `--set` overrides.
 
     `--set search.max_trials=4` reaches the search section; every other key the training config.

@@ -25,24 +25,32 @@ statistics twice, with equal values: use the walk where speed matters.) Under
 positive variances, even image sizes).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfimb import _checks
 
+if TYPE_CHECKING:
+    import keras
+
 tfb = tfp.bijectors
 
 MASKS = ("checkerboard", "channel")
 
 
-def checkerboard_mask(height, width, parity=0, dtype=tf.float32):
+def checkerboard_mask(height: int, width: int, parity: int = 0,
+                      dtype: tf.DType = tf.float32) -> tf.Tensor:
     """[H, W, 1]: 1 where (row + column + parity) is odd, so parity 0 and 1 are complements."""
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     return tf.constant(((rows + cols + parity) % 2)[..., None], dtype)
 
 
-def channel_mask(channels, parity=0, dtype=tf.float32):
+def channel_mask(channels: int, parity: int = 0, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """[1, 1, C]: 1 on the first half of the channels (parity 0) or the second half (parity 1)."""
     if channels < 2:
         raise _checks.invalid_value("channels", "at least 2 channels for a channel mask",
@@ -77,8 +85,9 @@ class AffineCoupling(tfb.Bijector):
     `training` is passed to the network (its batch normalisation).
     """
 
-    def __init__(self, network, mask="checkerboard", parity=0, training=False,
-                 validate_args=False, name=None):
+    def __init__(self, network: Callable[..., tuple[tf.Tensor, tf.Tensor]],
+                 mask: str = "checkerboard", parity: int = 0, training: bool = False,
+                 validate_args: bool = False, name: str | None = None) -> None:
         parameters = dict(locals())
         if mask not in MASKS:
             raise _checks.invalid_value("mask", f"one of {MASKS}", mask)
@@ -95,14 +104,14 @@ class AffineCoupling(tfb.Bijector):
         return dict()
 
     @property
-    def mask_type(self):
+    def mask_type(self) -> str:
         return self._mask
 
     @property
-    def parity(self):
+    def parity(self) -> int:
         return self._parity
 
-    def mask(self, x):
+    def mask(self, x: tf.Tensor) -> tf.Tensor:
         """The mask b broadcastable against x (its dtype)."""
         height, width, channels = x.shape[-3:]
         if self._mask == "checkerboard":
@@ -119,12 +128,12 @@ class AffineCoupling(tfb.Bijector):
             t = tf.debugging.assert_all_finite(t, f"{self.name}: the shift t is not finite")
         return b, (1.0 - b) * s, (1.0 - b) * t
 
-    def to_latent(self, y):
+    def to_latent(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Data -> latent with log|det dz/dy|, one network evaluation."""
         b, s, t = self._scale_and_shift(y)
         return b * y + (1.0 - b) * (y * tf.exp(s) + t), _event_sum(s)
 
-    def to_data(self, z):
+    def to_data(self, z: tf.Tensor) -> tf.Tensor:
         """Latent -> data."""
         b, s, t = self._scale_and_shift(z)
         return b * z + (1.0 - b) * (z - t) * tf.exp(-s)
@@ -148,7 +157,7 @@ class Squeeze(tfb.Bijector):
     conditions on the same units as in the authors' code. Volume preserving: log-det 0.
     """
 
-    def __init__(self, validate_args=False, name="squeeze"):
+    def __init__(self, validate_args: bool = False, name: str = "squeeze") -> None:
         parameters = dict(locals())
         super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
                          is_constant_jacobian=True, validate_args=validate_args,
@@ -158,11 +167,11 @@ class Squeeze(tfb.Bijector):
     def _parameter_properties(cls, dtype):
         return dict()
 
-    def to_latent(self, y):
+    def to_latent(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Data -> latent: unsqueeze (this bijector's inverse), log-det 0."""
         return self._inverse(y), tf.zeros([], y.dtype)
 
-    def to_data(self, z):
+    def to_data(self, z: tf.Tensor) -> tf.Tensor:
         return self._forward(z)
 
     def _forward(self, x):
@@ -219,7 +228,7 @@ class Unsqueeze(tfb.Bijector):
     (latent -> data), inverse squeezes (data -> latent). RealNVP squeezes in the data ->
     latent direction at the start of each coarser scale's channel couplings."""
 
-    def __init__(self, validate_args=False, name="unsqueeze"):
+    def __init__(self, validate_args: bool = False, name: str = "unsqueeze") -> None:
         parameters = dict(locals())
         self._squeeze = Squeeze(validate_args=validate_args)
         super().__init__(forward_min_event_ndims=3, inverse_min_event_ndims=3,
@@ -230,11 +239,11 @@ class Unsqueeze(tfb.Bijector):
     def _parameter_properties(cls, dtype):
         return dict()
 
-    def to_latent(self, y):
+    def to_latent(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Data -> latent: squeeze, log-det 0."""
         return self._squeeze.to_data(y), tf.zeros([], y.dtype)
 
-    def to_data(self, z):
+    def to_data(self, z: tf.Tensor) -> tf.Tensor:
         return self._squeeze.to_latent(z)[0]
 
     def _forward(self, x):
@@ -278,15 +287,17 @@ class RunningBatchNorm(tfb.Bijector):
     layer, so that they are checkpointed and mirrored).
     """
 
-    def __init__(self, moving_mean, moving_variance, momentum=0.9, epsilon=1e-4,
-                 training=False, validate_args=False, name="running_batch_norm"):
+    def __init__(self, moving_mean: keras.Variable | tf.Variable,
+                 moving_variance: keras.Variable | tf.Variable, momentum: float = 0.9,
+                 epsilon: float = 1e-4, training: bool = False, validate_args: bool = False,
+                 name: str = "running_batch_norm") -> None:
         parameters = dict(locals())
         self._momentum = _checks.check_range("momentum", momentum, 0.0, 1.0,
                                              high_inclusive=False)
         self._epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
         self._mean, self._variance = moving_mean, moving_variance
         self._training = bool(training)
-        self.pending_updates = []
+        self.pending_updates: list[tuple[tf.Tensor, tf.Tensor]] = []
         super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
                          parameters=parameters, name=name)
 
@@ -294,7 +305,7 @@ class RunningBatchNorm(tfb.Bijector):
     def _parameter_properties(cls, dtype):
         return dict()
 
-    def statistics(self, x):
+    def statistics(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(mu, var) used for data x: running, or (training) running updated with the batch."""
         mean = tf.cast(tf.convert_to_tensor(self._mean), x.dtype)
         variance = tf.cast(tf.convert_to_tensor(self._variance), x.dtype)
@@ -320,7 +331,7 @@ class RunningBatchNorm(tfb.Bijector):
         height, width = y.shape[-3], y.shape[-2]
         return -0.5 * height * width * tf.reduce_sum(tf.math.log(variance + self._epsilon))
 
-    def to_latent(self, y):
+    def to_latent(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Data -> latent with log|det dz/dy|; in training records the statistics used (once)."""
         mean, variance = self.statistics(y)
         variance = self._checked(variance)
@@ -328,7 +339,7 @@ class RunningBatchNorm(tfb.Bijector):
             self.pending_updates.append((mean, variance))
         return (y - mean) * tf.math.rsqrt(variance + self._epsilon), self._log_det(y, variance)
 
-    def to_data(self, z):
+    def to_data(self, z: tf.Tensor) -> tf.Tensor:
         mean, variance = self.statistics_for_forward(z)
         return z * tf.sqrt(self._checked(variance) + self._epsilon) + mean
 
@@ -338,7 +349,7 @@ class RunningBatchNorm(tfb.Bijector):
     def _forward(self, x):
         return self.to_data(x)
 
-    def statistics_for_forward(self, x):
+    def statistics_for_forward(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The forward (sampling) direction has no data batch: always the running statistics."""
         return (tf.cast(tf.convert_to_tensor(self._mean), x.dtype),
                 tf.cast(tf.convert_to_tensor(self._variance), x.dtype))
@@ -347,7 +358,7 @@ class RunningBatchNorm(tfb.Bijector):
         _, variance = self.statistics(y)
         return self._log_det(y, self._checked(variance))
 
-    def apply_updates(self):
+    def apply_updates(self) -> None:
         """Write the statistics recorded in training to the running variables; clear them."""
         for mean, variance in self.pending_updates:
             self._mean.assign(tf.stop_gradient(tf.cast(mean, self._mean.dtype)))
@@ -364,7 +375,8 @@ class FactorOut(tfb.Bijector):
         log|det dz/dy| = that of the inner steps
     """
 
-    def __init__(self, steps, keep, validate_args=False, name="factor_out"):
+    def __init__(self, steps: Iterable[Step], keep: int, validate_args: bool = False,
+                 name: str = "factor_out") -> None:
         parameters = dict(locals())
         self._steps, self._keep = list(steps), int(keep)
         super().__init__(forward_min_event_ndims=3, validate_args=validate_args,
@@ -375,14 +387,14 @@ class FactorOut(tfb.Bijector):
         return dict()
 
     @property
-    def steps(self):
+    def steps(self) -> list[Step]:
         return list(self._steps)
 
-    def to_latent(self, y):
+    def to_latent(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         kept, log_det = to_latent(self._steps, y[..., :self._keep])
         return tf.concat([kept, y[..., self._keep:]], -1), log_det
 
-    def to_data(self, z):
+    def to_data(self, z: tf.Tensor) -> tf.Tensor:
         return tf.concat([to_data(self._steps, z[..., :self._keep]), z[..., self._keep:]], -1)
 
     def _forward(self, x):
@@ -395,7 +407,11 @@ class FactorOut(tfb.Bijector):
         return self.to_latent(y)[1]
 
 
-def to_latent(steps, y):
+# A step of `to_latent` / `to_data` / `FactorOut`: a bijector of this module.
+Step = Union[AffineCoupling, Squeeze, Unsqueeze, RunningBatchNorm, FactorOut]
+
+
+def to_latent(steps: Iterable[Step], y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Data -> latent through `steps` (data -> latent order) and the summed log|det dz/dy|,
     each step evaluated once (no bijector cache involved)."""
     log_det = tf.zeros([], y.dtype)
@@ -405,13 +421,13 @@ def to_latent(steps, y):
     return y, log_det
 
 
-def to_data(steps, z):
+def to_data(steps: Sequence[Step], z: tf.Tensor) -> tf.Tensor:
     """Latent -> data through `steps` (given in data -> latent order)."""
     for step in reversed(steps):
         z = step.to_data(z)
     return z
 
 
-def chain(steps, name="chain"):
+def chain(steps: Iterable[tfp.bijectors.Bijector], name: str = "chain") -> tfp.bijectors.Chain:
     """`steps` (data -> latent order) as one `tfb.Chain` (forward: latent -> data)."""
     return tfb.Chain(list(steps), name=name)

@@ -10,15 +10,20 @@ The `D log 256` term turns the density of x in [0, 1)^D into the probability of 
 image (each of the 256^D bins has volume 256^-D).
 """
 
+from __future__ import annotations
+
 import math
 
 import tensorflow as tf
+
+from tfimb._checks import TensorLike
 
 ALPHA = 0.05
 NOISES = ("uniform", "mid")
 
 
-def dequantize(images, noise="uniform", seed=None):
+def dequantize(images: TensorLike, noise: str = "uniform",
+               seed: TensorLike | None = None) -> tf.Tensor:
     """uint8 (or integer-valued) images -> x in [0, 1): (x_int + u) / 256.
 
     `noise`: "uniform" (u ~ U[0, 1), training and evaluation) or "mid" (u = 1/2:
@@ -39,7 +44,7 @@ def dequantize(images, noise="uniform", seed=None):
     return (images + u) / 256.0
 
 
-def to_logit(x, alpha=ALPHA):
+def to_logit(x: TensorLike, alpha: float = ALPHA) -> tuple[tf.Tensor, tf.Tensor]:
     """x in [0, 1] -> (l, log|dl/dx| summed over each example's event [H, W, C])."""
     p = alpha + (1.0 - 2.0 * alpha) * x
     log_p, log_1mp = tf.math.log(p), tf.math.log1p(-p)
@@ -47,17 +52,17 @@ def to_logit(x, alpha=ALPHA):
     return log_p - log_1mp, log_det
 
 
-def from_logit(l, alpha=ALPHA):
+def from_logit(l: TensorLike, alpha: float = ALPHA) -> tf.Tensor:
     """l -> x = (sigmoid(l) - alpha) / (1 - 2 alpha), clipped to [0, 1]."""
     return tf.clip_by_value((tf.sigmoid(l) - alpha) / (1.0 - 2.0 * alpha), 0.0, 1.0)
 
 
-def to_uint8(x):
+def to_uint8(x: TensorLike) -> tf.Tensor:
     """x in [0, 1] -> the uint8 bin it lies in: floor(256 x), clipped to 255 (inverts
     `dequantize` exactly for x inside a bin)."""
     return tf.cast(tf.clip_by_value(tf.floor(256.0 * x), 0.0, 255.0), tf.uint8)
 
 
-def bits_per_dim(log_px, num_dims):
+def bits_per_dim(log_px: TensorLike, num_dims: int) -> TensorLike:
     """Bits/dim of discrete images from log p(x) (nats) of their dequantised x in [0, 1)^D."""
     return (-log_px + num_dims * math.log(256.0)) / (num_dims * math.log(2.0))

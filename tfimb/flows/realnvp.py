@@ -18,14 +18,18 @@ bijector cache); `bijector(training)` composes the same steps as one `tfb.Chain`
 preprocessed (logit) data space and the latent space, whose forward direction generates.
 """
 
+from __future__ import annotations
+
 import collections
 import math
+from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfimb import _checks
+from tfimb._checks import TensorLike
 from tfimb.fused_batch_norm import FusedBatchNormalization
 from tfimb.flows import bijectors as flow_bijectors
 from tfimb.flows import preprocessing
@@ -48,11 +52,12 @@ class WeightNormConv2D(keras.layers.Layer):
     """Conv2D with a weight-normalised kernel: `w = g * v / ||v||` per output channel
     (Salimans & Kingma 2016). `g` starts at 1 (`scale_init`), so w starts as a unit-norm v."""
 
-    def __init__(self, filters, kernel_size=3, scale_init=1.0, **kwargs):
+    def __init__(self, filters: int, kernel_size: int = 3, scale_init: float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.scale_init = filters, kernel_size, scale_init
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         k = self.kernel_size
         self.v = self.add_weight(shape=(k, k, input_shape[-1], self.filters), name="v",
                                  initializer=keras.initializers.RandomNormal(stddev=0.05))
@@ -60,7 +65,7 @@ class WeightNormConv2D(keras.layers.Layer):
                                  initializer=keras.initializers.Constant(self.scale_init))
         self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         norm = tf.sqrt(tf.reduce_sum(tf.square(self.v), axis=[0, 1, 2]) + 1e-12)
         kernel = self.v * (self.g / norm)
         # bias_add, not "+": its gradient is one BiasAddGrad instead of a broadcast Sum, and
@@ -68,7 +73,7 @@ class WeightNormConv2D(keras.layers.Layer):
         return tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME"),
                               tf.cast(self.bias, x.dtype))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "scale_init": self.scale_init}
 
@@ -83,11 +88,11 @@ class CouplingNetwork(keras.layers.Layer):
     TensorFlow's fused kernel (`tfimb.fused_batch_norm`): the flow is TensorFlow-only anyway,
     and the fused kernel made the training step faster (benchmarks/NOTES.md)."""
 
-    def __init__(self, channels, num_blocks, num_filters, **kwargs):
+    def __init__(self, channels: int, num_blocks: int, num_filters: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.channels = channels
         self.stem = WeightNormConv2D(num_filters, name="stem")
-        self.blocks = []
+        self.blocks: list[list[keras.layers.Layer]] = []
         for i in range(num_blocks):
             self.blocks.append([FusedBatchNormalization(name=f"block{i}_bn1"),
                                 WeightNormConv2D(num_filters, name=f"block{i}_conv1"),
@@ -96,10 +101,10 @@ class CouplingNetwork(keras.layers.Layer):
         self.out_bn = FusedBatchNormalization(name="out_bn")
         self.out = WeightNormConv2D(2 * channels, name="out")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.scale = self.add_weight(shape=(self.channels,), name="scale", initializer="zeros")
 
-    def call(self, x, training=False):
+    def call(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         h = self.stem(x)
         for bn1, conv1, bn2, conv2 in self.blocks:
             r = conv1(tf.nn.relu(bn1(h, training=training)))
@@ -112,7 +117,7 @@ class CouplingNetwork(keras.layers.Layer):
 class MovingMoments(keras.layers.Layer):
     """Running per-channel mean and variance of one `RunningBatchNorm` bijector."""
 
-    def __init__(self, channels, **kwargs):
+    def __init__(self, channels: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.moving_mean = self.add_weight(shape=(channels,), name="moving_mean",
                                            initializer="zeros", trainable=False,
@@ -150,9 +155,10 @@ class RealNVP(keras.Model):
     preprocessed (logit-space) data. `fit` on batches of uint8 images trains by bits/dim.
     """
 
-    def __init__(self, image_shape, num_scales=2, num_blocks=8, num_filters=64, momentum=0.9,
-                 epsilon=1e-4, alpha=preprocessing.ALPHA, l2=5e-5, seed=0, validate_args=False,
-                 **kwargs):
+    def __init__(self, image_shape: Sequence[int], num_scales: int = 2, num_blocks: int = 8,
+                 num_filters: int = 64, momentum: float = 0.9, epsilon: float = 1e-4,
+                 alpha: float = preprocessing.ALPHA, l2: float = 5e-5, seed: int = 0,
+                 validate_args: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -204,16 +210,17 @@ class RealNVP(keras.Model):
 
     # -- The steps -------------------------------------------------------------------------
 
-    def steps(self, training=False):
+    def steps(self, training: bool = False) -> tuple[list[flow_bijectors.Step],
+                                                     list[flow_bijectors.RunningBatchNorm]]:
         """(data -> latent steps of the whole flow, its batch-norm bijectors).
 
         `training=True`: batch statistics in the coupling networks and the batch-norm bijectors
         (whose running statistics change only through `train_step`)."""
-        batch_norms = []
-        inner = None
+        batch_norms: list[flow_bijectors.RunningBatchNorm] = []
+        inner: list[flow_bijectors.Step] | None = None
         for k in reversed(range(self.num_scales)):
             scale = self._layout[k]
-            steps = []
+            steps: list[flow_bijectors.Step] = []
             for i, (mask, parity, network, moments) in enumerate(scale.couplings):
                 if i == scale.squeeze_before:
                     steps.append(flow_bijectors.Unsqueeze(self.validate_args,
@@ -232,14 +239,15 @@ class RealNVP(keras.Model):
                 steps.append(flow_bijectors.Squeeze(self.validate_args,
                                                     name=f"scale{k}_unsqueeze"))
             inner = steps
+        assert inner is not None  # num_scales >= 1: the loop ran.
         return inner, batch_norms
 
-    def bijector(self, training=False):
+    def bijector(self, training: bool = False) -> tfp.bijectors.Chain:
         """The `tfb.Bijector` latent z -> logit-space data l (inverse: l -> z), for use with
         TFP (`tfd.TransformedDistribution`, `tfb.Chain`)."""
         return flow_bijectors.chain(self.steps(training)[0], name="realnvp")
 
-    def distribution(self, training=False):
+    def distribution(self, training: bool = False) -> tfp.distributions.TransformedDistribution:
         """`tfd.TransformedDistribution`: standard normal latent pushed to logit space."""
         return tfd.TransformedDistribution(self._prior(), self.bijector(training))
 
@@ -248,7 +256,7 @@ class RealNVP(keras.Model):
 
     # -- Densities -------------------------------------------------------------------------
 
-    def log_prob(self, l, training=False):
+    def log_prob(self, l: TensorLike, training: bool = False) -> tf.Tensor:
         """log density of logit-space data l [B, H, W, C] (nats per example)."""
         return self._log_pl(tf.convert_to_tensor(l, tf.float32), training)[0]
 
@@ -264,32 +272,34 @@ class RealNVP(keras.Model):
         log_pl, batch_norms = self._log_pl(l, training)
         return log_pl + log_det, batch_norms
 
-    def bits_per_dim(self, images, noise="uniform", seed=None, training=False):
+    def bits_per_dim(self, images: TensorLike, noise: str = "uniform",
+                     seed: TensorLike | None = None, training: bool = False) -> tf.Tensor:
         """Bits/dim of uint8 images [B, H, W, C], per example (uniform dequantisation noise by
         default; noise="mid" is deterministic)."""
         images = tf.convert_to_tensor(images)
         log_px, _ = self._log_px(images, training, noise, seed)
         return preprocessing.bits_per_dim(log_px, self.num_dims)
 
-    def call(self, images, training=False):
+    def call(self, images: TensorLike, training: bool = False) -> tf.Tensor:
         """Bits/dim per example with mid-bin dequantisation (deterministic)."""
         return self.bits_per_dim(images, noise="mid", training=training)
 
     # -- Latents and samples (inference mode: running statistics) --------------------------
 
-    def encode(self, images, noise="mid", seed=None):
+    def encode(self, images: TensorLike, noise: str = "mid",
+               seed: TensorLike | None = None) -> tf.Tensor:
         """uint8 images -> latent z (same shape, float32); mid-bin dequantisation by default."""
         x = preprocessing.dequantize(tf.convert_to_tensor(images), noise, seed)
         l, _ = preprocessing.to_logit(x, self.alpha)
         return flow_bijectors.to_latent(self.steps(training=False)[0], l)[0]
 
-    def decode(self, z):
+    def decode(self, z: TensorLike) -> tf.Tensor:
         """latent z -> uint8 images."""
         l = flow_bijectors.to_data(self.steps(training=False)[0],
                                    tf.convert_to_tensor(z, tf.float32))
         return preprocessing.to_uint8(preprocessing.from_logit(l, self.alpha))
 
-    def sample(self, n, temperature=1.0, seed=None):
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
         """n uint8 images from z ~ N(0, temperature^2 I)."""
         n = _checks.check_int("n", n, 1)
         temperature = _checks.check_range("temperature", temperature, 0.0,
@@ -303,10 +313,10 @@ class RealNVP(keras.Model):
 
     # -- Training --------------------------------------------------------------------------
 
-    def weight_norm_scales(self):
+    def weight_norm_scales(self) -> list[keras.Variable]:
         return [w for w in self.trainable_weights if w.path.endswith("/g")]
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if not self._built_flow:
             self._built_flow = True
             self.bits_per_dim(tf.zeros((2,) + self.image_shape, tf.uint8), noise="mid")
@@ -315,7 +325,7 @@ class RealNVP(keras.Model):
     # No AutoGraph: the step has no data-dependent Python control flow, and converting TFP's
     # bijector code made tracing take ten times longer.
     @tf.autograph.experimental.do_not_convert
-    def train_step(self, data):
+    def train_step(self, data: TensorLike) -> dict[str, tf.Tensor]:
         images = data[0] if isinstance(data, (tuple, list)) else data
         seed = tf.cast(self.noise_seed.next(), tf.int32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -340,7 +350,7 @@ class RealNVP(keras.Model):
         return {"loss": loss, "bits_per_dim": self.bpd_tracker.result()}
 
     @tf.autograph.experimental.do_not_convert
-    def test_step(self, data):
+    def test_step(self, data: TensorLike) -> dict[str, tf.Tensor]:
         images = data[0] if isinstance(data, (tuple, list)) else data
         seed = tf.cast(self.noise_seed.next(), tf.int32)
         bpd = self.bits_per_dim(images, noise="uniform", seed=seed, training=False)
@@ -348,10 +358,10 @@ class RealNVP(keras.Model):
         return {"bits_per_dim": self.bpd_tracker.result()}
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return [self.bpd_tracker]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"image_shape": list(self.image_shape), "num_scales": self.num_scales,
                 "num_blocks": self.num_blocks, "num_filters": self.num_filters,
                 "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,

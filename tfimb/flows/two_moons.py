@@ -6,7 +6,10 @@ alternating channel-mask couplings (x2 given x1, then x1 given x2) whose s/t net
 latent samples z ~ p_Z, their images g(z), and the learned density p_X.
 """
 
+from __future__ import annotations
+
 import pathlib
+from typing import Any
 
 import keras
 import numpy as np
@@ -14,6 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfimb import _checks
+from tfimb._checks import PathLike, TensorLike
 from tfimb.flows import bijectors as flow_bijectors
 
 tfb = tfp.bijectors
@@ -21,7 +25,7 @@ tfd = tfp.distributions
 EVENT = (1, 1, 2)
 
 
-def make_two_moons(n, noise=0.05, seed=0):
+def make_two_moons(n: int, noise: float = 0.05, seed: int = 0) -> np.ndarray:
     """n standardised two-moons points [n, 2] (scikit-learn's generator)."""
     from sklearn.datasets import make_moons
 
@@ -33,16 +37,16 @@ def make_two_moons(n, noise=0.05, seed=0):
 class MLPNetwork(keras.layers.Layer):
     """s and t for a [1, 1, C] event: two hidden ReLU layers; s = scale * tanh, scale from 0."""
 
-    def __init__(self, channels, hidden=64, **kwargs):
+    def __init__(self, channels: int, hidden: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.channels = channels
         self.hidden = [keras.layers.Dense(hidden, activation="relu") for _ in range(2)]
         self.out = keras.layers.Dense(2 * channels)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.scale = self.add_weight(shape=(self.channels,), name="scale", initializer="zeros")
 
-    def call(self, x, training=False):
+    def call(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         h = x
         for layer in self.hidden:
             h = layer(h)
@@ -53,43 +57,43 @@ class MLPNetwork(keras.layers.Layer):
 class TwoMoonsFlow(keras.Model):
     """`num_couplings` alternating channel couplings between R^2 and a standard normal."""
 
-    def __init__(self, num_couplings=8, hidden=64, **kwargs):
+    def __init__(self, num_couplings: int = 8, hidden: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_couplings = _checks.check_int("num_couplings", num_couplings, 2)
         self.networks = [MLPNetwork(2, hidden, name=f"coupling{i}") for i in range(num_couplings)]
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.log_prob(np.zeros((1, 2), np.float32))  # Build the networks.
 
-    def steps(self):
+    def steps(self) -> list[flow_bijectors.AffineCoupling]:
         """The couplings in data -> latent order."""
         return [flow_bijectors.AffineCoupling(net, "channel", i % 2)
                 for i, net in enumerate(self.networks)]
 
-    def bijector(self):
+    def bijector(self) -> tfp.bijectors.Chain:
         """latent -> data (forward); data -> latent (inverse)."""
         return flow_bijectors.chain(self.steps(), name="two_moons")
 
-    def distribution(self):
+    def distribution(self) -> tfp.distributions.TransformedDistribution:
         return tfd.TransformedDistribution(self._prior(), self.bijector())
 
     def _prior(self):
         return tfd.Sample(tfd.Normal(0.0, 1.0), EVENT)
 
-    def log_prob(self, points):
+    def log_prob(self, points: TensorLike) -> tf.Tensor:
         points = tf.reshape(tf.convert_to_tensor(points, tf.float32), (-1,) + EVENT)
         z, log_det = flow_bijectors.to_latent(self.steps(), points)
         return self._prior().log_prob(z) + log_det
 
-    def encode(self, points):
+    def encode(self, points: TensorLike) -> tf.Tensor:
         points = tf.reshape(tf.convert_to_tensor(points, tf.float32), (-1,) + EVENT)
         return tf.reshape(flow_bijectors.to_latent(self.steps(), points)[0], (-1, 2))
 
-    def decode(self, z):
+    def decode(self, z: TensorLike) -> tf.Tensor:
         z = tf.reshape(tf.convert_to_tensor(z, tf.float32), (-1,) + EVENT)
         return tf.reshape(flow_bijectors.to_data(self.steps(), z), (-1, 2))
 
     @tf.autograph.experimental.do_not_convert
-    def train_step(self, data):
+    def train_step(self, data: TensorLike) -> dict[str, tf.Tensor]:
         points = data[0] if isinstance(data, (tuple, list)) else data
         with tf.GradientTape() as tape:
             loss = -tf.reduce_mean(self.log_prob(points))
@@ -99,11 +103,13 @@ class TwoMoonsFlow(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return [self.loss_tracker]
 
 
-def train(num_points=4096, epochs=60, batch_size=256, learning_rate=1e-3, seed=0, verbose=0):
+def train(num_points: int = 4096, epochs: int = 60, batch_size: int = 256,
+          learning_rate: float = 1e-3, seed: int = 0,
+          verbose: int | str = 0) -> tuple[TwoMoonsFlow, np.ndarray]:
     """A TwoMoonsFlow fitted by maximum likelihood; returns (model, data)."""
     keras.utils.set_random_seed(seed)
     data = make_two_moons(num_points, seed=seed)
@@ -114,7 +120,8 @@ def train(num_points=4096, epochs=60, batch_size=256, learning_rate=1e-3, seed=0
     return model, data
 
 
-def density_grid(model, limit=3.0, size=200):
+def density_grid(model: TwoMoonsFlow, limit: float = 3.0,
+                 size: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(xs, ys, density [size, size]) of the learned p_X on [-limit, limit]^2."""
     xs = np.linspace(-limit, limit, size, dtype=np.float32)
     grid = np.stack(np.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
@@ -122,7 +129,8 @@ def density_grid(model, limit=3.0, size=200):
     return xs, xs, density
 
 
-def plot_figure(model, data, path, seed=0):
+def plot_figure(model: TwoMoonsFlow, data: np.ndarray, path: PathLike,
+                seed: int = 0) -> pathlib.Path:
     """The paper's Figure 1 for two moons, plus the learned density, as one PNG."""
     import matplotlib
 

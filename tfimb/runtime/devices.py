@@ -5,13 +5,23 @@
 cluster from TF_CONFIG); `resolve_precision` picks the Keras dtype policy for `auto`.
 """
 
+from __future__ import annotations
+
 import os
 
 from tfimb import platform_info
 from tfimb.runtime.rundir import RunDirError
 
+# For type checkers only: at run time this module imports neither `typing`, TensorFlow nor the
+# config package (TensorFlow is imported by the calls).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-def configure_devices(distribute):
+    from tfimb.config import DistributeConfig
+
+
+def configure_devices(distribute: DistributeConfig) -> None:
     """Split the CPU into logical devices for `mirrored` when there is no GPU (before TF runs)."""
     import tensorflow as tf
 
@@ -29,7 +39,7 @@ def configure_devices(distribute):
 _MULTI_WORKER = None
 
 
-def make_strategy(distribute):
+def make_strategy(distribute: DistributeConfig) -> tf.distribute.Strategy:
     """The configured strategy; `multi_worker` reads the cluster from TF_CONFIG (create it before
     any other TensorFlow work: its collectives are configured at start-up)."""
     import tensorflow as tf
@@ -51,12 +61,12 @@ def make_strategy(distribute):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def cpu_has_amx_bf16():
+def cpu_has_amx_bf16() -> bool:
     """True on CPUs with AMX-bf16 (elsewhere bf16 is emulated and slower than float32)."""
     return platform_info.has_fast_bf16()
 
 
-def resolve_precision(name):
+def resolve_precision(name: str) -> str:
     """`auto`: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with AMX-bf16, else float32."""
     if name != "auto":
         return name

@@ -6,6 +6,8 @@ their collectives). `multi_worker_environments` writes the `TF_CONFIG` of N work
 127.0.0.1 for `tf.distribute.MultiWorkerMirroredStrategy`.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import pathlib
@@ -15,32 +17,42 @@ import time
 
 from tfimb.errors import TfimbError
 
+# For type checkers only: at run time this module imports neither `typing` nor NumPy.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Sequence
+
+    from tfimb._checks import PathLike
+
+    #: One process of a group: (name, argv, environment; None: this process's).
+    Command = tuple[str, Sequence[str], Mapping[str, str] | None]
+
 
 class LaunchError(TfimbError, RuntimeError):
     """A process group that could not be started or one of whose processes failed."""
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def check_count(workers, minimum=1):
+def check_count(workers: int, minimum: int = 1) -> int:
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < minimum:
         raise LaunchError("Invalid value for argument `--local-workers`. Expected an integer "
                           f">= {minimum}. Received: --local-workers={workers}")
     return workers
 
 
-def multi_worker_environments(workers):
+def multi_worker_environments(workers: int) -> list[str]:
     """One TF_CONFIG per worker of a cluster of `workers` processes on free local ports."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
     return [json.dumps({"cluster": {"worker": addresses},
                         "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 
-def stop(processes, grace=10.0):
+def stop(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
     """Terminate the running processes; kill those still alive after `grace` seconds."""
     for process in processes:
         if process.poll() is None:
@@ -54,7 +66,8 @@ def stop(processes, grace=10.0):
             process.wait()
 
 
-def supervise(commands, log_dir, console=None, poll=None, retry_hint=""):
+def supervise(commands: Sequence[Command], log_dir: PathLike, console: str | None = None,
+              poll: Callable[[], object] | None = None, retry_hint: str = "") -> None:
     """Run `commands` ([(name, argv, env)]) until all exit; raise LaunchError when one fails.
 
     Each process writes to `log_dir/<name>.log`, except `console` (a name), which keeps this
@@ -100,7 +113,7 @@ def supervise(commands, log_dir, console=None, poll=None, retry_hint=""):
             (log_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
-def run_local_workers(argv, workers, log_dir):
+def run_local_workers(argv: Sequence[str], workers: int, log_dir: PathLike) -> None:
     """Run `argv` (a `tfimb` command with distribute.strategy=multi_worker) as `workers` local
     workers; worker 0 (the chief) prints to this console, the others log to `log_dir`."""
     envs = multi_worker_environments(check_count(workers))

@@ -23,6 +23,8 @@ Fault tolerance:
   batches already trained (the epoch's training metrics then cover the steps after it).
 """
 
+from __future__ import annotations
+
 import csv
 import io
 import math
@@ -31,10 +33,12 @@ import re
 import shutil
 import sys
 import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import keras
 import tensorflow as tf
 
+from tfimb._checks import PathLike
 from tfimb.errors import TfimbError
 from tfimb.runtime import rundir
 
@@ -46,7 +50,7 @@ class CheckpointError(TfimbError, RuntimeError):
     """No checkpoint of a run directory could be restored."""
 
 
-def worker_role(strategy):
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     """(is_chief, worker index) of this process under `strategy` ((True, 0) on one host)."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True, 0
@@ -58,7 +62,7 @@ def worker_role(strategy):
     return (not has_chief and index == 0), index
 
 
-def checkpoint_paths(directory):
+def checkpoint_paths(directory: PathLike) -> list[str]:
     """Checkpoint prefixes in `directory`, newest first (from the files, not the state file,
     which a crash may leave pointing at a checkpoint that was never completed)."""
     numbers = []
@@ -72,21 +76,21 @@ def checkpoint_paths(directory):
 class History:
     """`history.csv`: one row per completed epoch, rewritten atomically by the chief."""
 
-    def __init__(self, path, writable):
+    def __init__(self, path: PathLike, writable: bool) -> None:
         self.path, self.writable = pathlib.Path(path), writable
-        self.rows = []
+        self.rows: list[dict[str, str]] = []
         if self.path.exists():
             with open(self.path, newline="") as f:
                 self.rows = [dict(row) for row in csv.DictReader(f)]
 
-    def truncate(self, epochs):
+    def truncate(self, epochs: int) -> None:
         """Keep the rows of epochs 0 .. epochs-1 (those the restored checkpoint has seen)."""
         kept = [row for row in self.rows if int(row["epoch"]) < epochs]
         if len(kept) != len(self.rows):
             self.rows = kept
             self._write()
 
-    def append(self, epoch, logs):
+    def append(self, epoch: int, logs: Mapping[str, float]) -> None:
         self.rows.append({"epoch": str(epoch), **{k: repr(float(v)) for k, v in logs.items()}})
         self._write()
 
@@ -113,8 +117,9 @@ class TrainingLoop:
     of the epochs run by this call (evaluation excluded).
     """
 
-    def __init__(self, model, strategy, run_dir, steps_per_execution=1, checkpoint_every=None,
-                 keep=3):
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, run_dir: PathLike,
+                 steps_per_execution: int = 1, checkpoint_every: int | None = None,
+                 keep: int = 3) -> None:
         self.model, self.strategy = model, strategy
         self.run_dir = pathlib.Path(run_dir)
         self.steps_per_execution = int(steps_per_execution)
@@ -129,11 +134,12 @@ class TrainingLoop:
         self.directory = self.run_dir / CHECKPOINTS
         self.keep = keep
         self.train_seconds, self.train_images = 0.0, 0
-        self._train_function = self._test_function = None
+        self._train_function: Callable[..., Any] | None = None
+        self._test_function: Callable[..., Any] | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def restore(self):
+    def restore(self) -> tuple[int, int]:
         """Restore the newest readable checkpoint; return (epoch, step) to continue from."""
         paths = checkpoint_paths(self.directory)
         reasons = []
@@ -155,7 +161,7 @@ class TrainingLoop:
                 "from epoch 0.")
         return 0, 0
 
-    def save(self, epoch, step):
+    def save(self, epoch: int, step: int) -> None:
         """Checkpoint (epoch, step): the chief keeps it as ckpt-N, N one past the newest on disk
         (so numbers keep increasing after a fallback restore), and prunes to the newest `keep`;
         other workers write to a temporary folder and delete it."""
@@ -175,11 +181,11 @@ class TrainingLoop:
 
     # -- compiled functions --------------------------------------------------------------------
 
-    def retrace(self):
+    def retrace(self) -> None:
         """Forget the compiled step functions (call when a graph constant of the loss changes)."""
         self._train_function = self._test_function = None
 
-    def run_steps(self, iterator, steps):
+    def run_steps(self, iterator: Iterator[Any], steps: int) -> None:
         """`steps` training steps from a distributed iterator (no callbacks, no checkpoint)."""
         if self._train_function is None:
             model, strategy = self.model, self.strategy
@@ -196,7 +202,7 @@ class TrainingLoop:
             self._train_function = train_function
         self._train_function(iterator, tf.constant(steps, tf.int64))
 
-    def evaluate(self, dataset):
+    def evaluate(self, dataset: tf.data.Dataset) -> dict[str, float]:
         """Metrics of `dataset` (reset first), every batch through `test_step`."""
         model, strategy = self.model, self.strategy
         for metric in model.metrics:
@@ -212,8 +218,11 @@ class TrainingLoop:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def fit(self, train_data, steps_per_epoch, epochs, global_batch_size, eval_data=None,
-            callbacks=(), verbose=2, stop_on_nan=True, evaluates=None):
+    def fit(self, train_data: Callable[[int], tf.data.Dataset], steps_per_epoch: int,
+            epochs: int, global_batch_size: int, eval_data: tf.data.Dataset | None = None,
+            callbacks: Iterable[keras.callbacks.Callback] = (), verbose: int = 2,
+            stop_on_nan: bool = True,
+            evaluates: Callable[[int], bool] | None = None) -> list[dict[str, str]]:
         """Train epochs up to `epochs`, continuing from the newest checkpoint.
 
         `train_data(epoch)` returns that epoch's dataset of global batches (the same on every

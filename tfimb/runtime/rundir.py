@@ -5,10 +5,21 @@ written atomically, once the run has finished: a finished run is never overwritt
 unfinished one is continued only with `--resume` and the same config.
 """
 
+from __future__ import annotations
+
 import os
 import pathlib
 
 from tfimb.errors import TfimbError
+
+# For type checkers only: at run time this module imports neither `typing`, NumPy nor the
+# config package.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from tfimb._checks import PathLike
+    from tfimb.config import DistributeConfig
 
 RESULTS = "results.json"
 
@@ -17,7 +28,7 @@ class RunDirError(TfimbError, RuntimeError):
     """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
 
 
-def atomic_write(path, data):
+def atomic_write(path: PathLike, data: str | bytes) -> None:
     """Write text or bytes to `path` through a temporary file and a rename, so a crash never
     leaves a half-written file under the final name."""
     path = pathlib.Path(path)
@@ -29,7 +40,8 @@ def atomic_write(path, data):
     os.replace(tmp, path)
 
 
-def prepare_run_dir(run_dir, config_text, resume, writable=True):
+def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["auto"],
+                    writable: bool = True) -> bool:
     """Create a run directory holding `config.yaml`, or check one to resume; True if resuming.
 
     A finished run (results.json) is never reused; an unfinished one needs `resume` (True, or
@@ -42,14 +54,15 @@ def prepare_run_dir(run_dir, config_text, resume, writable=True):
     return resuming
 
 
-def create_run_dir(run_dir, config_text):
+def create_run_dir(run_dir: PathLike, config_text: str) -> None:
     """The run directory with its `config.yaml` (written atomically)."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", config_text)
 
 
-def check_run_dir(run_dir, config_text, resume):
+def check_run_dir(run_dir: PathLike, config_text: str,
+                  resume: bool | Literal["auto"]) -> bool:
     """`prepare_run_dir`'s refusals, writing nothing; True when the run is to be resumed."""
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -70,7 +83,7 @@ def check_run_dir(run_dir, config_text, resume):
     return False
 
 
-def resume_mode(distribute, resume):
+def resume_mode(distribute: DistributeConfig, resume: bool) -> bool | Literal["auto"]:
     """`resume` for `prepare_run_dir`: multi-worker runs resume an unfinished run of the same
     config without --resume ("auto"), since a worker that died is restarted with the command
     that started it."""

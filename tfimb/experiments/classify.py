@@ -15,19 +15,27 @@ written atomically once the run has finished. `--resume` continues from the last
 and refuses a changed config; a finished run is never overwritten.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import pathlib
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from tfimb import _checks, catalog
+from tfimb import _checks, catalog, fused_batch_norm
+from tfimb._checks import PathLike
 from tfimb import config as config_lib
 from tfimb import data as data_lib
 from tfimb import metrics as metrics_lib
-from tfimb import losses, models, report
+from tfimb import losses, models
+from tfimb.experiments import report
 from tfimb.runtime import devices, rundir
+from tfimb.config.classify import ExperimentConfig
+from tfimb.runtime import loop as loop_lib
 from tfimb.runtime import run as run_lib
 
 RESULTS = rundir.RESULTS
@@ -38,7 +46,7 @@ RunDirError = rundir.RunDirError
 # Model, loss, optimiser, callbacks.
 
 
-def build_model(cfg, dataset):
+def build_model(cfg: ExperimentConfig, dataset: data_lib.Dataset) -> keras.Model:
     """Normalisation (training-set channel statistics) + the configured ResNet."""
     shape = dataset.train.images.shape[1:]
     mean, variance = data_lib.channel_statistics(dataset.train.images)
@@ -60,16 +68,12 @@ def build_model(cfg, dataset):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.synchronized = True
     elif keras.backend.backend() == "tensorflow":
-        from tfimb import fused_batch_norm  # One oneDNN kernel per batch norm and direction.
-
         model = fused_batch_norm.fuse_batch_norms(model)
     return model
 
 
-def save_model(model, path):
+def save_model(model: keras.Model, path: PathLike) -> None:
     """`model.keras` with Keras' own batch-norm layers (loads without tfimb), atomically."""
-    from tfimb import fused_batch_norm
-
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     fused_batch_norm.unfuse_batch_norms(model).save(tmp)
@@ -79,14 +83,13 @@ def save_model(model, path):
 class WeightDecayModel(keras.Model):
     """Wraps a model so that its training loss includes `decay / 2 * ||w||^2` on every weight
     (but those whose path ends with one of `exclude`)."""
-
-    def __init__(self, inner, decay, exclude=()):
+    def __init__(self, inner: keras.Model, decay: float, exclude: Iterable[str] = ()) -> None:
         super().__init__(name=inner.name)
         self.inner = inner
         self.decay = decay
         self.exclude = tuple(exclude)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
         if training and self.decay:
             penalty = sum(keras.ops.sum(keras.ops.square(keras.ops.cast(w, "float32")))
                           for w in self.inner.trainable_weights
@@ -95,20 +98,22 @@ class WeightDecayModel(keras.Model):
         return self.inner(inputs, training=training)
 
 
-def regularized(model, weight_decay, exclude=()):
+def regularized(model: keras.Model, weight_decay: float,
+                exclude: Iterable[str] = ()) -> WeightDecayModel:
     """Wrap the model so that its loss includes the coupled L2 penalty on every weight (but
     those whose path ends with one of `exclude`)."""
     return WeightDecayModel(model, weight_decay, exclude)
 
 
-def make_loss(cfg, counts):
+def make_loss(cfg: ExperimentConfig, counts: Sequence[int] | np.ndarray) -> keras.losses.Loss:
     kwargs = dict(cfg.loss.options)
     if cfg.loss.needs_counts:
         kwargs["counts"] = [int(c) for c in counts]
     return losses.get(cfg.loss.name, **kwargs)
 
 
-def build_trainer(cfg, dataset, minority):
+def build_trainer(cfg: ExperimentConfig, dataset: data_lib.Dataset, minority: Sequence[int]
+                  ) -> tuple[keras.Model, WeightDecayModel, keras.losses.Loss]:
     """(model, trainer, loss): the classifier, its weight-decay wrapper compiled with SGD, the
     configured loss (counts from `dataset`) and the group metrics. Call under the strategy's
     scope."""
@@ -127,7 +132,9 @@ def build_trainer(cfg, dataset, minority):
     return model, trainer, loss
 
 
-def schedule_callbacks(cfg, loss, retrace=None):
+def schedule_callbacks(cfg: ExperimentConfig, loss: keras.losses.Loss,
+                       retrace: Callable[[], None] | None = None
+                       ) -> list[keras.callbacks.Callback]:
     """The learning-rate schedule, and LDAM's deferred re-weighting when configured.
 
     `retrace()` forgets the compiled train step when the loss's weights change (default: the
@@ -139,7 +146,7 @@ def schedule_callbacks(cfg, loss, retrace=None):
     return callbacks
 
 
-def learning_rate(epoch, cfg):
+def learning_rate(epoch: int, cfg: ExperimentConfig) -> float:
     """Learning rate for a 0-based epoch: piecewise constant, after an optional warm-up."""
     t = cfg.train
     lr = t.lr_values[int(np.searchsorted(t.lr_boundaries, epoch, side="right"))]
@@ -148,7 +155,7 @@ def learning_rate(epoch, cfg):
     return float(lr)
 
 
-def minority_classes(cfg, counts):
+def minority_classes(cfg: ExperimentConfig, counts: Sequence[int] | np.ndarray) -> list[int]:
     """Classes of the minority group: configured, else the rarer half of a long tail."""
     if cfg.evaluation.minority is not None:
         return config_lib.engine.check(_checks.check_classes, "evaluation.minority",
@@ -166,13 +173,13 @@ class DeferredReweighting(keras.callbacks.Callback):
 
     Re-traces the train function when the weights change, since they are graph constants.
     """
-
-    def __init__(self, loss, start_epoch, beta, retrace=None):
+    def __init__(self, loss: losses.LDAM, start_epoch: int, beta: float,
+                 retrace: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.loss, self.start_epoch, self.beta = loss, start_epoch, beta
         self.retrace = retrace
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         wanted = self.beta if epoch >= self.start_epoch else None
         if self.loss.beta != wanted:
             self.loss.set_beta(wanted)
@@ -186,20 +193,20 @@ class DeferredReweighting(keras.callbacks.Callback):
 # The run.
 
 
-def group_accuracy(matrix, classes):
+def group_accuracy(matrix: np.ndarray, classes: Iterable[int]) -> float | None:
     classes = list(classes)
     total = matrix[classes].sum()
     return float(np.trace(matrix[np.ix_(classes, classes)]) / total) if total else None
 
 
-def best_evaluated_epoch(rows, split):
+def best_evaluated_epoch(rows: Sequence[dict[str, Any]], split: str) -> dict[str, Any] | None:
     """The evaluated epoch of highest all-class accuracy in the history rows, or None.
 
     Reference code for CIFAR-10-LT (Cao et al.'s) reports this statistic on the test split
     ("best Prec@1"); results.json keeps it beside the final epoch's accuracies, so that each
     published figure is compared with its own statistic.
     """
-    best = None
+    best: dict[str, Any] | None = None
     for row in rows:
         value = row.get("val_all_accuracy")
         if value in (None, "") or not np.isfinite(float(value)):
@@ -212,16 +219,14 @@ def best_evaluated_epoch(rows, split):
     return best
 
 
-def predict(model, dataset):
+def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """Scores of a dataset of (images, labels) batches, on this process (no collectives)."""
-    import tensorflow as tf
-
     step = tf.function(lambda x: keras.ops.cast(model(x, training=False), "float32"),
                        reduce_retracing=True)
     return np.concatenate([step(x).numpy() for x, _ in dataset])
 
 
-def steps_per_epoch(n, batch, replicas):
+def steps_per_epoch(n: int, batch: int, replicas: int) -> int:
     """Training steps per epoch of n images: under several replicas the last partial batch is
     dropped (a remainder smaller than the replica count would leave a replica an empty batch)."""
     steps = n // batch if replicas > 1 else -(-n // batch)
@@ -237,15 +242,23 @@ class ClassifierExperiment(run_lib.Experiment):
     """`tfimb train`'s experiment for the run skeleton: data with its imbalance, the
     normalising ResNet with coupled weight decay, the configured loss and group metrics; after
     training, the test split's confusion matrix and group accuracies, `model.keras` and the
-    training curves."""
+    training curves. `tfimb tune` builds one on a loaded `dataset` (and its `minority`
+    classes) for its trials' data."""
+    dataset: data_lib.Dataset  # From `prepare`, or given to the constructor.
+    minority: list[int]
 
-    def dump_config(self, cfg):
+    def __init__(self, dataset: data_lib.Dataset | None = None,
+                 minority: list[int] | None = None) -> None:
+        if dataset is not None:
+            self.dataset, self.minority = dataset, list(minority or [])
+
+    def dump_config(self, cfg: ExperimentConfig) -> str:
         return config_lib.dump(cfg)
 
-    def precision(self, cfg):
+    def precision(self, cfg: ExperimentConfig) -> str:
         return devices.resolve_precision(cfg.mixed_precision)
 
-    def prepare(self, cfg):
+    def prepare(self, cfg: ExperimentConfig) -> None:
         self.dataset = data_lib.load(cfg.data, cfg.imbalance)
         counts = self.dataset.counts
         if np.any(counts == 0):
@@ -254,33 +267,35 @@ class ClassifierExperiment(run_lib.Experiment):
         self.minority = minority_classes(cfg, counts)
         steps_per_epoch(len(self.dataset.train), cfg.train.batch_size, 1)
 
-    def start(self, cfg, run_dir):
+    def start(self, cfg: ExperimentConfig, run_dir: pathlib.Path) -> None:
         rundir.atomic_write(run_dir / "counts.json", json.dumps(
             {"class_names": self.dataset.class_names,
              "counts": self.dataset.counts.tolist()}, indent=1))
 
-    def build(self, cfg):
+    def build(self, cfg: ExperimentConfig) -> keras.Model:
         self.model, trainer, self.loss = build_trainer(cfg, self.dataset, self.minority)
         return trainer
 
-    def steps_per_epoch(self, cfg, replicas):
+    def steps_per_epoch(self, cfg: ExperimentConfig, replicas: int) -> int:
         return steps_per_epoch(len(self.dataset.train), cfg.train.batch_size, replicas)
 
-    def train_data(self, cfg, epoch, replicas):
+    def train_data(self, cfg: ExperimentConfig, epoch: int, replicas: int) -> tf.data.Dataset:
         return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,
                                  seed=cfg.data.seed, augment=cfg.data.augment,
                                  drop_remainder=replicas > 1, epoch=epoch)
 
-    def eval_data(self, cfg, replicas):
+    def eval_data(self, cfg: ExperimentConfig, replicas: int) -> tf.data.Dataset:
         return data_lib.pipeline(self.dataset.evaluation, cfg.train.batch_size, training=False)
 
-    def callbacks(self, cfg, loop, run_dir, is_chief):
+    def callbacks(self, cfg: ExperimentConfig, loop: loop_lib.TrainingLoop,
+                  run_dir: pathlib.Path, is_chief: bool) -> list[keras.callbacks.Callback]:
         return schedule_callbacks(cfg, self.loss, loop.retrace)
 
-    def evaluates(self, cfg):
+    def evaluates(self, cfg: ExperimentConfig) -> Callable[[int], bool]:
         return lambda epoch: cfg.evaluation.evaluates(epoch, cfg.train.epochs)
 
-    def results(self, cfg, rows, loop):
+    def results(self, cfg: ExperimentConfig, rows: list[dict[str, Any]],
+                loop: loop_lib.TrainingLoop) -> dict[str, Any]:
         dataset, minority = self.dataset, self.minority
         scores = predict(self.model, data_lib.pipeline(dataset.test, 512, training=False))
         matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
@@ -299,15 +314,42 @@ class ClassifierExperiment(run_lib.Experiment):
             "minority_classes": minority,
         }
 
-    def save(self, cfg, run_dir):
+    def save(self, cfg: ExperimentConfig, run_dir: pathlib.Path) -> None:
         save_model(self.model, run_dir / "model.keras")
         report.plot_run(run_dir)
 
 
-def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
+def run(cfg: ExperimentConfig, run_dir: PathLike, resume: bool = False,
+        verbose: int | Literal["auto"] = "auto",
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
     """Train, evaluate on the test split and write the run directory; returns the results.
 
     The run skeleton (`tfimb.runtime.run`) with `ClassifierExperiment`: every strategy trains
     through `tfimb.runtime.loop.TrainingLoop`; under several workers only the chief writes.
     `callbacks` are extra Keras callbacks (after tfimb's own)."""
     return run_lib.run(ClassifierExperiment(), cfg, run_dir, resume, verbose, callbacks)
+
+
+def run_job(jobs: Sequence[tuple[ExperimentConfig, pathlib.Path]], resume: bool = False,
+            announce: Callable[[str], Any] = print
+            ) -> tuple[list[dict[str, Any]], int]:
+    """Train a job of one run or several (a config's variants: `(cfg, run_dir)` pairs from
+    `tfimb.config.resolve_variants`); return (every run's `{"dir", "results"}`, how many ran).
+
+    A job of several runs is finished run by run: a finished run is kept (never retrained), an
+    unfinished one resumes under `resume`, and under `resume` the runs that never started just
+    start, so an interrupted job completes with --resume. `announce` gets one progress line per
+    run."""
+    several = len(jobs) > 1
+    finished, ran = [], 0
+    for cfg, run_dir in jobs:
+        if several and (run_dir / RESULTS).exists():
+            announce(f"== {run_dir}: finished earlier, kept")
+            finished.append(report.load_run(run_dir))
+            continue
+        announce(f"== {run_dir}")
+        results = run(cfg, run_dir,
+                      resume=resume and (not several or (run_dir / "config.yaml").exists()))
+        finished.append({"dir": run_dir, "results": results})
+        ran += 1
+    return finished, ran

@@ -33,19 +33,15 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import Literal
 
+import keras
+import tensorflow as tf
+
+from tfimb import catalog
+from tfimb import losses  # noqa: F401  Registers the losses a model.keras may name.
+from tfimb._checks import PathLike
 from tfimb.errors import TfimbError, UsageError
-
-# Names for the annotations only (`from __future__ import annotations` keeps them unevaluated):
-# type checkers read this block, and at run time this module imports neither `typing`, NumPy nor
-# Keras before an export is asked for.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Literal
-
-    import keras
-
-    from tfimb._checks import PathLike
 
 
 class ExportError(TfimbError, RuntimeError):
@@ -75,8 +71,6 @@ def run_kind(run_dir: PathLike) -> Literal["classifier", "flow"]:
 
 def _checked_images(images, shape: list[int], signature: str):
     """`images` after an in-graph check that each is `shape` ([H, W, C]); Keras' message form."""
-    import tensorflow as tf
-
     expected = "[batch, " + ", ".join(str(d) for d in shape) + "]"
     check = tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(images)[1:], shape)),
@@ -88,13 +82,6 @@ def _checked_images(images, shape: list[int], signature: str):
 
 
 def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
-    import importlib
-
-    import keras
-    import tensorflow as tf
-
-    importlib.import_module("tfimb.losses")  # Registers the losses model.keras may name.
-
     run_dir = pathlib.Path(run_dir)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
     with open(run_dir / "counts.json") as f:
@@ -103,8 +90,6 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     names = tf.constant(class_names)
     # Per-class probabilities as the run's loss defines them: one-vs-all sigmoids for the
     # sigmoid losses, a softmax otherwise.
-    from tfimb import catalog
-
     results = json.loads((run_dir / "results.json").read_text())
     loss_name = results.get("config", {}).get("loss", {}).get("name")
     entry = catalog.BY_NAME.get(loss_name)
@@ -159,12 +144,10 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
 
 
 def _flow_archive(run_dir: PathLike) -> keras.export.ExportArchive:
-    import keras
-    import tensorflow as tf
+    # Imported here, for flows only: the density experiment loads TensorFlow Probability.
+    from tfimb.experiments import density
 
-    from tfimb.flows import train as flow_train
-
-    _, model = flow_train.load_run(run_dir)
+    _, model = density.load_run(run_dir)
     shape = list(model.image_shape)
     num_dims = model.num_dims
     image_spec = [tf.TensorSpec([None] + shape, tf.uint8, name="images")]

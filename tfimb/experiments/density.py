@@ -11,18 +11,28 @@ mode, evaluation bits/dim in inference mode), `logs/` (TensorBoard: bits/dim and
 atomically once the run has finished, `results.json`.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import pathlib
+from typing import Any, Literal, Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
 import yaml
 
+from tfimb import _checks
+from tfimb._checks import ArrayLike, PathLike
 from tfimb import config as config_lib
 from tfimb import data as data_lib
+from tfimb.config import FlowConfig
+from tfimb.flows import realnvp
 from tfimb.runtime import rundir
 from tfimb.runtime import run as run_lib
+from tfimb.runtime.loop import TrainingLoop
 
 RESULTS = rundir.RESULTS
 WEIGHTS = "model.weights.h5"
@@ -40,14 +50,11 @@ def _subset(split, limit, seed):
     return split.images[np.sort(index)]
 
 
-def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=False,
-             epoch=None):
+def pipeline(images: np.ndarray, batch_size: int, training: bool, seed: int = 0,
+             flip: bool = True, drop_remainder: bool = False,
+             epoch: int | None = None) -> tf.data.Dataset:
     """uint8 images -> batches (shuffled and randomly flipped when training; with `epoch`, that
     one epoch, its order and flips a function of (seed, epoch), as `tfimb.data.pipeline`)."""
-    import tensorflow as tf
-
-    from tfimb import data as data_lib
-
     ds = tf.data.Dataset.from_tensor_slices(images)
     if training:
         ds, seeds = data_lib.shuffled_with_seeds(ds, min(len(images), 20000), seed, epoch)
@@ -60,9 +67,7 @@ def pipeline(images, batch_size, training, seed=0, flip=True, drop_remainder=Fal
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(cfg, image_shape):
-    from tfimb.flows import realnvp
-
+def build_model(cfg: FlowConfig, image_shape: Sequence[int]) -> realnvp.RealNVP:
     m = cfg.model
     model = realnvp.RealNVP(image_shape, num_scales=m.num_scales, num_blocks=m.num_blocks,
                             num_filters=m.num_filters, momentum=m.momentum, epsilon=m.epsilon,
@@ -71,11 +76,9 @@ def build_model(cfg, image_shape):
     return model
 
 
-def build_compiled_model(cfg, image_shape):
+def build_compiled_model(cfg: FlowConfig, image_shape: Sequence[int]) -> realnvp.RealNVP:
     """`build_model`, compiled with the training optimizer: Adam (default betas) at
     `train.learning_rate`, gradients clipped to global norm `train.clip_norm`."""
-    import keras
-
     model = build_model(cfg, image_shape)
     model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
                                                   global_clipnorm=cfg.train.clip_norm))
@@ -83,12 +86,8 @@ def build_compiled_model(cfg, image_shape):
 
 
 def _sample_callback(log_dir, n=16):
-    import keras
-    import tensorflow as tf
-
     class SampleImages(keras.callbacks.Callback):
         """Samples (temperature 1 and 0.7) to TensorBoard at the end of every epoch."""
-
         def __init__(self):
             super().__init__()
             self.writer = tf.summary.create_file_writer(str(log_dir / "samples"))
@@ -108,11 +107,10 @@ class FlowExperiment(run_lib.Experiment):
     """`tfimb flow train`'s experiment for the run skeleton: images (subsets for CPU-sized
     runs), RealNVP with its optimizer, bits/dim; after training, test bits/dim, the weights,
     samples and the image shape (so that the run rebuilds without its data)."""
-
-    def dump_config(self, cfg):
+    def dump_config(self, cfg: FlowConfig) -> str:
         return config_lib.dump_flow(cfg)
 
-    def prepare(self, cfg):
+    def prepare(self, cfg: FlowConfig) -> None:
         self.dataset = data_lib.load(cfg.data, None)
         self.train_images = _subset(self.dataset.train, cfg.train.max_train_images,
                                     cfg.train.seed)
@@ -123,27 +121,26 @@ class FlowExperiment(run_lib.Experiment):
                 f"Invalid value for key `train.batch_size`. Expected at most the "
                 f"{len(self.train_images)} training images. Received: {cfg.train.batch_size}")
 
-    def build(self, cfg):
+    def build(self, cfg: FlowConfig) -> realnvp.RealNVP:
         self.model = build_compiled_model(cfg, self.train_images.shape[1:])
         return self.model
 
-    def steps_per_epoch(self, cfg, replicas):
+    def steps_per_epoch(self, cfg: FlowConfig, replicas: int) -> int:
         return len(self.train_images) // cfg.train.batch_size
 
-    def train_data(self, cfg, epoch, replicas):
+    def train_data(self, cfg: FlowConfig, epoch: int, replicas: int) -> tf.data.Dataset:
         return pipeline(self.train_images, cfg.train.batch_size, True, cfg.train.seed,
                         cfg.train.flip, drop_remainder=True, epoch=epoch)
 
-    def eval_data(self, cfg, replicas):
+    def eval_data(self, cfg: FlowConfig, replicas: int) -> tf.data.Dataset:
         return pipeline(self.eval_images, cfg.train.batch_size, False,
                         drop_remainder=replicas > 1)
 
-    def callbacks(self, cfg, loop, run_dir, is_chief):
+    def callbacks(self, cfg: FlowConfig, loop: TrainingLoop, run_dir: pathlib.Path,
+                  is_chief: bool) -> list[keras.callbacks.Callback]:
         return [_sample_callback(run_dir / "logs")] if is_chief else []
 
-    def fit_errors(self, error, run_dir):
-        import tensorflow as tf
-
+    def fit_errors(self, error: Exception, run_dir: pathlib.Path) -> Exception | None:
         if not isinstance(error, tf.errors.InvalidArgumentError) or "RealNVP:" not in str(error):
             return None
         message = str(error).split("RealNVP:")[1].split(" : ")[0].split("\n")[0]
@@ -152,7 +149,8 @@ class FlowExperiment(run_lib.Experiment):
             "the last completed epoch (resume with --resume after lowering "
             "train.learning_rate or train.clip_norm).")
 
-    def results(self, cfg, rows, loop):
+    def results(self, cfg: FlowConfig, rows: list[dict[str, str]],
+                loop: TrainingLoop) -> dict[str, Any]:
         history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
         return {
             "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
@@ -166,14 +164,16 @@ class FlowExperiment(run_lib.Experiment):
             "evaluation_images": int(len(self.eval_images)),
         }
 
-    def save(self, cfg, run_dir):
+    def save(self, cfg: FlowConfig, run_dir: pathlib.Path) -> None:
         tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, run_dir / WEIGHTS)
         write_grid(self.model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
 
 
-def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
+def run(cfg: FlowConfig, run_dir: PathLike, resume: bool = False,
+        verbose: int | Literal["auto"] = "auto",
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict[str, Any]:
     """Train RealNVP per `cfg` into `run_dir`; evaluate; write samples and results.json.
 
     The run skeleton (`tfimb.runtime.run`) with `FlowExperiment`: every strategy trains
@@ -182,10 +182,9 @@ def run(cfg, run_dir, resume=False, verbose="auto", callbacks=()):
     return run_lib.run(FlowExperiment(), cfg, run_dir, resume, verbose, callbacks)
 
 
-def evaluate_images(model, images, batch_size, seed=1234):
+def evaluate_images(model: realnvp.RealNVP, images: np.ndarray, batch_size: int,
+                    seed: int = 1234) -> float:
     """Mean bits/dim of uint8 images (inference mode, uniform dequantisation, fixed seed)."""
-    import tensorflow as tf
-
     @tf.function
     def batch_bpd(batch, seed):
         return model.bits_per_dim(batch, noise="uniform", seed=seed)
@@ -203,14 +202,12 @@ def evaluate_images(model, images, batch_size, seed=1234):
 # Finished runs: evaluate, sample, interpolate.
 
 
-def load_run(run_dir):
+def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
     """(config, model with the trained weights) of a finished run directory.
 
     The model is rebuilt from config.yaml and the image shape in results.json, so no data is
     read (runs written before results.json carried the shape load their training images once
     to find it). `test_images(cfg)` gives the images to evaluate or interpolate."""
-    from tfimb import data as data_lib
-
     run_dir = pathlib.Path(run_dir)
     if (run_dir / "model.keras").exists():
         raise FlowRunError(f"{run_dir} holds a classifier run (model.keras), not a flow: the "
@@ -229,17 +226,13 @@ def load_run(run_dir):
     return cfg, model
 
 
-def test_images(cfg):
+def test_images(cfg: FlowConfig) -> np.ndarray:
     """The test split's uint8 images of a flow config's data."""
-    from tfimb import data as data_lib
-
     return data_lib.load(cfg.data, None).test.images
 
 
-def write_grid(images, path, columns=None):
+def write_grid(images: ArrayLike, path: PathLike, columns: int | None = None) -> pathlib.Path:
     """uint8 images [N, H, W, C] -> one PNG grid (1-pixel gaps), written atomically."""
-    import tensorflow as tf
-
     images = np.asarray(images)
     n, h, w, c = images.shape
     columns = columns or int(math.ceil(math.sqrt(n)))
@@ -252,7 +245,7 @@ def write_grid(images, path, columns=None):
     return pathlib.Path(path)
 
 
-def interpolation_latents(z, steps):
+def interpolation_latents(z: np.ndarray | Sequence[ArrayLike], steps: int) -> np.ndarray:
     """The paper's eq. 19 over a steps x steps grid of (phi, phi') in [0, pi/2]^2:
     z = cos(phi) (cos(phi') z1 + sin(phi') z2) + sin(phi) (cos(phi') z3 + sin(phi') z4)."""
     z1, z2, z3, z4 = (np.asarray(v, np.float32) for v in z[:4])
@@ -262,10 +255,8 @@ def interpolation_latents(z, steps):
                      for a in angles for b in angles])
 
 
-def interpolate(model, images, steps=8):
+def interpolate(model: realnvp.RealNVP, images: np.ndarray, steps: int = 8) -> np.ndarray:
     """uint8 grid images decoded from the eq. 19 manifold through four images' latents."""
-    from tfimb import _checks
-
     steps = _checks.check_int("steps", steps, 2)
     if len(images) < 4:
         raise _checks.invalid_value("images", "4 images (the corners)", f"{len(images)} images")

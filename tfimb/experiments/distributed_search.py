@@ -8,15 +8,22 @@ and N workers on 127.0.0.1 as child processes, waits for them, stops them all wh
 on Ctrl-C, and rewrites the reports as trials end.
 """
 
+from __future__ import annotations
+
+import argparse
 import os
 import pathlib
 import sys
+from typing import Any
 
 from tfimb import _checks
+from tfimb._checks import PathLike
+from tfimb.config import ExperimentConfig, SearchConfig
+from tfimb.experiments import trials, tune
 from tfimb.runtime.launch import LaunchError, check_count, free_port, supervise
 
 
-def parse_address(arg, text):
+def parse_address(arg: str, text: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port), with an error in Keras' form."""
     host, sep, port = str(text).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -24,7 +31,8 @@ def parse_address(arg, text):
     return host, int(port)
 
 
-def set_environment(chief=None, worker=None, worker_id=None):
+def set_environment(chief: str | None = None, worker: str | None = None,
+                    worker_id: int | None = None) -> None:
     """Set keras-tuner's variables for `--chief` / `--worker --worker-id` (no-op without them)."""
     if worker_id is not None and worker is None:
         raise LaunchError("Invalid value for argument `--worker-id`. Expected it only with "
@@ -47,10 +55,9 @@ def set_environment(chief=None, worker=None, worker_id=None):
                       KERASTUNER_ORACLE_PORT=str(port))
 
 
-def run_local(args, workdir, cfg, search):
+def run_local(args: argparse.Namespace, workdir: PathLike, cfg: ExperimentConfig,
+              search: SearchConfig) -> dict[str, Any] | None:
     """Start a chief and `args.local_workers` workers on 127.0.0.1; return the best trial."""
-    from tfimb import tune
-
     workers = check_count(args.local_workers)
     tune.validate(cfg, search)
     workdir = pathlib.Path(workdir)
@@ -65,6 +72,6 @@ def run_local(args, workdir, cfg, search):
                  for i in range(workers)]
     print(f"search on {address}: a chief and {workers} workers; logs in "
           f"{workdir / 'logs'}", flush=True)
-    supervise(commands, workdir / "logs", poll=lambda: tune.write_reports(workdir, cfg, search),
+    supervise(commands, workdir / "logs", poll=lambda: trials.write_reports(workdir, cfg, search),
               retry_hint=" The same command resumes the search.")
-    return tune.write_reports(workdir, cfg, search)
+    return trials.write_reports(workdir, cfg, search)
