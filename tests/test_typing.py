@@ -19,6 +19,10 @@ import tfimb.config.engine
 import tfimb.config.flow
 import tfimb.config.search
 import tfimb.data
+import tfimb.data.imbalance
+import tfimb.data.pipeline
+import tfimb.data.sources
+import tfimb.data.splits
 import tfimb.experiments.classify
 import tfimb.experiments.density
 import tfimb.experiments.distributed_search
@@ -51,7 +55,8 @@ MODULES = (tfimb.losses, tfimb.metrics, tfimb.weights, tfimb.models, tfimb.model
            tfimb.flows.two_moons, tfimb.config, tfimb.config.engine, tfimb.config.common,
            tfimb.config.classify, tfimb.config.flow, tfimb.config.search, tfimb.runtime.devices,
            tfimb.runtime.rundir, tfimb.runtime.loop, tfimb.runtime.launch, tfimb.runtime.run,
-           tfimb.data, tfimb.fused_batch_norm, tfimb.platform_info, tfimb.catalog,
+           tfimb.data, tfimb.data.splits, tfimb.data.sources, tfimb.data.imbalance,
+           tfimb.data.pipeline, tfimb.fused_batch_norm, tfimb.platform_info, tfimb.catalog,
            tfimb.experiments.density, tfimb.experiments.tune, tfimb.experiments.trials,
            tfimb.experiments.distributed_search, tfimb.experiments.classify, tfimb.cli)
 # Dunder methods a caller uses directly; every other dunder is Python's business.
@@ -121,7 +126,9 @@ def test_the_public_api_is_found():
                      "tfimb.runtime.devices.make_strategy", "tfimb.runtime.rundir.check_run_dir",
                      "tfimb.runtime.loop.TrainingLoop.fit", "tfimb.runtime.launch.supervise",
                      "tfimb.runtime.run.run", "tfimb.runtime.run.Experiment.build",
-                     "tfimb.data.pipeline", "tfimb.experiments.classify.run_job",
+                     "tfimb.data.pipeline.pipeline", "tfimb.data.load",
+                     "tfimb.data.splits.Split.take", "tfimb.data.sources.list_folder",
+                     "tfimb.data.imbalance.subsample", "tfimb.experiments.classify.run_job",
                      "tfimb.experiments.classify.ClassifierExperiment.train_data", "tfimb.fused_batch_norm.fuse_batch_norms",
                      "tfimb.platform_info.describe", "tfimb.catalog.takes",
                      "tfimb.experiments.density.run", "tfimb.experiments.density.load_run",

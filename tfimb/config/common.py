@@ -24,8 +24,11 @@ class DataConfig:
     seed: int = 0
     train_split: str = "train"
     test_split: str = "test"
-    image_size: typing.Optional[int] = None  # resize folder images to this square size
-    augment: bool = True             # pad-4 random crop + horizontal flip
+    image_size: typing.Optional[int] = None  # the model's square input size (resizes images)
+    augment: bool = True             # pad-4 random crop + flip (large images: resized crop + flip)
+    # auto | true | false: stream images from disk instead of holding them in memory (auto:
+    # when the decoded training split would exceed 2 GiB or its images vary in size).
+    stream: typing.Any = "auto"
 
     def concrete(self) -> DataConfig:
         """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
@@ -40,6 +43,12 @@ class DataConfig:
             raise ConfigError("Invalid value for key `data.dir`. Expected the folder root "
                               "when data.source is 'folder'. Received: data.dir=None")
         engine.at_least("data.validation_per_class", self.validation_per_class, 0)
+        if self.stream not in ("auto", True, False) or isinstance(self.stream, int) and \
+                not isinstance(self.stream, bool):
+            raise ConfigError("Invalid value for key `data.stream`. Expected auto, true or "
+                              f"false. Received: data.stream={self.stream!r}")
+        if self.image_size is not None:
+            engine.at_least("data.image_size", self.image_size, 1)
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")

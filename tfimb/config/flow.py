@@ -74,6 +74,10 @@ class FlowConfig:
     def validate(self) -> FlowConfig:
         for section in (self.data, self.model, self.train, self.distribute):
             section.validate()
+        if self.data.stream is True:
+            raise ConfigError("Invalid value for key `data.stream`. Expected auto or false: "
+                              "flows train from images held in memory. Received: "
+                              "data.stream=True")
         return self
 
     def resolved(self) -> FlowConfig:

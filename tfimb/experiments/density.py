@@ -111,7 +111,7 @@ class FlowExperiment(run_lib.Experiment):
         return config_lib.dump_flow(cfg)
 
     def prepare(self, cfg: FlowConfig) -> None:
-        self.dataset = data_lib.load(cfg.data, None)
+        self.dataset = data_lib.load(cfg.data, None, stream=False)
         self.train_images = _subset(self.dataset.train, cfg.train.max_train_images,
                                     cfg.train.seed)
         self.eval_images = _subset(self.dataset.evaluation, cfg.train.max_eval_images,
@@ -220,7 +220,7 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).exists() else {}
     shape = results.get("image_shape")
     if shape is None:
-        shape = data_lib.load(cfg.data, None).train.images.shape[1:]
+        shape = data_lib.load(cfg.data, None, stream=False).train.images.shape[1:]
     model = build_model(cfg, tuple(shape))
     model.load_weights(run_dir / WEIGHTS)
     return cfg, model
@@ -228,7 +228,7 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
 
 def test_images(cfg: FlowConfig) -> np.ndarray:
     """The test split's uint8 images of a flow config's data."""
-    return data_lib.load(cfg.data, None).test.images
+    return data_lib.load(cfg.data, None, stream=False).test.images
 
 
 def write_grid(images: ArrayLike, path: PathLike, columns: int | None = None) -> pathlib.Path:

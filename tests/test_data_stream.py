@@ -1,0 +1,166 @@
+"""Streamed data (`data.stream`): the same examples, counts and batches as in memory, images read
+inside tf.data; exact resume; tensorflow-datasets records read with decoding skipped; the
+ImageNet-style transforms of large images."""
+
+import json
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from tfimb import config, data
+from tfimb.experiments import classify
+
+
+def _folder(root, size=(8, 8), per_class=(9, 7, 5), test=3, seed=0):
+    """root/{train,test}/c<k>/*.png of random pixels (distinct per file)."""
+    rng = np.random.default_rng(seed)
+    for split, counts in (("train", per_class), ("test", [test] * len(per_class))):
+        for c, n in enumerate(counts):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                (folder / f"{i:03d}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    return root
+
+
+def _data_config(root, **data):
+    raw = {"data": {"source": "folder", "dir": str(root), "validation_per_class": 1, **data},
+           "imbalance": {"minority": [2], "minority_count": 2}}
+    return config.resolve(raw)
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_a_streamed_folder_gives_the_in_memory_examples_counts_and_batches(tmp_path):
+    cfg = _data_config(_folder(tmp_path))
+    memory = data.load(cfg.data, cfg.imbalance, stream=False)
+    streamed = data.load(cfg.data, cfg.imbalance, stream=True)
+    assert not memory.streamed and memory.train.images is not None
+    assert streamed.streamed and streamed.train.images is None
+    assert isinstance(streamed.train.streamed, data.FileImages)
+    assert streamed.counts.tolist() == memory.counts.tolist() == [8, 6, 2]
+    assert streamed.image_shape == memory.image_shape == (8, 8, 3)
+    for name in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(streamed, name).labels,
+                                      getattr(memory, name).labels)
+    for epoch in (0, 1):  # Training: the same order and augmentation, epoch by epoch.
+        a = _batches(data.pipeline(memory.train, 4, True, seed=3, epoch=epoch))
+        b = _batches(data.pipeline(streamed.train, 4, True, seed=3, epoch=epoch))
+        assert len(a) == len(b) == 4
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    for split in ("validation", "test"):
+        for (xa, ya), (xb, yb) in zip(
+                _batches(data.pipeline(getattr(memory, split), 4, False)),
+                _batches(data.pipeline(getattr(streamed, split), 4, False))):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    # Channel statistics: exact in memory; a streamed split of fewer images than the sample
+    # size reads them all, so the two agree.
+    for a, b in zip(data.split_statistics(memory.train), data.split_statistics(streamed.train)):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_stream_auto_decides_by_the_decoded_size(tmp_path, monkeypatch):
+    cfg = _data_config(_folder(tmp_path))
+    assert cfg.data.stream == "auto"
+    assert not data.load(cfg.data, cfg.imbalance).streamed
+    monkeypatch.setattr(data, "STREAM_AUTO_BYTES", 8 * 8 * 3 * 10)  # 21 images > 10 images.
+    assert data.load(cfg.data, cfg.imbalance).streamed
+    with pytest.raises(config.ConfigError, match=r"`data.stream`.*Received: data.stream='sometimes'"):
+        config.resolve({}, ["data.stream=sometimes"])
+    with pytest.raises(config.ConfigError, match="flows train from images held in memory"):
+        config.resolve_flow({}, ["data.stream=true"])
+
+
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.slow
+def test_a_streamed_run_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path):
+    root = _folder(tmp_path / "images", per_class=(12, 10, 8))
+    overrides = ["data.source=folder", f"data.dir={root}", "data.stream=true",
+                 "imbalance.minority=[2]", "imbalance.minority_count=4", "model.name=resnet8",
+                 "train.epochs=2", "train.batch_size=4", "train.lr_values=[0.05]",
+                 "train.lr_boundaries=[]", "train.checkpoint_every=2",
+                 "mixed_precision=float32"]
+    cfg = config.resolve({}, overrides)
+    whole = classify.run(cfg, tmp_path / "whole", verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        classify.run(cfg, tmp_path / "cut", verbose=0, callbacks=[_StopAt(1, 2)])
+    resumed = classify.run(cfg, tmp_path / "cut", resume=True, verbose=0)
+    assert resumed["accuracy"] == whole["accuracy"]
+    assert resumed["confusion_matrix"] == whole["confusion_matrix"]
+    for name in ("whole", "cut"):
+        assert json.loads((tmp_path / name / "counts.json").read_text())["counts"] == [12, 10, 4]
+    a = keras.saving.load_model(tmp_path / "whole" / "model.keras", compile=False)
+    b = keras.saving.load_model(tmp_path / "cut" / "model.keras", compile=False)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)
+
+
+def test_tfds_streams_records_with_image_decoding_skipped():
+    import tensorflow_datasets as tfds
+
+    cfg = config.resolve({"data": {"source": "tfds", "name": "cifar10",
+                                   "validation_per_class": 2},
+                          "imbalance": {"long_tail_factor": 10}})
+    with tfds.testing.mock_data(num_examples=300):
+        memory = data.load(cfg.data, cfg.imbalance, stream=False)
+        streamed = data.load(cfg.data, cfg.imbalance, stream=True)
+        assert isinstance(streamed.train.streamed, data.TfdsImages)
+        assert streamed.train.images is None and streamed.image_shape == (32, 32, 3)
+        assert streamed.counts.tolist() == memory.counts.tolist()
+        np.testing.assert_array_equal(streamed.test.labels, memory.test.labels)
+        # Evaluation reads the selected records in order: the in-memory images exactly.
+        for split in ("validation", "test"):
+            x = np.concatenate([b[0] for b in _batches(
+                data.pipeline(getattr(streamed, split), 64, False))])
+            np.testing.assert_array_equal(x, getattr(memory, split).images.astype(np.float32))
+        # Training: every selected example once per epoch, the same way for the same epoch.
+        epoch = _batches(data.pipeline(streamed.train, 16, True, seed=1, epoch=0))
+        labels = np.concatenate([y for _, y in epoch])
+        assert np.bincount(labels, minlength=10).tolist() == streamed.counts.tolist()
+        again = _batches(data.pipeline(streamed.train, 16, True, seed=1, epoch=0))
+        for (xa, ya), (xb, yb) in zip(epoch, again):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+
+
+def test_large_streamed_images_get_imagenet_transforms(tmp_path):
+    root = _folder(tmp_path, size=(90, 120), per_class=(3, 3), test=2)
+    cfg = config.resolve({"data": {"source": "folder", "dir": str(root), "image_size": 72,
+                                   "stream": True}, "imbalance": None})
+    dataset = data.load(cfg.data, cfg.imbalance)
+    assert dataset.image_shape == (72, 72, 3)
+    train = _batches(data.pipeline(dataset.train, 6, True, seed=0, epoch=0))
+    assert train[0][0].shape == (6, 72, 72, 3)
+    again = _batches(data.pipeline(dataset.train, 6, True, seed=0, epoch=0))
+    np.testing.assert_array_equal(train[0][0], again[0][0])  # Deterministic by (seed, epoch).
+    other = _batches(data.pipeline(dataset.train, 6, True, seed=0, epoch=1))
+    assert not np.array_equal(train[0][0], other[0][0])
+    test = _batches(data.pipeline(dataset.test, 4, False))
+    assert test[0][0].shape == (4, 72, 72, 3)
+    # Evaluation: the shorter side to ceil(72 / 0.875) = 83, then the central 72 x 72.
+    image = tf.io.decode_png((root / "test" / "c0" / "000.png").read_bytes()).numpy()
+    resized = tf.image.resize(image, (83, 111), antialias=True)
+    expected = tf.image.resize_with_crop_or_pad(
+        tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), 72, 72).numpy()
+    np.testing.assert_array_equal(test[0][0][0], expected.astype(np.float32))

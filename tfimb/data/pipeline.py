@@ -1,0 +1,174 @@
+"""tf.data pipelines: shuffling, augmentation, batching; images read from memory or streamed.
+
+Training batches are a function of (seed, epoch): the split's examples are shuffled with a seed
+drawn from both, and every example gets its own stateless seed for its augmentation, so a
+resumed epoch, or another worker, sees the same batches. A streamed split shuffles what is
+cheap to hold (file paths: the whole split, in the same order as the in-memory split would be;
+tensorflow-datasets' encoded records: a bounded buffer), then reads, decodes and augments in
+parallel maps.
+
+Augmentation: CIFAR-size images get zero-padding (4 pixels at 32x32, height / 8 in general), a
+random crop back and a horizontal flip; streamed large images (`data.image_size` above
+`tfimb.data.splits.LARGE_IMAGE`) the ImageNet transforms: a random-resized crop (8-100% of the
+area, aspect ratio 3/4-4/3) and a flip for training, a resize of the shorter side to
+`image_size / 0.875` and a center crop for evaluation. Per-channel normalisation lives in the
+model, so a saved model takes raw pixel values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tfimb.data.splits import Split, is_large
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# How many training images estimate a streamed split's channel statistics.
+STATISTICS_SAMPLE = 5000
+
+
+def augmentation_padding(height: int) -> int:
+    """Padding of the random crop: 4 pixels at 32x32 (the CIFAR recipe), height / 8 in general."""
+    return max(1, round(height / 8))
+
+
+def _pad_crop_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Zero-pad (4 pixels at 32x32), random crop back, random horizontal flip (stateless)."""
+    import tensorflow as tf
+
+    height, width = image.shape[0], image.shape[1]
+    pad = augmentation_padding(height)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(padded, (height, width, image.shape[2]), crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def _random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """ImageNet training transform: a random crop of 8-100% of the area and aspect ratio
+    3/4-4/3, resized to size x size, and a random horizontal flip (stateless)."""
+    import tensorflow as tf
+
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(image, begin, extent)
+    resized = tf.image.resize(crop, (size, size), antialias=True)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    return tf.image.stateless_random_flip_left_right(resized, flip_seed)
+
+
+def _resize_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """ImageNet evaluation transform: the shorter side to size / 0.875, the central size x size."""
+    import tensorflow as tf
+
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = math.ceil(size / 0.875) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32), antialias=True)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def shuffled_with_seeds(ds: tf.data.Dataset, buffer_size: int, seed: int,
+                        epoch: int | None = None) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """(`ds` shuffled, a dataset of per-example [2] seeds for stateless random ops).
+
+    Without `epoch`, every iteration reshuffles and draws new seeds (the next epoch); with it,
+    both are fixed functions of (seed, epoch), the same in every process and on every resume.
+    """
+    import tensorflow as tf
+
+    reshuffle = epoch is None
+    if epoch is not None:
+        seed = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+    ds = ds.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=reshuffle)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle).batch(2)
+    return ds, seeds
+
+
+def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
+             epoch: int | None = None) -> tf.data.Dataset:
+    """The split's (uint8 image, int32 label) examples, unbatched: shuffled and augmented for
+    training, in order and decoded (center-cropped when large) for evaluation."""
+    import tensorflow as tf
+
+    streamed = split.streamed
+    if streamed is None:
+        ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32)))
+        buffer = len(split)
+
+        def decode(x):
+            return x
+    else:
+        ds, buffer, decode = streamed.keys(split.labels), streamed.shuffle_buffer(len(split)), \
+            streamed.decode
+    large = is_large(streamed)
+    size = int(streamed.image_size or 0) if streamed is not None and large else 0
+    auto = tf.data.AUTOTUNE
+    if training:
+        ds, seeds = shuffled_with_seeds(ds, buffer, seed, epoch)
+        if large:
+            return tf.data.Dataset.zip(ds, seeds).map(
+                lambda xy, s: (_random_resized_crop(decode(xy[0]), s, size)
+                               if augment else _resize_center_crop(decode(xy[0]), size), xy[1]),
+                num_parallel_calls=auto)
+        if augment:
+            return tf.data.Dataset.zip(ds, seeds).map(
+                lambda xy, s: (_pad_crop_flip(decode(xy[0]), s), xy[1]), num_parallel_calls=auto)
+    if large:
+        return ds.map(lambda x, y: (_resize_center_crop(decode(x), size), y),
+                      num_parallel_calls=auto)
+    if streamed is not None:
+        return ds.map(lambda x, y: (decode(x), y), num_parallel_calls=auto)
+    return ds
+
+
+def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
+             drop_remainder: bool = False, epoch: int | None = None) -> tf.data.Dataset:
+    """A batched `tf.data.Dataset` of (float32 images in [0, 255], int32 labels).
+
+    Training: shuffled (seeded) and augmented with per-example stateless seeds. With `epoch`
+    the dataset is that one epoch, its order and augmentation a function of (seed, epoch), so a
+    resumed epoch (or another worker) sees the same batches; without it, each iteration is the
+    next epoch. Evaluation: in order, no augmentation. `drop_remainder` drops the last partial
+    batch (needed under several replicas, where a remainder smaller than the number of replicas
+    leaves a replica an empty batch that batch normalisation rejects). A streamed split gives
+    the same batches as the same split held in memory (image folders; tensorflow-datasets'
+    records shuffle in a bounded buffer instead).
+    """
+    import tensorflow as tf
+
+    ds = examples(split, training, seed, augment, epoch)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance of uint8 images, in [0, 255] units (float64)."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    return x.mean(axis=0), x.var(axis=0)
+
+
+def split_statistics(split: Split, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance of a split's images: exact in memory; for a streamed
+    split, over `STATISTICS_SAMPLE` of its images (a fixed sample by seed), as evaluated."""
+    if split.images is not None:
+        return channel_statistics(split.images)
+    n = len(split)
+    index = np.sort(np.random.default_rng(seed).permutation(n)[:STATISTICS_SAMPLE])
+    sample = split.take(index)
+    total, square, count = np.zeros(1), np.zeros(1), 0
+    for images, _ in examples(sample, training=False).batch(256).as_numpy_iterator():
+        x = images.reshape(-1, images.shape[-1]).astype(np.float64)
+        total, square, count = total + x.sum(0), square + (x * x).sum(0), count + len(x)
+    mean = total / count
+    return mean, square / count - mean * mean
