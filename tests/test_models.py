@@ -42,10 +42,45 @@ def test_cosine_classifier_matches_numpy(tmp_path):
 
 def test_model_argument_errors():
     with pytest.raises(ValueError, match=r"`name`.*resnet20"):
-        models.get("resnet50")
+        models.get("resnet152")  # Not a name (keras.applications.ResNet152 is).
     with pytest.raises(ValueError, match=r"`head`.*'dense', 'cosine'"):
         models.resnet20(head="linear")
     with pytest.raises(ValueError, match=r"`num_classes`.*num_classes=1"):
         models.resnet20(num_classes=1)
     with pytest.raises(ValueError, match=r"`units`.*units=0"):
         tfimb.models.CosineClassifier(0)
+
+
+def test_larger_image_backbones_by_name(tmp_path):
+    import tfimb.models as models_lib
+    from tfimb import config
+
+    model = models_lib.get("resnet50", num_classes=5, input_shape=(32, 32, 3), head="cosine")
+    assert model.name == "resnet50" and model.output_shape == (None, 5)
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    assert 23_000_000 < model.count_params() < 24_000_000  # ResNet-50 without its top + head.
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert model(x, training=False).shape == (2, 5)
+    # Any keras.applications class by name; a weights file is loaded into the backbone.
+    mobile = models_lib.get("keras.applications.MobileNetV2", num_classes=3,
+                            input_shape=(32, 32, 3))
+    backbone = next(layer for layer in mobile.layers if isinstance(layer, keras.Model))
+    backbone.save_weights(tmp_path / "mobilenet.weights.h5")
+    loaded = models_lib.get("keras.applications.MobileNetV2", num_classes=3,
+                            input_shape=(32, 32, 3), weights=str(tmp_path / "mobilenet.weights.h5"))
+    inner = next(layer for layer in loaded.layers if isinstance(layer, keras.Model))
+    for a, b in zip(backbone.get_weights(), inner.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert models_lib.is_model_name("keras.applications.ResNet50")
+    for bad in ("keras.applications.NoSuchNet", "keras.applications._private", "vgg", 3):
+        assert not models_lib.is_model_name(bad)
+    with pytest.raises(ValueError, match="keras.applications.<Class>"):
+        models_lib.get("keras.applications.NoSuchNet", num_classes=3)
+    with pytest.raises(ValueError, match="`weights`"):
+        models_lib.get("resnet20", num_classes=3, weights="w.h5")
+    cfg = config.resolve({}, ["model.name=keras.applications.EfficientNetB0"])
+    assert cfg.model.name == "keras.applications.EfficientNetB0"
+    with pytest.raises(config.ConfigError, match=r"`model.name`.*keras.applications.<Class>"):
+        config.resolve({}, ["model.name=keras.applications.NoSuchNet"])
+    with pytest.raises(config.ConfigError, match=r"`model.weights`.*Received: model.weights='w'"):
+        config.resolve({}, ["model.name=resnet32", "model.weights=w"])

@@ -76,13 +76,26 @@ class ImbalanceConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+    # resnet18_cifar | resnet8 | resnet20 | resnet32 | resnet50 | keras.applications.<Class>
     name: str = "resnet18_cifar"
     head: str = "dense"              # dense | cosine (for the LDAM loss)
+    weights: typing.Optional[str] = None  # a weights file (resnet50, keras.applications only)
 
     def validate(self) -> None:
-        from tfimb.models import resnet  # Keras only; cheap enough at config time.
-        engine.one_of("model.name", self.name, tuple(resnet.MODELS))
+        from tfimb import models  # Keras only; cheap enough at config time.
+        from tfimb.models import resnet
+
+        if not models.is_model_name(self.name):
+            raise ConfigError(
+                f"Invalid value for key `model.name`. Expected one of {sorted(models.MODELS)} "
+                f"or keras.applications.<Class>. Received: model.name={self.name!r}")
         engine.one_of("model.head", self.head, resnet.HEADS)
+        if self.weights is not None and not (self.name in models.TAKES_WEIGHTS
+                                             or self.name.startswith(models.APPLICATIONS)):
+            raise ConfigError(
+                "Invalid value for key `model.weights`. Expected null for "
+                f"{self.name!r} (only resnet50 and keras.applications models load weights). "
+                f"Received: model.weights={self.weights!r}")
 
 
 @dataclasses.dataclass

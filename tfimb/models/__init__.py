@@ -3,13 +3,58 @@
 * `resnet18_cifar`: ResNet-18 with the CIFAR stem (3x3 convolution, no max-pool).
 * `resnet8`, `resnet20`, `resnet32`: He et al.'s small CIFAR ResNets (6n+2 layers), fast on CPUs
   (`resnet8` for smoke tests and tiny data).
+* `resnet50`, and any `keras.applications` class by the name `keras.applications.<Class>`:
+  backbones for larger images, without pretrained weights unless a weights file is given.
 * `CosineClassifier`: a normalised linear head giving cosine logits, for `tfimb.LDAM`.
+
+`get(name, num_classes=..., input_shape=..., head=..., weights=...)` builds any of them by its
+config name (`model.name`).
 """
 
 from __future__ import annotations
 
-from tfimb.models.heads import CosineClassifier
-from tfimb.models.resnet import MODELS, get, resnet8, resnet18_cifar, resnet20, resnet32
+from typing import Any, Callable
 
-__all__ = ["CosineClassifier", "MODELS", "get", "resnet8", "resnet18_cifar", "resnet20",
-           "resnet32"]
+import keras
+
+from tfimb import _checks
+from tfimb.models.backbones import APPLICATIONS, application, resnet50
+from tfimb.models.heads import CosineClassifier
+from tfimb.models.resnet import resnet8, resnet18_cifar, resnet20, resnet32
+
+__all__ = ["APPLICATIONS", "CosineClassifier", "MODELS", "application", "get", "is_model_name",
+           "resnet8", "resnet18_cifar", "resnet20", "resnet32", "resnet50"]
+
+#: The models built by name; `keras.applications.<Class>` names build that class too.
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
+    "resnet32": resnet32, "resnet50": resnet50}
+#: The models that take pretrained `weights` (a file).
+TAKES_WEIGHTS = ("resnet50",)
+
+
+def is_model_name(name: Any) -> bool:
+    """Whether `get` builds `name`: one of `MODELS`, or `keras.applications.<Class>`."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith(APPLICATIONS):
+        class_name = name[len(APPLICATIONS):]
+        return not class_name.startswith("_") and callable(
+            getattr(keras.applications, class_name, None))
+    return name in MODELS
+
+
+def get(name: str, weights: str | None = None, **kwargs: Any) -> keras.Model:
+    """Build a model by its config name (see `is_model_name`); `weights` (a weights file) only
+    for `resnet50` and `keras.applications` models."""
+    if not is_model_name(name):
+        raise _checks.invalid_value(
+            "name", f"one of {sorted(MODELS)} or keras.applications.<Class>", name)
+    if name.startswith(APPLICATIONS):
+        return application(name[len(APPLICATIONS):], weights=weights, **kwargs)
+    if name in TAKES_WEIGHTS:
+        return MODELS[name](weights=weights, **kwargs)
+    if weights is not None:
+        raise _checks.invalid_value("weights", f"None for {name!r} (only resnet50 and "
+                                    "keras.applications models load weights)", weights)
+    return MODELS[name](**kwargs)

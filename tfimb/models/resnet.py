@@ -13,7 +13,7 @@ The classifier head outputs logits in float32 even under a mixed precision polic
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import keras
 
@@ -47,7 +47,8 @@ def _basic_block(x: TensorLike, filters: int, strides: int, name: str,
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _head(x: TensorLike, num_classes: int, head: str) -> TensorLike:
+def head_logits(x: TensorLike, num_classes: int, head: str) -> TensorLike:
+    """Global average pooling, then dense logits or the cosine classifier (float32)."""
     if head not in HEADS:
         raise _checks.invalid_value("head", f"one of {HEADS}", head)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -56,7 +57,7 @@ def _head(x: TensorLike, num_classes: int, head: str) -> TensorLike:
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
-def _check_common(num_classes: int, input_shape: Sequence[int]) -> None:
+def check_common(num_classes: int, input_shape: Sequence[int]) -> None:
     _checks.check_int("num_classes", num_classes, 2)
     if len(tuple(input_shape)) != 3:
         raise _checks.invalid_value("input_shape", "(height, width, channels)", input_shape)
@@ -64,7 +65,7 @@ def _check_common(num_classes: int, input_shape: Sequence[int]) -> None:
 
 def _build(name: str, stages: Sequence[int], blocks: int, num_classes: int,
            input_shape: Sequence[int], head: Head, weight_decay: float) -> keras.Model:
-    _check_common(num_classes, input_shape)
+    check_common(num_classes, input_shape)
     inputs = keras.Input(tuple(input_shape), name="image")
     x = _conv_bn(inputs, stages[0], 3, 1, "stem", weight_decay)
     for stage, filters in enumerate(stages):
@@ -72,7 +73,7 @@ def _build(name: str, stages: Sequence[int], blocks: int, num_classes: int,
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
                              weight_decay)
-    return keras.Model(inputs, _head(x, num_classes, head), name=name)
+    return keras.Model(inputs, head_logits(x, num_classes, head), name=name)
 
 
 def resnet18_cifar(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3),
@@ -105,15 +106,3 @@ def resnet32(num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3), he
              weight_decay: float = 0.0) -> keras.Model:
     """ResNet-32 for CIFAR (3 stages of 5 basic blocks), the CIFAR-10-LT papers' model."""
     return _build("resnet32", (16, 32, 64), 5, num_classes, input_shape, head, weight_decay)
-
-
-MODELS: dict[str, Callable[..., keras.Model]] = {
-    "resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
-    "resnet32": resnet32}
-
-
-def get(name: str, **kwargs: Any) -> keras.Model:
-    """Build a model by name: one of `MODELS`."""
-    if name not in MODELS:
-        raise _checks.invalid_value("name", f"one of {sorted(MODELS)}", name)
-    return MODELS[name](**kwargs)
