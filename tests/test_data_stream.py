@@ -10,6 +10,7 @@ import pytest
 import keras
 import tensorflow as tf
 
+from cli_helpers import run_tfimb
 from tfimb import config, data
 from tfimb.experiments import classify
 
@@ -164,3 +165,47 @@ def test_large_streamed_images_get_imagenet_transforms(tmp_path):
     expected = tf.image.resize_with_crop_or_pad(
         tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), 72, 72).numpy()
     np.testing.assert_array_equal(test[0][0][0], expected.astype(np.float32))
+
+
+def test_worker_shares_are_disjoint_and_make_up_each_global_batch(tmp_path):
+    cfg = _data_config(_folder(tmp_path, per_class=(13, 9, 6)))
+    dataset = data.load(cfg.data, cfg.imbalance, stream=True)
+    whole = _batches(data.pipeline(dataset.train, 8, True, seed=5, epoch=2,
+                                   drop_remainder=True))
+    shares = [_batches(data.pipeline(dataset.train, 4, True, seed=5, epoch=2,
+                                     drop_remainder=True, num_shards=2, shard_index=w))
+              for w in (0, 1)]
+    assert len(whole) == 2 and all(len(share) >= 2 for share in shares)
+    for step, (x, y) in enumerate(whole):
+        # The step's global batch is the two workers' batches, example by example
+        # (worker 0 the even positions, worker 1 the odd ones), augmented alike.
+        parts = [share[step] for share in shares]
+        np.testing.assert_array_equal(x[0::2], parts[0][0])
+        np.testing.assert_array_equal(x[1::2], parts[1][0])
+        np.testing.assert_array_equal(y[0::2], parts[0][1])
+        np.testing.assert_array_equal(y[1::2], parts[1][1])
+
+
+@pytest.mark.slow
+def test_a_streamed_run_on_two_replicas_trains_like_the_in_memory_run(tmp_path):
+    """Two logical CPU replicas (each run a fresh `tfimb train` process, which sets them up):
+    streamed, each replica reads its own per-replica batches; the weights match."""
+    root = _folder(tmp_path / "images", per_class=(12, 10, 8))
+    base = ["data.source=folder", f"data.dir={root}", "imbalance.minority=[2]",
+            "imbalance.minority_count=4", "model.name=resnet8", "train.epochs=1",
+            "train.batch_size=8", "train.lr_values=[0.05]", "train.lr_boundaries=[]",
+            "mixed_precision=float32", "distribute.strategy=mirrored",
+            "distribute.num_cpu_devices=2"]
+    weights = {}
+    (tmp_path / "run.yaml").write_text("{}\n")
+    for stream in ("false", "true"):
+        args = ["train", "run.yaml", "--workdir", str(tmp_path / stream)]
+        for override in base + [f"data.stream={stream}"]:
+            args += ["--set", override]
+        result = run_tfimb(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[stream] = keras.saving.load_model(tmp_path / stream / "model.keras",
+                                                  compile=False).get_weights()
+        assert json.loads((tmp_path / stream / "results.json").read_text())["replicas"] == 2
+    for a, b in zip(weights["false"], weights["true"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -209,3 +209,14 @@ def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
         assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
     # Only the chief wrote: one set of checkpoints, no worker scratch folders left.
     assert not list((run_dir / "checkpoints").glob(".worker-*"))
+
+
+def test_evaluation_batches_never_leave_a_replica_empty():
+    assert loop.evaluation_batch_size(9, 8, 1) == 8       # One replica: as configured.
+    assert loop.evaluation_batch_size(9, 8, 2) == 7       # 9 = 7 + 2: both replicas busy.
+    assert loop.evaluation_batch_size(16, 8, 2) == 8      # Whole batches.
+    assert loop.evaluation_batch_size(10000, 128, 2) == 128  # 10000 % 128 = 16 >= 2.
+    for n in range(3, 60):
+        for replicas in (2, 3):
+            size = loop.evaluation_batch_size(n, 8, replicas)
+            assert n % size == 0 or n % size >= replicas, (n, replicas, size)

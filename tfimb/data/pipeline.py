@@ -93,9 +93,12 @@ def shuffled_with_seeds(ds: tf.data.Dataset, buffer_size: int, seed: int,
 
 
 def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
-             epoch: int | None = None) -> tf.data.Dataset:
+             epoch: int | None = None, num_shards: int = 1,
+             shard_index: int = 0) -> tf.data.Dataset:
     """The split's (uint8 image, int32 label) examples, unbatched: shuffled and augmented for
-    training, in order and decoded (center-cropped when large) for evaluation."""
+    training, in order and decoded (center-cropped when large) for evaluation. With
+    `num_shards`, only every num_shards-th example from `shard_index` on, chosen after the
+    shuffle and before any image is read: a worker reads only its share."""
     import tensorflow as tf
 
     streamed = split.streamed
@@ -113,6 +116,9 @@ def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
     auto = tf.data.AUTOTUNE
     if training:
         ds, seeds = shuffled_with_seeds(ds, buffer, seed, epoch)
+        if num_shards > 1:  # Seeds stay with their examples: each is augmented as unsharded.
+            both = tf.data.Dataset.zip(ds, seeds).shard(num_shards, shard_index)
+            ds, seeds = both.map(lambda xy, s: xy), both.map(lambda xy, s: s)
         if large:
             return tf.data.Dataset.zip(ds, seeds).map(
                 lambda xy, s: (_random_resized_crop(decode(xy[0]), s, size)
@@ -121,6 +127,8 @@ def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
         if augment:
             return tf.data.Dataset.zip(ds, seeds).map(
                 lambda xy, s: (_pad_crop_flip(decode(xy[0]), s), xy[1]), num_parallel_calls=auto)
+    if num_shards > 1 and not training:
+        ds = ds.shard(num_shards, shard_index)
     if large:
         return ds.map(lambda x, y: (_resize_center_crop(decode(x), size), y),
                       num_parallel_calls=auto)
@@ -130,7 +138,8 @@ def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
 
 
 def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
-             drop_remainder: bool = False, epoch: int | None = None) -> tf.data.Dataset:
+             drop_remainder: bool = False, epoch: int | None = None, num_shards: int = 1,
+             shard_index: int = 0) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of (float32 images in [0, 255], int32 labels).
 
     Training: shuffled (seeded) and augmented with per-example stateless seeds. With `epoch`
@@ -140,11 +149,12 @@ def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augme
     batch (needed under several replicas, where a remainder smaller than the number of replicas
     leaves a replica an empty batch that batch normalisation rejects). A streamed split gives
     the same batches as the same split held in memory (image folders; tensorflow-datasets'
-    records shuffle in a bounded buffer instead).
+    records shuffle in a bounded buffer instead). `num_shards` / `shard_index`: this worker's
+    share of every epoch (see `examples`), batched by `batch_size` (a per-replica batch).
     """
     import tensorflow as tf
 
-    ds = examples(split, training, seed, augment, epoch)
+    ds = examples(split, training, seed, augment, epoch, num_shards, shard_index)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
     options = tf.data.Options()

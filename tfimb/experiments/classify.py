@@ -279,13 +279,28 @@ class ClassifierExperiment(run_lib.Experiment):
     def steps_per_epoch(self, cfg: ExperimentConfig, replicas: int) -> int:
         return steps_per_epoch(len(self.dataset.train), cfg.train.batch_size, replicas)
 
-    def train_data(self, cfg: ExperimentConfig, epoch: int, replicas: int) -> tf.data.Dataset:
-        return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,
-                                 seed=cfg.data.seed, augment=cfg.data.augment,
-                                 drop_remainder=replicas > 1, epoch=epoch)
+    def train_data(self, cfg: ExperimentConfig, epoch: int, replicas: int
+                   ) -> tf.data.Dataset | loop_lib.PerWorkerData:
+        """The epoch's global batches from memory; streamed, each worker reads its own share
+        of every global batch (per-replica batches, in the same order)."""
+        if not self.dataset.streamed:
+            return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,
+                                     seed=cfg.data.seed, augment=cfg.data.augment,
+                                     drop_remainder=replicas > 1, epoch=epoch)
+
+        def worker_share(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return data_lib.pipeline(
+                self.dataset.train, context.get_per_replica_batch_size(cfg.train.batch_size),
+                training=True, seed=cfg.data.seed, augment=cfg.data.augment,
+                drop_remainder=replicas > 1, epoch=epoch,
+                num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id)
+
+        return loop_lib.PerWorkerData(worker_share)
 
     def eval_data(self, cfg: ExperimentConfig, replicas: int) -> tf.data.Dataset:
-        return data_lib.pipeline(self.dataset.evaluation, cfg.train.batch_size, training=False)
+        split = self.dataset.evaluation
+        batch = loop_lib.evaluation_batch_size(len(split), cfg.train.batch_size, replicas)
+        return data_lib.pipeline(split, batch, training=False)
 
     def callbacks(self, cfg: ExperimentConfig, loop: loop_lib.TrainingLoop,
                   run_dir: pathlib.Path, is_chief: bool) -> list[keras.callbacks.Callback]:

@@ -218,7 +218,8 @@ class TrainingLoop:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def fit(self, train_data: Callable[[int], tf.data.Dataset], steps_per_epoch: int,
+    def fit(self, train_data: Callable[[int], tf.data.Dataset | PerWorkerData],
+            steps_per_epoch: int,
             epochs: int, global_batch_size: int, eval_data: tf.data.Dataset | None = None,
             callbacks: Iterable[keras.callbacks.Callback] = (), verbose: int = 2,
             stop_on_nan: bool = True,
@@ -274,9 +275,14 @@ class TrainingLoop:
                      stop_on_nan):
         for metric in self.model.metrics:
             metric.reset_state()
-        if first:
-            dataset = dataset.skip(first)
-        iterator = iter(self.strategy.experimental_distribute_dataset(_data_sharded(dataset)))
+        if isinstance(dataset, PerWorkerData):
+            iterator = iter(self.strategy.distribute_datasets_from_function(
+                dataset.skipping(first, _local_replicas(self.strategy))))
+        else:
+            if first:
+                dataset = dataset.skip(first)
+            iterator = iter(self.strategy.experimental_distribute_dataset(
+                _data_sharded(dataset)))
         start, step = time.perf_counter(), first
         while step < steps:
             n = min(self.steps_per_execution, steps - step)
@@ -297,6 +303,42 @@ class TrainingLoop:
         self.train_seconds += time.perf_counter() - start
         self.train_images += (steps - first) * global_batch_size
         return logs
+
+
+class PerWorkerData:
+    """An epoch's training data built by each worker for itself: `make(context)` returns the
+    worker's dataset of per-replica batches (`context`: `tf.distribute.InputContext`), read
+    from its own share of the examples, for `strategy.distribute_datasets_from_function`. A
+    step's replicas take consecutive batches, so the union of a step's batches is the global
+    batch when each worker's share is every num_workers-th example of the epoch's order."""
+
+    def __init__(self, make: Callable[[tf.distribute.InputContext], tf.data.Dataset]) -> None:
+        self.make = make
+
+    def skipping(self, steps: int, replicas_per_worker: int
+                 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+        """`make` without the batches of the first `steps` steps (a mid-epoch resume)."""
+        return lambda context: self.make(context).skip(steps * replicas_per_worker)
+
+
+def evaluation_batch_size(n: int, batch_size: int, replicas: int) -> int:
+    """A batch size for evaluating n examples on `replicas` replicas with every example kept:
+    `batch_size`, or the largest smaller one whose last partial batch still gives each replica
+    an example (an empty replica batch fails oneDNN's convolutions on CPUs)."""
+    if replicas <= 1 or n <= replicas:
+        return batch_size
+    for size in range(min(batch_size, n), replicas - 1, -1):
+        if n % size == 0 or n % size >= replicas:
+            return size
+    return batch_size
+
+
+def _local_replicas(strategy):
+    """Replicas on this worker (the default strategy has one and no device list)."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:
+        return 1
 
 
 def _data_sharded(dataset):
