@@ -25,6 +25,20 @@ def test_learning_rate_schedule():
         0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     warm = config.resolve({}, ["train.warmup_epochs=5"])
     assert [classify.learning_rate(e, warm) for e in (0, 4, 5)] == pytest.approx([0.02, 0.1, 0.1])
+    cosine = config.resolve({}, ["train.lr_schedule=cosine", "train.epochs=90",
+                                 "train.lr_values=[0.2]", "train.lr_boundaries=[]"])
+    expected = [0.2 * 0.5 * (1 + np.cos(np.pi * e / 90)) for e in (0, 45, 89)]
+    assert [classify.learning_rate(e, cosine) for e in (0, 45, 89)] == pytest.approx(expected)
+    assert classify.learning_rate(45, cosine) == pytest.approx(0.1)
+    warm_cosine = config.resolve({}, ["train.lr_schedule=cosine", "train.epochs=10",
+                                      "train.warmup_epochs=2", "train.lr_values=[0.1]",
+                                      "train.lr_boundaries=[]"])
+    assert [classify.learning_rate(e, warm_cosine) for e in (0, 1, 2, 6)] == pytest.approx(
+        [0.05, 0.1, 0.1, 0.05])
+    with pytest.raises(config.ConfigError, match="cosine schedule"):
+        config.resolve({}, ["train.lr_schedule=cosine"])  # The default boundaries [15, 20].
+    with pytest.raises(config.ConfigError, match="`train.lr_schedule`"):
+        config.resolve({}, ["train.lr_schedule=linear"])
 
 
 def test_precision_resolution(monkeypatch):

@@ -161,6 +161,9 @@ class TrainConfig:
     lr_values: typing.List[float] = dataclasses.field(default_factory=lambda: [0.1, 0.01, 0.001])
     lr_boundaries: typing.List[int] = dataclasses.field(default_factory=lambda: [15, 20])
     warmup_epochs: int = 0           # linear warm-up to lr_values[0] (Cui et al. use 5)
+    # step: lr_values between lr_boundaries; cosine: lr_values[0] annealed to 0 over the
+    # epochs after the warm-up (per epoch; lr_boundaries empty), as in the ImageNet-LT protocol.
+    lr_schedule: str = "step"
     seed: int = 0
     steps_per_execution: int = 1
     checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
@@ -172,6 +175,14 @@ class TrainConfig:
         engine.at_least("train.steps_per_execution", self.steps_per_execution, 1)
         if self.checkpoint_every is not None:
             engine.at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        engine.one_of("train.lr_schedule", self.lr_schedule, ("step", "cosine"))
+        if self.lr_schedule == "cosine" and (self.lr_boundaries or self.warmup_epochs >=
+                                             self.epochs):
+            raise ConfigError("Invalid value for keys `train.lr_boundaries` / "
+                              "`train.warmup_epochs`. Expected no boundaries and a warm-up "
+                              "shorter than train.epochs for the cosine schedule. Received: "
+                              f"train.lr_boundaries={self.lr_boundaries}, "
+                              f"train.warmup_epochs={self.warmup_epochs}")
         if len(self.lr_values) != len(self.lr_boundaries) + 1:
             raise ConfigError("Invalid value for key `train.lr_values`. Expected one more value "
                               f"than train.lr_boundaries ({len(self.lr_boundaries)}). Received: "

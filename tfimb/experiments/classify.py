@@ -18,6 +18,7 @@ and refuses a changed config; a finished run is never overwritten.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -147,9 +148,15 @@ def schedule_callbacks(cfg: ExperimentConfig, loss: keras.losses.Loss,
 
 
 def learning_rate(epoch: int, cfg: ExperimentConfig) -> float:
-    """Learning rate for a 0-based epoch: piecewise constant, after an optional warm-up."""
+    """Learning rate for a 0-based epoch after an optional linear warm-up: piecewise constant
+    (`step`), or `lr_values[0] * (1 + cos(pi * k / K)) / 2` at the k-th of the K epochs after
+    the warm-up (`cosine`)."""
     t = cfg.train
-    lr = t.lr_values[int(np.searchsorted(t.lr_boundaries, epoch, side="right"))]
+    if t.lr_schedule == "cosine":
+        k, total = epoch - t.warmup_epochs, t.epochs - t.warmup_epochs
+        lr = t.lr_values[0] * 0.5 * (1.0 + math.cos(math.pi * k / total))
+    else:
+        lr = t.lr_values[int(np.searchsorted(t.lr_boundaries, epoch, side="right"))]
     if epoch < t.warmup_epochs:
         lr = t.lr_values[0] * (epoch + 1) / t.warmup_epochs
     return float(lr)
