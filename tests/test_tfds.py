@@ -75,12 +75,21 @@ def _resolve_shipped(path):
 _LOADED = {}  # Many configs share their data section: load each distinct one once.
 
 
-def _mock_load(data_config, imbalance):
+def _mock_batch(data_config, imbalance, batch_size, flow=False, seed=0, augment=True):
+    """(dataset, first training batch) under the mock: a streamed split reads its records when
+    the pipeline runs, so both happen inside it."""
     key = (repr(data_config), repr(imbalance))
-    if key not in _LOADED:
-        with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        if key not in _LOADED:
             _LOADED[key] = data.load(data_config, imbalance)
-    return _LOADED[key]
+        ds = _LOADED[key]
+        if flow:
+            batch = next(iter(density.pipeline(ds.train.images, batch_size, True, seed=0,
+                                               epoch=0)))
+        else:
+            batch = next(iter(data.pipeline(ds.train, batch_size, training=True, seed=seed,
+                                            augment=augment, epoch=0)))[0]
+    return ds, batch
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
@@ -89,12 +98,14 @@ def test_every_shipped_tfds_config_builds_its_pipeline(path):
     if cfg.data.source != "tfds":
         pytest.skip(f"data.source is {cfg.data.source!r}")
     if kind == "flow":
-        ds = _mock_load(cfg.data, None)
-        batch = next(iter(density.pipeline(ds.train.images, cfg.train.batch_size, True,
-                                              seed=0, epoch=0)))
+        ds, batch = _mock_batch(cfg.data, None, cfg.train.batch_size, flow=True)
     else:
-        ds = _mock_load(cfg.data, cfg.imbalance)
-        batch = next(iter(data.pipeline(ds.train, cfg.train.batch_size, training=True,
-                                        seed=cfg.data.seed, augment=cfg.data.augment,
-                                        epoch=0)))[0]
-    assert batch.shape[0] == cfg.train.batch_size and np.all(ds.counts > 0)
+        ds, batch = _mock_batch(cfg.data, cfg.imbalance, cfg.train.batch_size,
+                                seed=cfg.data.seed, augment=cfg.data.augment)
+    assert batch.shape[0] == cfg.train.batch_size
+    if cfg.data.image_size:
+        assert tuple(batch.shape[1:3]) == (cfg.data.image_size,) * 2
+    if ds.num_classes <= 100:
+        assert np.all(ds.counts > 0)
+    else:  # ImageNet-LT, iNaturalist: a mock draws too few examples to fill every class.
+        assert ds.streamed and ds.counts.sum() == len(ds.train) > 0

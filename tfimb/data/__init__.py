@@ -54,10 +54,10 @@ def _streams(config: DataConfig, n_train: int, shape: tuple[int | None, ...]) ->
     images of decoded `shape` (None where the size varies)."""
     if config.stream in (True, False):
         return bool(config.stream)
+    if any(d is None for d in shape):  # Sizes vary: only a stream takes them as they come.
+        return True
     if config.image_size:
         shape = (config.image_size, config.image_size, shape[-1])
-    if any(d is None for d in shape):
-        return True
     return n_train * math.prod(shape) > STREAM_AUTO_BYTES  # type: ignore[arg-type]
 
 

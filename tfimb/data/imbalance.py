@@ -59,11 +59,13 @@ def subsample(labels: np.ndarray, validation_per_class: int, imbalance: Imbalanc
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
     available = np.array([len(p) for p in per_class]) - validation_per_class
     short = np.flatnonzero(available < 1)
-    if short.size:
+    if validation_per_class and short.size:  # (A class with no image at all: the caller's.)
         raise DataError(f"Invalid value for key `data.validation_per_class`. Classes "
-                        f"{short.tolist()} have only {[len(per_class[c]) for c in short]} "
-                        "training images; leave at least one for training. Received: "
+                        f"{_few(short.tolist())} have only "
+                        f"{_few([len(per_class[c]) for c in short])} training images; leave at "
+                        "least one for training. Received: "
                         f"data.validation_per_class={validation_per_class}")
+    available = np.maximum(available, 0)
     wanted = target_counts(available, imbalance)
     too_many = np.flatnonzero(wanted > available)
     if too_many.size:
@@ -75,3 +77,8 @@ def subsample(labels: np.ndarray, validation_per_class: int, imbalance: Imbalanc
     train = np.concatenate([p[validation_per_class: validation_per_class + n]
                             for p, n in zip(per_class, wanted)])
     return np.sort(train), np.sort(validation)
+
+
+def _few(items: list) -> str:
+    """A list for a message: the first ten items, then how many more."""
+    return str(items) if len(items) <= 10 else f"{items[:10]} and {len(items) - 10} more"

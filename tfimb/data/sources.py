@@ -163,10 +163,16 @@ def tfds_image_shape(config: DataConfig) -> tuple[int | None, ...]:
 
 
 def load_tfds(config: DataConfig) -> tuple[Split, Split, list[str]]:
-    """Both splits decoded into memory."""
+    """Both splits decoded into memory (resized to `data.image_size` when it is set)."""
+    import tensorflow as tf
+
+    size = config.image_size
     splits, info = [], None
     for split in (config.train_split, config.test_split):
         ds, info = _tfds_load(config, split)
+        if size:
+            ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (size, size), antialias=True)
+                                              + 0.5, tf.uint8), y), tf.data.AUTOTUNE)
         batches = list(ds.batch(4096).prefetch(2).as_numpy_iterator())
         splits.append(Split(np.concatenate([b[0] for b in batches]).astype(np.uint8),
                             np.concatenate([b[1] for b in batches]).astype(np.int64)))

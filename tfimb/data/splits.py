@@ -171,7 +171,12 @@ class Dataset:
     test: Split
     class_names: list
     num_classes: int
-    image_shape: tuple[int, int, int]  # the model's input (H, W, C)
+    # The model's input (H, W, C); by default the in-memory training images' shape.
+    image_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_shape is None and self.train.images is not None:
+            self.image_shape = tuple(int(d) for d in self.train.images.shape[1:])  # type: ignore
 
     @property
     def counts(self) -> np.ndarray:

@@ -50,6 +50,7 @@ RunDirError = rundir.RunDirError
 def build_model(cfg: ExperimentConfig, dataset: data_lib.Dataset) -> keras.Model:
     """Normalisation (training-set channel statistics) + the configured ResNet."""
     shape = dataset.image_shape
+    assert shape is not None  # Set by data.load (or from in-memory images).
     mean, variance = data_lib.split_statistics(dataset.train, cfg.data.seed)
     backbone = models.get(cfg.model.name, num_classes=dataset.num_classes, input_shape=shape,
                           head=cfg.model.head, weights=cfg.model.weights)
@@ -126,7 +127,7 @@ def build_trainer(cfg: ExperimentConfig, dataset: data_lib.Dataset, minority: Se
     # Cui et al. leave the sigmoid classifier's last bias (started at -log(C - 1)) undecayed.
     exclude = ("logits/bias",) if cfg.loss.name in catalog.SIGMOID else ()
     trainer = regularized(model, cfg.train.weight_decay, exclude)
-    trainer(np.zeros((1,) + tuple(dataset.image_shape), np.float32))  # Build.
+    trainer(np.zeros((1,) + tuple(dataset.image_shape or ()), np.float32))  # Build.
     trainer.compile(
         optimizer=keras.optimizers.SGD(learning_rate(0, cfg), momentum=cfg.train.momentum),
         loss=loss, metrics=metrics, steps_per_execution=cfg.train.steps_per_execution)
