@@ -209,3 +209,17 @@ def test_a_streamed_run_on_two_replicas_trains_like_the_in_memory_run(tmp_path):
         assert json.loads((tmp_path / stream / "results.json").read_text())["replicas"] == 2
     for a, b in zip(weights["false"], weights["true"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_streamed_image_of_another_size_fails_naming_its_file(tmp_path):
+    root = _folder(tmp_path)
+    odd = root / "train" / "c1" / "odd.png"
+    odd.write_bytes(tf.io.encode_png(np.zeros((12, 8, 3), np.uint8)).numpy())
+    cfg = config.resolve({"data": {"source": "folder", "dir": str(root), "stream": True},
+                          "imbalance": None})
+    dataset = data.load(cfg.data, cfg.imbalance)  # Listing only: nothing decoded yet.
+    assert dataset.image_shape == (8, 8, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        _batches(data.pipeline(dataset.train, 4, False))
+    message = str(caught.value)
+    assert str(odd) in message and "[12 8 3]" in message and "data.image_size" in message
