@@ -223,3 +223,31 @@ def test_a_streamed_image_of_another_size_fails_naming_its_file(tmp_path):
         _batches(data.pipeline(dataset.train, 4, False))
     message = str(caught.value)
     assert str(odd) in message and "[12 8 3]" in message and "data.image_size" in message
+
+
+@pytest.mark.slow
+def test_two_local_workers_streaming_their_shares_train_like_one_process(tmp_path):
+    """Each of 2 multi-worker processes reads only its share of every global batch; with the
+    batch-norm statistics of the global batch, the run equals one process reading it all."""
+    root = _folder(tmp_path / "images", per_class=(12, 10, 8))
+    (tmp_path / "tiny.yaml").write_text(
+        f"data: {{source: folder, dir: {root}, stream: true}}\n"
+        "imbalance: {minority: [2], minority_count: 2}\n"   # 24 images: 3 global batches.
+        "model: {name: resnet8}\n"
+        "train: {epochs: 2, batch_size: 8, lr_values: [0.05], lr_boundaries: []}\n"
+        "mixed_precision: float32\n"
+        "distribute: {sync_batch_norm: true}\n")
+    import yaml
+
+    one = classify.run(config.resolve(yaml.safe_load((tmp_path / "tiny.yaml").read_text())),
+                       tmp_path / "one", verbose=0)
+    result = run_tfimb("train", "tiny.yaml", "--workdir", "two", "--local-workers", "2",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    a = keras.saving.load_model(tmp_path / "one" / "model.keras", compile=False)
+    b = keras.saving.load_model(tmp_path / "two" / "model.keras", compile=False)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert np.linalg.norm(wa - wb) <= 1e-4 * np.linalg.norm(wa) + 1e-6
