@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import pathlib
+import socket
 import sys
 
 import numpy as np
@@ -88,8 +90,11 @@ def _train(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError(f"{path}: {error}") from None
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
-    finished, ran = classify.run_job(jobs, args.resume,
-                                     announce=lambda line: print(line, flush=True))
+    with _local_data_service(args.local_data_workers) as address:
+        if address:  # Every job's training batches from this process's own service.
+            jobs = [(_with_data_service(cfg, address, path), run_dir) for cfg, run_dir in jobs]
+        finished, ran = classify.run_job(jobs, args.resume,
+                                         announce=lambda line: print(line, flush=True))
     if len(jobs) > 1 and not ran:
         print(f"All {len(jobs)} runs of {path} in {workdir} had finished; their table:")
     print(report.table(finished))
@@ -144,6 +149,63 @@ def _flow_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _local_data_service(workers: int | None) -> Iterator[str | None]:
+    """`--local-data-workers N`: a tf.data service dispatcher and N workers in this process
+    for the run (their address), stopped after it; None without the option."""
+    if not workers:
+        yield None
+        return
+    from tfimb.data import service
+
+    local = service.Service(workers=workers)
+    print(f"tf.data service: a dispatcher and {workers} worker(s) at {local.address}",
+          flush=True)
+    try:
+        yield local.address
+    finally:
+        local.stop()
+
+
+def _with_data_service(cfg: Any, address: str, path: pathlib.Path) -> Any:
+    """`cfg` with `data.service: address`, checked like a config that names it."""
+    from tfimb import config as config_lib
+
+    data = dataclasses.replace(cfg.data, service=address)
+    try:
+        data.validate()
+    except config_lib.ConfigError as error:
+        raise config_lib.ConfigError(f"{path} with --local-data-workers: {error}") from None
+    return dataclasses.replace(cfg, data=data)
+
+
+def _data_service(args: argparse.Namespace) -> int:
+    """`tfimb data-service`: a tf.data service dispatcher and/or workers, serving until
+    stopped."""
+    from tfimb.data import service
+
+    if args.dispatcher and not args.workers:
+        raise errors.UsageError("Invalid value for argument `--workers`. Expected at least 1 "
+                                "with --dispatcher (this host only runs workers). Received: "
+                                f"--workers={args.workers}")
+    if args.dispatcher:
+        service.host_port(f"grpc://{args.dispatcher}")  # A clear error for a malformed one.
+    try:
+        server = service.Service(args.port, args.workers, args.dispatcher, args.host,
+                                 args.worker_port)
+    except Exception as error:  # A port in use, an unreachable dispatcher...
+        raise errors.UsageError(f"tfimb data-service: cannot start ({error}).") from None
+    what = (f"a dispatcher at {server.address}" if server.dispatcher is not None
+            else f"workers for the dispatcher at {server.address}")
+    print(f"tf.data service: {what}, {args.workers} worker(s) here; training configs point "
+          f"at it with `data.service: {server.address}`. Ctrl-C stops.", flush=True)
+    try:
+        server.join()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
 def _launch_local_workers(args: argparse.Namespace, command: list[str],
                           workdir: pathlib.Path) -> int:
     """`--local-workers N`: the same command as N multi-worker processes on this machine."""
@@ -153,6 +215,8 @@ def _launch_local_workers(args: argparse.Namespace, command: list[str],
     for text in args.set:
         argv += ["--set", text]
     argv += ["--set", "distribute.strategy=multi_worker"]
+    if getattr(args, "local_data_workers", None):
+        argv += ["--local-data-workers", str(args.local_data_workers)]
     if args.resume:
         argv.append("--resume")
     launch.run_local_workers(argv, args.local_workers, workdir / "workers")
@@ -273,7 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "plots/, results.json).")
     train.add_argument("config", help="YAML config file, or 'default' (offline digits demo)")
     _add_run_arguments(train, "runs/<config name>")
+    train.add_argument("--local-data-workers", type=int, metavar="N",
+                       help="build the training batches on a tf.data service of N workers "
+                            "started in this process (data.service; image folders)")
     train.set_defaults(handler=_train)
+
+    data_service = commands.add_parser(
+        "data-service", help="run a tf.data service dispatcher and/or workers for data.service",
+        description="Start a tf.data service dispatcher (and workers) on this host, or, with "
+                    "--dispatcher, workers for another host's dispatcher; serve until stopped. "
+                    "Training configs name the dispatcher as data.service: grpc://HOST:PORT. "
+                    "The image folder must be at the same path on every host.")
+    data_service.add_argument("--port", type=int, default=5050,
+                              help="the dispatcher's port (default 5050)")
+    data_service.add_argument("--workers", type=int, default=1, metavar="N",
+                              help="service workers to start on this host (default 1)")
+    data_service.add_argument("--dispatcher", metavar="HOST:PORT",
+                              help="start only workers, for the dispatcher at HOST:PORT")
+    data_service.add_argument("--host", default=socket.gethostname(),
+                              help="the name other hosts reach this one by (default: "
+                                   "the host name)")
+    data_service.add_argument("--worker-port", type=int, default=0, metavar="PORT",
+                              help="the first worker's port (then PORT+1, ...; default: any)")
+    data_service.set_defaults(handler=_data_service)
 
     tune = commands.add_parser(
         "tune", help="search loss, beta and gamma with keras-tuner by validation accuracy",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
 
 DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
+SERVICE_ADDRESS = re.compile(r"^grpc://[^:/\s]+:\d{1,5}$")
 
 
 @dataclasses.dataclass
@@ -29,6 +31,9 @@ class DataConfig:
     # auto | true | false: stream images from disk instead of holding them in memory (auto:
     # when the decoded training split would exceed 2 GiB or its images vary in size).
     stream: typing.Any = "auto"
+    # grpc://HOST:PORT of a tf.data service dispatcher that builds the training batches (image
+    # folders; the same batches as without it). Where the input runs, so --resume ignores it.
+    service: typing.Optional[str] = None
 
     def concrete(self) -> DataConfig:
         """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
@@ -49,6 +54,20 @@ class DataConfig:
                               f"false. Received: data.stream={self.stream!r}")
         if self.image_size is not None:
             engine.at_least("data.image_size", self.image_size, 1)
+        if self.service is not None:
+            if not SERVICE_ADDRESS.match(str(self.service)):
+                raise ConfigError("Invalid value for key `data.service`. Expected "
+                                  "grpc://HOST:PORT (a tf.data service dispatcher). Received: "
+                                  f"data.service={self.service!r}")
+            if self.source not in ("folder", "auto"):
+                raise ConfigError("Invalid value for key `data.service`. Expected it with "
+                                  "data.source 'folder' only (the service builds batches from "
+                                  "examples read by position). Received: data.service="
+                                  f"{self.service!r} with data.source={self.source!r}")
+            if self.stream is False:
+                raise ConfigError("Invalid value for key `data.stream`. Expected auto or true "
+                                  "with data.service (its workers read the files). Received: "
+                                  "data.stream=False")
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker")

@@ -78,6 +78,10 @@ class FlowConfig:
             raise ConfigError("Invalid value for key `data.stream`. Expected auto or false: "
                               "flows train from images held in memory. Received: "
                               "data.stream=True")
+        if self.data.service is not None:
+            raise ConfigError("Invalid value for key `data.service`. Expected null: flows "
+                              "train from images held in memory. Received: "
+                              f"data.service={self.data.service!r}")
         return self
 
     def resolved(self) -> FlowConfig:

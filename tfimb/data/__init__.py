@@ -33,16 +33,17 @@ from typing import TYPE_CHECKING, Any
 from tfimb import _checks
 from tfimb.data import sources
 from tfimb.data.imbalance import long_tail_counts, subsample, target_counts
-from tfimb.data.pipeline import (augmentation_padding, channel_statistics, examples, pipeline,
-                                 shuffled_with_seeds, split_statistics)
+from tfimb.data.pipeline import (IndexedEpoch, augmentation_padding, channel_statistics, examples,
+                                 indexed_epoch, pipeline, shuffled_with_seeds, split_statistics)
 from tfimb.data.sources import IMAGE_EXTENSIONS
 from tfimb.data.splits import DataError, Dataset, FileImages, Split, TfdsImages, is_large
 
 if TYPE_CHECKING:
     from tfimb.config import DataConfig, ImbalanceConfig
 
-__all__ = ["DataError", "Dataset", "FileImages", "IMAGE_EXTENSIONS", "Split", "TfdsImages",
-           "augmentation_padding", "channel_statistics", "examples", "folder_from_environment",
+__all__ = ["DataError", "Dataset", "FileImages", "IMAGE_EXTENSIONS", "IndexedEpoch", "Split",
+           "TfdsImages", "augmentation_padding", "channel_statistics", "examples",
+           "folder_from_environment", "indexed_epoch",
            "load", "long_tail_counts", "pipeline", "shuffled_with_seeds", "split_statistics",
            "subsample", "target_counts", "STREAM_AUTO_BYTES"]
 
@@ -85,9 +86,13 @@ def load(config: DataConfig, imbalance: ImbalanceConfig | None = None,
     splits in memory or streamed per `config.stream` (or `stream` when given)."""
     if stream is not None:
         config = dataclasses.replace(config, stream=stream)
+    if config.service and config.source != "folder":
+        raise DataError("Invalid value for key `data.service`. Expected it with data.source "
+                        "'folder' only (the service builds batches from examples read by "
+                        f"position). Received: data.source={config.source!r}")
     if config.source == "folder":
         train, test, names = sources.list_folder(config)
-        streams = _streams(config, len(train), _image_shape(train))
+        streams = bool(config.service) or _streams(config, len(train), _image_shape(train))
     elif config.source == "tfds":
         shape = sources.tfds_image_shape(config) if config.stream == "auto" else ()
         streams = config.stream is True or (config.stream == "auto" and _streams(

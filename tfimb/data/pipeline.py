@@ -17,12 +17,13 @@ model, so a saved model takes raw pixel values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from tfimb.data.splits import Split, is_large
+from tfimb.data.splits import FileImages, Split, is_large
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -92,6 +93,24 @@ def shuffled_with_seeds(ds: tf.data.Dataset, buffer_size: int, seed: int,
     return ds, seeds
 
 
+def _transform(split: Split, training: bool, augment: bool
+               ) -> Callable[[tf.Tensor, tf.Tensor | None], tf.Tensor]:
+    """`transform(key, seed)`: one example's uint8 image from its key (an in-memory image, a
+    path or an encoded record) and its stateless seed, as training (augmented) or evaluation
+    reads it."""
+    streamed = split.streamed
+    decode = streamed.decode if streamed is not None else (lambda x: x)
+    large = is_large(streamed)
+    size = int(streamed.image_size or 0) if streamed is not None and large else 0
+    if training and augment:
+        if large:
+            return lambda x, s: _random_resized_crop(decode(x), s, size)
+        return lambda x, s: _pad_crop_flip(decode(x), s)
+    if large:
+        return lambda x, s: _resize_center_crop(decode(x), size)
+    return lambda x, s: decode(x)
+
+
 def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
              epoch: int | None = None, num_shards: int = 1,
              shard_index: int = 0) -> tf.data.Dataset:
@@ -105,36 +124,91 @@ def examples(split: Split, training: bool, seed: int = 0, augment: bool = True,
     if streamed is None:
         ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.int32)))
         buffer = len(split)
-
-        def decode(x):
-            return x
     else:
-        ds, buffer, decode = streamed.keys(split.labels), streamed.shuffle_buffer(len(split)), \
-            streamed.decode
-    large = is_large(streamed)
-    size = int(streamed.image_size or 0) if streamed is not None and large else 0
+        ds, buffer = streamed.keys(split.labels), streamed.shuffle_buffer(len(split))
+    transform = _transform(split, training, augment)
     auto = tf.data.AUTOTUNE
     if training:
         ds, seeds = shuffled_with_seeds(ds, buffer, seed, epoch)
+        both = tf.data.Dataset.zip(ds, seeds)
         if num_shards > 1:  # Seeds stay with their examples: each is augmented as unsharded.
-            both = tf.data.Dataset.zip(ds, seeds).shard(num_shards, shard_index)
-            ds, seeds = both.map(lambda xy, s: xy), both.map(lambda xy, s: s)
-        if large:
-            return tf.data.Dataset.zip(ds, seeds).map(
-                lambda xy, s: (_random_resized_crop(decode(xy[0]), s, size)
-                               if augment else _resize_center_crop(decode(xy[0]), size), xy[1]),
-                num_parallel_calls=auto)
-        if augment:
-            return tf.data.Dataset.zip(ds, seeds).map(
-                lambda xy, s: (_pad_crop_flip(decode(xy[0]), s), xy[1]), num_parallel_calls=auto)
-    if num_shards > 1 and not training:
+            both = both.shard(num_shards, shard_index)
+        if streamed is None and not augment:
+            return both.map(lambda xy, s: xy)
+        return both.map(lambda xy, s: (transform(xy[0], s), xy[1]), num_parallel_calls=auto)
+    if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
-    if large:
-        return ds.map(lambda x, y: (_resize_center_crop(decode(x), size), y),
-                      num_parallel_calls=auto)
-    if streamed is not None:
-        return ds.map(lambda x, y: (decode(x), y), num_parallel_calls=auto)
-    return ds
+    if streamed is None:
+        return ds
+    return ds.map(lambda x, y: (transform(x, None), y), num_parallel_calls=auto)
+
+
+def batch_count(n: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches of `batch_size` in n examples (the last partial one dropped or kept)."""
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+@dataclasses.dataclass
+class IndexedEpoch:
+    """One worker's share of a training epoch of a split read by position (an image folder),
+    addressed batch by batch: batch k holds the examples `pipeline(...)` puts in its k-th
+    batch, with the same per-example seeds, whichever process builds it (the tf.data service's
+    workers build them out of order; `tfimb.data.service` puts them back in order)."""
+
+    split: Split
+    batch_size: int
+    augment: bool
+    order: np.ndarray   # positions in the split, in this share's order
+    seeds: np.ndarray   # [len(order), 2] stateless seeds, one per example
+    num_batches: int
+
+    def batches(self, first: int = 0, last: int | None = None) -> tf.data.Dataset:
+        """(k, uint8 images, int32 labels) for batches first..last-1, in order, built from
+        their index alone (a `Dataset.range` source the tf.data service splits dynamically)."""
+        import tensorflow as tf
+
+        streamed = self.split.streamed
+        assert isinstance(streamed, FileImages), "only image folders are read by position"
+        keys = tf.constant(streamed.paths[self.order])
+        labels = tf.constant(self.split.labels[self.order].astype(np.int32))
+        seeds = tf.constant(self.seeds)
+        transform, b, n = _transform(self.split, True, self.augment), self.batch_size, \
+            len(self.order)
+
+        def batch(k):
+            lo = k * b
+            hi = tf.minimum(lo + b, n)
+            one = tf.data.Dataset.from_tensor_slices((keys[lo:hi], labels[lo:hi], seeds[lo:hi]))
+            return (one.map(lambda x, y, s: (transform(x, s), y),
+                            num_parallel_calls=tf.data.AUTOTUNE)
+                    .batch(b).map(lambda x, y: (k, x, y)))
+
+        last = self.num_batches if last is None else last
+        return tf.data.Dataset.range(first, last).interleave(
+            batch, cycle_length=2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def indexed_epoch(split: Split, batch_size: int, seed: int, epoch: int, augment: bool = True,
+                  drop_remainder: bool = False, num_shards: int = 1,
+                  shard_index: int = 0) -> IndexedEpoch:
+    """The epoch `pipeline(split, batch_size, True, seed, augment, drop_remainder, epoch,
+    num_shards, shard_index)` reads, as positions and seeds (computed from the labels' count
+    alone: the same shuffle over the positions 0..n-1)."""
+    import tensorflow as tf
+
+    n = len(split)
+    buffer = split.streamed.shuffle_buffer(n) if split.streamed is not None else n
+    positions, seeds = shuffled_with_seeds(tf.data.Dataset.range(n), buffer, seed, epoch)
+    both = tf.data.Dataset.zip(positions, seeds)
+    if num_shards > 1:
+        both = both.shard(num_shards, shard_index)
+    order, per_example = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
+    for p, s in both.batch(65536).as_numpy_iterator():
+        order.append(p)
+        per_example.append(s)
+    order_array = np.concatenate(order)
+    return IndexedEpoch(split, batch_size, augment, order_array, np.concatenate(per_example),
+                        batch_count(len(order_array), batch_size, drop_remainder))
 
 
 def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augment: bool = True,

@@ -31,6 +31,7 @@ from tfimb import _checks, catalog, fused_batch_norm
 from tfimb._checks import PathLike
 from tfimb import config as config_lib
 from tfimb import data as data_lib
+from tfimb.data import service as data_service
 from tfimb import metrics as metrics_lib
 from tfimb import losses, models
 from tfimb.experiments import report
@@ -267,6 +268,8 @@ class ClassifierExperiment(run_lib.Experiment):
         return devices.resolve_precision(cfg.mixed_precision)
 
     def prepare(self, cfg: ExperimentConfig) -> None:
+        if cfg.data.service:
+            data_service.check_reachable(cfg.data.service)
         self.dataset = data_lib.load(cfg.data, cfg.imbalance)
         counts = self.dataset.counts
         if np.any(counts == 0):
@@ -296,12 +299,17 @@ class ClassifierExperiment(run_lib.Experiment):
                                      seed=cfg.data.seed, augment=cfg.data.augment,
                                      drop_remainder=replicas > 1, epoch=epoch)
 
-        def worker_share(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        def worker_share(context: tf.distribute.InputContext, first: int) -> tf.data.Dataset:
+            batch = context.get_per_replica_batch_size(cfg.train.batch_size)
+            shards, shard = context.num_input_pipelines, context.input_pipeline_id
+            if cfg.data.service:  # The same batches, built by the service's workers.
+                return data_service.in_order(data_lib.indexed_epoch(
+                    self.dataset.train, batch, cfg.data.seed, epoch, cfg.data.augment,
+                    replicas > 1, shards, shard), cfg.data.service, first)
             return data_lib.pipeline(
-                self.dataset.train, context.get_per_replica_batch_size(cfg.train.batch_size),
-                training=True, seed=cfg.data.seed, augment=cfg.data.augment,
-                drop_remainder=replicas > 1, epoch=epoch,
-                num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id)
+                self.dataset.train, batch, training=True, seed=cfg.data.seed,
+                augment=cfg.data.augment, drop_remainder=replicas > 1, epoch=epoch,
+                num_shards=shards, shard_index=shard).skip(first)
 
         return loop_lib.PerWorkerData(worker_share)
 

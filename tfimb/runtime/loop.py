@@ -306,19 +306,22 @@ class TrainingLoop:
 
 
 class PerWorkerData:
-    """An epoch's training data built by each worker for itself: `make(context)` returns the
-    worker's dataset of per-replica batches (`context`: `tf.distribute.InputContext`), read
-    from its own share of the examples, for `strategy.distribute_datasets_from_function`. A
-    step's replicas take consecutive batches, so the union of a step's batches is the global
-    batch when each worker's share is every num_workers-th example of the epoch's order."""
+    """An epoch's training data built by each worker for itself: `make(context, first)`
+    returns the worker's dataset of per-replica batches from its `first` batch on (`context`:
+    `tf.distribute.InputContext`), read from its own share of the examples, for
+    `strategy.distribute_datasets_from_function`. A step's replicas take consecutive batches,
+    so the union of a step's batches is the global batch when each worker's share is every
+    num_workers-th example of the epoch's order."""
 
-    def __init__(self, make: Callable[[tf.distribute.InputContext], tf.data.Dataset]) -> None:
+    def __init__(self, make: Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+                 ) -> None:
         self.make = make
 
     def skipping(self, steps: int, replicas_per_worker: int
                  ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-        """`make` without the batches of the first `steps` steps (a mid-epoch resume)."""
-        return lambda context: self.make(context).skip(steps * replicas_per_worker)
+        """The worker's data without the batches of the first `steps` steps (a mid-epoch
+        resume)."""
+        return lambda context: self.make(context, steps * replicas_per_worker)
 
 
 def evaluation_batch_size(n: int, batch_size: int, replicas: int) -> int:

@@ -73,7 +73,7 @@ def check_run_dir(run_dir: PathLike, config_text: str,
         if not resume:
             raise RunDirError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
                               "it, or another --workdir to start afresh.")
-        if config_path.read_text() != config_text:
+        if not same_run(config_path.read_text(), config_text):
             raise RunDirError(f"--resume refused: the config differs from {config_path}. "
                               "Resume with the same config and overrides, or use another "
                               "--workdir.")
@@ -81,6 +81,29 @@ def check_run_dir(run_dir: PathLike, config_text: str,
     if resume is True:
         raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
     return False
+
+
+# Keys that say where a run's work is done, not what it computes (the tf.data service builds
+# the batches the trainer would): a run resumes with them changed.
+PLACEMENT_KEYS = (("data", "service"),)
+
+
+def same_run(recorded: str, config_text: str) -> bool:
+    """Whether `config_text` continues the run whose config.yaml is `recorded`: the same text,
+    or the same config but for `PLACEMENT_KEYS`."""
+    if recorded == config_text:
+        return True
+    import yaml
+
+    try:
+        old, new = yaml.safe_load(recorded), yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        return False
+    for section, key in PLACEMENT_KEYS:
+        for tree in (old, new):
+            if isinstance(tree, dict) and isinstance(tree.get(section), dict):
+                tree[section].pop(key, None)
+    return bool(old == new)
 
 
 def resume_mode(distribute: DistributeConfig, resume: bool) -> bool | Literal["auto"]:
