@@ -88,15 +88,15 @@ def test_batches_the_service_never_delivers_are_built_locally():
         [("c", 2), ("d", 3)]
 
 
-def _train_config(tmp_path, root, **data_keys):
-    """A tiny streamed-folder run: resnet8, 2 epochs of 4 batches."""
+def _train_config(tmp_path, root, distribute=None, **data_keys):
+    """A tiny streamed-folder run: resnet8, 2 epochs of 3-4 batches."""
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"source": "folder", "dir": str(root), "stream": True, **data_keys},
         "imbalance": {"minority": [2], "minority_count": 4},
         "model": {"name": "resnet8"},
         "train": {"epochs": 2, "batch_size": 8, "lr_values": [0.05], "lr_boundaries": []},
-        "mixed_precision": "float32"}))
+        "mixed_precision": "float32", "distribute": distribute or {}}))
     return path
 
 
@@ -105,8 +105,9 @@ def _weights(run_dir):
 
 
 def test_training_through_local_data_workers_equals_training_without_them(tmp_path):
+    """On 2 mirrored replicas (per-replica batches of a fixed size, read per worker)."""
     root = _folder(tmp_path / "data", per_class=(12, 10, 8))
-    _train_config(tmp_path, root)
+    _train_config(tmp_path, root, {"strategy": "mirrored", "num_cpu_devices": 2})
     plain = run_tfimb("train", "tiny.yaml", "--workdir", "plain", cwd=tmp_path)
     served = run_tfimb("train", "tiny.yaml", "--workdir", "served", "--local-data-workers", "2",
                        cwd=tmp_path)
@@ -115,6 +116,7 @@ def test_training_through_local_data_workers_equals_training_without_them(tmp_pa
     assert "tf.data service: a dispatcher and 2 worker(s) at grpc://localhost:" in served.stdout
     recorded = yaml.safe_load((tmp_path / "served" / "config.yaml").read_text())
     assert recorded["data"]["service"].startswith("grpc://localhost:")
+    assert json.loads((tmp_path / "served" / "results.json").read_text())["replicas"] == 2
     for a, b in zip(_weights(tmp_path / "plain"), _weights(tmp_path / "served")):
         np.testing.assert_array_equal(a, b)  # The same batches in the same order.
 

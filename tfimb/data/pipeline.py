@@ -161,6 +161,7 @@ class IndexedEpoch:
     order: np.ndarray   # positions in the split, in this share's order
     seeds: np.ndarray   # [len(order), 2] stateless seeds, one per example
     num_batches: int
+    drop_remainder: bool = False  # batches of exactly batch_size (a static shape)
 
     def batches(self, first: int = 0, last: int | None = None) -> tf.data.Dataset:
         """(k, uint8 images, int32 labels) for batches first..last-1, in order, built from
@@ -181,7 +182,8 @@ class IndexedEpoch:
             one = tf.data.Dataset.from_tensor_slices((keys[lo:hi], labels[lo:hi], seeds[lo:hi]))
             return (one.map(lambda x, y, s: (transform(x, s), y),
                             num_parallel_calls=tf.data.AUTOTUNE)
-                    .batch(b).map(lambda x, y: (k, x, y)))
+                    .batch(b, drop_remainder=self.drop_remainder)
+                    .map(lambda x, y: (k, x, y)))
 
         last = self.num_batches if last is None else last
         return tf.data.Dataset.range(first, last).interleave(
@@ -208,7 +210,8 @@ def indexed_epoch(split: Split, batch_size: int, seed: int, epoch: int, augment:
         per_example.append(s)
     order_array = np.concatenate(order)
     return IndexedEpoch(split, batch_size, augment, order_array, np.concatenate(per_example),
-                        batch_count(len(order_array), batch_size, drop_remainder))
+                        batch_count(len(order_array), batch_size, drop_remainder),
+                        drop_remainder)
 
 
 def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augment: bool = True,
