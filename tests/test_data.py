@@ -166,3 +166,13 @@ def test_an_image_of_another_size_is_named_or_resized_when_asked(tmp_path):
     assert resized.train.images.shape == (7, 8, 8, 3) and resized.test.images.shape[1:] == (8, 8, 3)
     grey = resized.test.images[resized.test.labels == 0][-1]
     assert (grey == 7).all()
+
+
+def test_channel_statistics_match_numpy_in_chunks():
+    """Exact integer sums, a chunk at a time (no float64 copy of the split): NumPy's moments."""
+    images = np.random.default_rng(3).integers(0, 256, (2500, 5, 4, 3), dtype=np.uint8)
+    reference = images.reshape(-1, 3).astype(np.float64)
+    for chunk in (1, 1024, 4096):
+        mean, variance = data.channel_statistics(images, chunk=chunk)
+        np.testing.assert_array_equal(mean, reference.mean(0))
+        np.testing.assert_allclose(variance, reference.var(0), rtol=1e-12)

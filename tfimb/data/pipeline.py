@@ -239,10 +239,34 @@ def pipeline(split: Split, batch_size: int, training: bool, seed: int = 0, augme
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance of uint8 images, in [0, 255] units (float64)."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64)
-    return x.mean(axis=0), x.var(axis=0)
+class _ChannelSums:
+    """Per-channel sums of pixel values and of their squares, exact for integer pixels (int64:
+    no float copy of the data, whose float64 form is 8x the size of uint8 images)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | int = 0
+        self.square: np.ndarray | int = 0
+        self.count = 0
+
+    def add(self, images: np.ndarray) -> None:
+        kind = np.int64 if np.issubdtype(images.dtype, np.integer) else np.float64
+        x = images.reshape(-1, images.shape[-1]).astype(kind)
+        self.total = self.total + x.sum(0)
+        self.square = self.square + (x * x).sum(0)
+        self.count += len(x)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.asarray(self.total, np.float64) / self.count
+        return mean, np.asarray(self.square, np.float64) / self.count - mean * mean
+
+
+def channel_statistics(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance of uint8 images, in [0, 255] units (float64), summed
+    `chunk` images at a time."""
+    sums = _ChannelSums()
+    for start in range(0, len(images), chunk):
+        sums.add(images[start:start + chunk])
+    return sums.moments()
 
 
 def split_statistics(split: Split, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -252,10 +276,7 @@ def split_statistics(split: Split, seed: int = 0) -> tuple[np.ndarray, np.ndarra
         return channel_statistics(split.images)
     n = len(split)
     index = np.sort(np.random.default_rng(seed).permutation(n)[:STATISTICS_SAMPLE])
-    sample = split.take(index)
-    total, square, count = np.zeros(1), np.zeros(1), 0
-    for images, _ in examples(sample, training=False).batch(256).as_numpy_iterator():
-        x = images.reshape(-1, images.shape[-1]).astype(np.float64)
-        total, square, count = total + x.sum(0), square + (x * x).sum(0), count + len(x)
-    mean = total / count
-    return mean, square / count - mean * mean
+    sums = _ChannelSums()
+    for images, _ in examples(split.take(index), training=False).batch(256).as_numpy_iterator():
+        sums.add(images)
+    return sums.moments()

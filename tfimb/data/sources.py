@@ -94,8 +94,14 @@ def materialize(split: Split) -> Split:
         shape = (files.image_size, files.image_size) if files.image_size else (0, 0)
         return Split(np.zeros((0, *shape, files.channels), np.uint8), split.labels)
     ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, tf.data.AUTOTUNE).batch(1024)
-    try:
-        return Split(np.concatenate([b.numpy() for b in ds]), split.labels)
+    try:  # Filled in place: one copy of the decoded split, not its batches and their join.
+        images, filled = None, 0
+        for batch in ds:
+            if images is None:
+                images = np.empty((len(paths), *batch.shape[1:]), np.uint8)
+            images[filled:filled + len(batch)] = batch.numpy()  # ValueError: another size.
+            filled += len(batch)
+        return Split(images, split.labels)
     except (tf.errors.InvalidArgumentError, ValueError):
         pass  # A file that does not decode, or images of different sizes: find which.
     check_files(paths, decode)
