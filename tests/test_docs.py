@@ -162,7 +162,8 @@ def test_every_subcommand_is_documented():
         except AssertionError:  # Reported by test_command_line_matches_the_parser.
             pass
     for name in ("train", "tune", "flow train", "flow evaluate", "flow sample",
-                 "flow interpolate", "flow two-moons", "export", "report", "losses", "info"):
+                 "flow interpolate", "flow two-moons", "export", "report", "losses", "info",
+                 "data-service"):
         assert name in documented, name
 
 

@@ -2,7 +2,8 @@
 
 A run directory holds `config.yaml` (the resolved config) from its start and `results.json`,
 written atomically, once the run has finished: a finished run is never overwritten, and an
-unfinished one is continued only with `--resume` and the same config.
+unfinished one is continued only with `--resume` and the same config (keys that only say
+where work runs, `PLACEMENT_KEYS`, may change).
 """
 
 from __future__ import annotations
