@@ -73,6 +73,20 @@ def test_the_service_delivers_the_local_batches_in_order_and_resumes_mid_epoch(
     _assert_same(_batches(service.in_order(epoch, local_service.address, first=5)), local[5:])
 
 
+def test_a_service_without_workers_stalls_and_the_trainer_builds_the_epoch(tmp_path, capfd):
+    train = _streamed(_folder(tmp_path)).train
+    epoch = data.indexed_epoch(train, 4, seed=1, epoch=0)
+    local = _batches(data.pipeline(train, 4, True, seed=1, epoch=0))
+    idle = service.Service(workers=0)  # A dispatcher whose workers died: the service waits.
+    try:
+        _assert_same(_batches(service.in_order(epoch, idle.address, first=1,
+                                               stall_seconds=2)), local[1:])
+    finally:
+        idle.stop()
+    assert (f"tfimb: tf.data service at {idle.address}: no batch for 2 s: are its workers "
+            "running? The rest of this epoch's batches are built here") in capfd.readouterr().err
+
+
 def test_batches_the_service_never_delivers_are_built_locally():
     arrivals = [(2, "c", 2), (0, "a", 0), (4, "e", 4)]  # 1 and 3 lost; 5 never started.
     built = []

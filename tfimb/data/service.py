@@ -10,7 +10,8 @@ The batches are the ones the trainer would build itself. The epoch is addressed 
 which the service splits dynamically between its workers (`distributed_epoch`), and batch k is
 a function of (seed, epoch, k) alone. Workers finish batches out of order, so the trainer puts
 them back in order as they arrive; a batch the service never delivers (its worker restarted:
-dynamic sharding visits each split at most once) is built locally. Training with the service,
+dynamic sharding visits each split at most once) is built locally, and so is the rest of an
+epoch when the service stalls (`STALL_SECONDS` without a batch) or fails. Training with the service,
 without it, or resumed mid-epoch on another one therefore sees the same batches in the same
 order, and `--resume` accepts a changed `data.service`.
 
@@ -21,18 +22,25 @@ path on the service's hosts as on the trainer's.
 
 from __future__ import annotations
 
+import queue
 import socket
+import sys
+import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from tfimb.config.common import SERVICE_ADDRESS
-from tfimb.data.splits import DataError
+from tfimb.data.splits import DataError, reason
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
     from tfimb.data.pipeline import IndexedEpoch
+
+# Seconds without a batch from the service before the trainer builds the epoch's rest itself.
+STALL_SECONDS = 300.0
+
 
 def host_port(address: str) -> tuple[str, int]:
     """(host, port) of a `grpc://HOST:PORT` service address."""
@@ -57,22 +65,59 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
                         ) from None
 
 
-def in_order(epoch: IndexedEpoch, address: str, first: int = 0) -> tf.data.Dataset:
+def in_order(epoch: IndexedEpoch, address: str, first: int = 0,
+             stall_seconds: float | None = None) -> tf.data.Dataset:
     """Batches first.. of `epoch` (float32 images, int32 labels), built by the tf.data service
-    at `address` and handed on in index order."""
+    at `address` and handed on in index order. When the service delivers nothing for
+    `stall_seconds` (default `STALL_SECONDS`: its workers died, and the service waits for
+    them) or fails, the rest of the epoch is built here, after one line on stderr saying so."""
     import tensorflow as tf
 
     remote = epoch.batches(first).apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=address))
     local_spec = epoch.batches(0, 0).element_spec
+    patience = STALL_SECONDS if stall_seconds is None else stall_seconds
 
     def ordered() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield from _reorder(((int(k), x.numpy(), y.numpy()) for k, x, y in remote),
-                            first, epoch.num_batches, lambda k: _local_batch(epoch, k))
+        yield from _reorder(_arrivals(remote, address, patience), first, epoch.num_batches,
+                            lambda k: _local_batch(epoch, k))
 
     ds = tf.data.Dataset.from_generator(ordered, output_signature=local_spec[1:])
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+
+
+def _arrivals(remote: tf.data.Dataset, address: str, stall_seconds: float
+              ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(k, images, labels) as the service delivers them, read on a thread of their own, until
+    the epoch ends, the service fails, or nothing arrives for `stall_seconds`."""
+    arrived: queue.Queue[Any] = queue.Queue(maxsize=8)
+    end = object()
+
+    def read() -> None:
+        try:
+            for k, x, y in remote:
+                arrived.put((int(k), x.numpy(), y.numpy()))
+            arrived.put(end)
+        except Exception as error:  # The service's own error, reported below.
+            arrived.put(error)
+
+    threading.Thread(target=read, daemon=True, name="tfimb-data-service").start()
+    while True:
+        try:
+            item = arrived.get(timeout=stall_seconds)
+        except queue.Empty:
+            why = f"no batch for {stall_seconds:.0f} s: are its workers running?"
+            item = None
+        else:
+            if item is end:
+                return
+            why = f"it failed: {reason(item)}" if isinstance(item, Exception) else ""
+        if why:
+            print(f"tfimb: tf.data service at {address}: {why} The rest of this epoch's "
+                  "batches are built here (the same batches).", file=sys.stderr, flush=True)
+            return
+        yield item
 
 
 def _reorder(arrivals: Iterator[tuple[int, Any, Any]], first: int, end: int,
