@@ -3,6 +3,7 @@ batches a trainer builds itself, built by service workers and put back in order;
 batches the service loses made locally; the config and command-line errors."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -155,9 +156,10 @@ def test_tfimb_data_service_serves_a_trainer_in_another_process(tmp_path):
                            cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly.
+        code = server.wait(timeout=60)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["accuracy"]["all"] >= 0
+    assert code == 0 and "tf.data service: stopped." in server.stdout.read()
 
 
 def test_resume_accepts_another_data_service_and_refuses_other_changes():

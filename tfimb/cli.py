@@ -200,9 +200,9 @@ def _data_service(args: argparse.Namespace) -> int:
     print(f"tf.data service: {what}, {args.workers} worker(s) here; training configs point "
           f"at it with `data.service: {server.address}`. Ctrl-C stops.", flush=True)
     try:
-        server.join()
+        server.serve_forever()
     except KeyboardInterrupt:
-        server.stop()
+        print("tf.data service: stopped.", flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -162,9 +163,14 @@ class Service:
             dispatcher_address=dispatcher, worker_address=f"{host}:%port%",
             port=worker_port + i if worker_port else 0)) for i in range(workers)]
 
-    def join(self) -> None:
-        """Serve until the process is stopped."""
-        (self.dispatcher or self.workers[0]).join()
+    def serve_forever(self) -> None:
+        """Serve until the process is interrupted (Ctrl-C: then stop) or killed. Python
+        sleeps here rather than in the servers' `join`, which would not see Ctrl-C."""
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for worker in self.workers:
