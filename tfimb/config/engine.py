@@ -81,7 +81,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             return None
         return _convert(value, [a for a in args if a is not type(None)][0], key)
     if dataclasses.is_dataclass(annotation):
-        return build(annotation, value, key)
+        return build(typing.cast(type, annotation), value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"Invalid value for key `{key}`. Expected a list. "

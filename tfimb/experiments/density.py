@@ -220,7 +220,7 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).exists() else {}
     shape = results.get("image_shape")
     if shape is None:
-        shape = data_lib.load(cfg.data, None, stream=False).train.images.shape[1:]
+        shape = _in_memory(data_lib.load(cfg.data, None, stream=False).train).shape[1:]
     model = build_model(cfg, tuple(shape))
     model.load_weights(run_dir / WEIGHTS)
     return cfg, model
@@ -228,7 +228,13 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
 
 def test_images(cfg: FlowConfig) -> np.ndarray:
     """The test split's uint8 images of a flow config's data."""
-    return data_lib.load(cfg.data, None, stream=False).test.images
+    return _in_memory(data_lib.load(cfg.data, None, stream=False).test)
+
+
+def _in_memory(split: data_lib.Split) -> np.ndarray:
+    """A split's images, which flows always hold in memory (`stream=False`)."""
+    assert split.images is not None, "flows load their data into memory"
+    return split.images
 
 
 def write_grid(images: ArrayLike, path: PathLike, columns: int | None = None) -> pathlib.Path:

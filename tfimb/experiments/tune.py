@@ -87,7 +87,7 @@ class ImbalanceHyperModel(keras_tuner.HyperModel):
         self.strategy = strategy
         # `tfimb train`'s experiment supplies each trial's data: the same pipelines, per-epoch
         # order and steps (its evaluation split is the validation split a search requires).
-        self.experiment = classify.ClassifierExperiment(dataset, minority)
+        self.experiment = classify.ClassifierExperiment(dataset, list(minority))
         self.trial_dir: pathlib.Path | None = None  # Set by the tuner before each trial.
         self._built: dict[int, tuple[ExperimentConfig, keras.losses.Loss]] = {}
 

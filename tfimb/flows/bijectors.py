@@ -73,7 +73,7 @@ def _event_sum(x):
     return tf.reduce_sum(x, axis=[-3, -2, -1])
 
 
-class AffineCoupling(tfb.Bijector):
+class AffineCoupling(tfp.bijectors.Bijector):
     """Masked affine coupling (Dinh et al. 2017, eqs. 8-9).
 
     With a binary mask b (1 = passed through unchanged and conditioned on), data x and latent y:
@@ -153,7 +153,7 @@ class AffineCoupling(tfb.Bijector):
         return _event_sum(s)
 
 
-class Squeeze(tfb.Bijector):
+class Squeeze(tfp.bijectors.Bijector):
     """Space-to-depth in the authors' channel order: forward [H, W, C] -> [H/2, W/2, 4C].
 
     Pixel (2i + dy, 2j + dx) channel c goes to pixel (i, j) channel `4c + 2dy + dx` (not
@@ -227,7 +227,7 @@ class Squeeze(tfb.Bijector):
         return tf.stack([2 * output_shape[-3], 2 * output_shape[-2], output_shape[-1] // 4])
 
 
-class Unsqueeze(tfb.Bijector):
+class Unsqueeze(tfp.bijectors.Bijector):
     """The inverse of `Squeeze` as a bijector of its own: forward [H, W, C] -> [2H, 2W, C/4]
     (latent -> data), inverse squeezes (data -> latent). RealNVP squeezes in the data ->
     latent direction at the start of each coarser scale's channel couplings."""
@@ -272,7 +272,7 @@ class Unsqueeze(tfb.Bijector):
         return self._squeeze.forward_event_shape_tensor(output_shape)
 
 
-class RunningBatchNorm(tfb.Bijector):
+class RunningBatchNorm(tfp.bijectors.Bijector):
     """Batch normalisation with running statistics (Dinh et al. 2017, appendix E).
 
         inverse (data -> latent):  y = (x - mu) / sqrt(var + epsilon)
@@ -370,7 +370,7 @@ class RunningBatchNorm(tfb.Bijector):
         self.pending_updates = []
 
 
-class FactorOut(tfb.Bijector):
+class FactorOut(tfp.bijectors.Bijector):
     """RealNVP's factoring out (Dinh et al. 2017, eq. 15): the inner `steps` transform the first
     `keep` channels; the other channels pass through unchanged (they leave for the latent at
     this scale). `steps` are bijectors of this module in data -> latent order.
