@@ -162,17 +162,15 @@ class IndexedEpoch:
     seeds: np.ndarray   # [len(order), 2] stateless seeds, one per example
     num_batches: int
     drop_remainder: bool = False  # batches of exactly batch_size (a static shape)
+    _cache: tuple[tf.Tensor, tf.Tensor, tf.Tensor] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
 
     def batches(self, first: int = 0, last: int | None = None) -> tf.data.Dataset:
         """(k, uint8 images, int32 labels) for batches first..last-1, in order, built from
         their index alone (a `Dataset.range` source the tf.data service splits dynamically)."""
         import tensorflow as tf
 
-        streamed = self.split.streamed
-        assert isinstance(streamed, FileImages), "only image folders are read by position"
-        keys = tf.constant(streamed.paths[self.order])
-        labels = tf.constant(self.split.labels[self.order].astype(np.int32))
-        seeds = tf.constant(self.seeds)
+        keys, labels, seeds = self._tensors()
         transform, b, n = _transform(self.split, True, self.augment), self.batch_size, \
             len(self.order)
 
@@ -188,6 +186,19 @@ class IndexedEpoch:
         last = self.num_batches if last is None else last
         return tf.data.Dataset.range(first, last).interleave(
             batch, cycle_length=2, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def _tensors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(paths, labels, seeds) in this share's order, made once (a batch built alone, when
+        the service loses it, reuses them)."""
+        import tensorflow as tf
+
+        if self._cache is None:
+            streamed = self.split.streamed
+            assert isinstance(streamed, FileImages), "only image folders are read by position"
+            self._cache = (tf.constant(streamed.paths[self.order]),
+                           tf.constant(self.split.labels[self.order].astype(np.int32)),
+                           tf.constant(self.seeds))
+        return self._cache
 
 
 def indexed_epoch(split: Split, batch_size: int, seed: int, epoch: int, augment: bool = True,
