@@ -153,9 +153,12 @@ def _flow_train(args: argparse.Namespace) -> int:
 def _local_data_service(workers: int | None) -> Iterator[str | None]:
     """`--local-data-workers N`: a tf.data service dispatcher and N workers in this process
     for the run (their address), stopped after it; None without the option."""
-    if not workers:
+    if workers is None:
         yield None
         return
+    if workers < 1:
+        raise errors.UsageError("Invalid value for argument `--local-data-workers`. Expected "
+                                f"N >= 1. Received: --local-data-workers={workers}")
     from tfimb.data import service
 
     local = service.Service(workers=workers)
