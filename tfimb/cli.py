@@ -205,7 +205,11 @@ def _data_service(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        # Exit at once: a worker's graceful stop waits for the jobs it served to be released
+        # by the dispatcher (minutes); the dispatcher reassigns a stopped worker's work anyway.
         print("tf.data service: stopped.", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

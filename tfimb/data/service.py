@@ -164,13 +164,10 @@ class Service:
             port=worker_port + i if worker_port else 0)) for i in range(workers)]
 
     def serve_forever(self) -> None:
-        """Serve until the process is interrupted (Ctrl-C: then stop) or killed. Python
-        sleeps here rather than in the servers' `join`, which would not see Ctrl-C."""
-        try:
-            while True:
-                time.sleep(3600)
-        finally:
-            self.stop()
+        """Serve until the process is interrupted (KeyboardInterrupt) or killed. Python sleeps
+        here rather than in the servers' `join`, which would not see Ctrl-C."""
+        while True:
+            time.sleep(3600)
 
     def stop(self) -> None:
         for worker in self.workers:
