@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import signal
 import socket
 import sys
 
@@ -202,6 +203,10 @@ def _data_service(args: argparse.Namespace) -> int:
             else f"workers for the dispatcher at {server.address}")
     print(f"tf.data service: {what}, {args.workers} worker(s) here; training configs point "
           f"at it with `data.service: {server.address}`. Ctrl-C stops.", flush=True)
+    # Ctrl-C and SIGTERM stop it, even when started with SIGINT ignored (a background job,
+    # a test runner's worker: Python then installs no KeyboardInterrupt handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
