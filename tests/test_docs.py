@@ -378,11 +378,26 @@ def test_search_table_is_the_kept_search():
     assert sorted(rows) == sorted(kept)
 
 
-def test_cifar10_lt_is_stated_as_not_yet_measured():
-    """Until a CIFAR-10-LT row finishes, the docs give its published figures only and say so."""
-    results = ROOT / "benchmarks" / "results" / "cifar10_lt"
-    if any(results.glob("*/results.json")):
-        pytest.skip("a CIFAR-10-LT row has finished; its figures may be documented")
-    text = (ROOT / "docs" / "reproducing.md").read_text()
-    section = text.split("## CIFAR-10-LT", 1)[1].split("\n## ", 1)[0]
-    assert "No CIFAR-10-LT row has been measured yet" in section
+def _lt_rows(path):
+    """{config: (final, best (epoch))} of the measured CIFAR-10-LT table in a Markdown file."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\| `(\w+_r\d+)` \| [\d.]+ \| ([\d.]+) \| ([\d.]+ \(\d+\)) \|", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3))
+    return rows
+
+
+def test_cifar10_lt_table_is_the_kept_runs():
+    """Every finished CIFAR-10-LT row is in README and docs/reproducing.md with its final and
+    best-epoch accuracy, to the digit, and no row is shown measured without its results.json."""
+    import json
+
+    kept = {}
+    for results in (ROOT / "benchmarks" / "results" / "cifar10_lt").glob("*/results.json"):
+        r = json.loads(results.read_text())
+        best = r["best_evaluated_epoch"]
+        kept[results.parent.name] = (f"{100 * r['accuracy']['all']:.2f}",
+                                     f"{100 * best['accuracy']['all']:.2f} ({best['epoch']})")
+    for page in (ROOT / "README.md", ROOT / "docs" / "reproducing.md"):
+        assert _lt_rows(page) == kept, page
