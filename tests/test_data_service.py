@@ -176,6 +176,10 @@ def test_unreachable_dispatcher_and_bad_service_keys_fail_in_one_line(tmp_path, 
             ({"service": "grpc://h:1", "source": "tfds"}, r"data.source 'folder' only")):
         with pytest.raises(config.ConfigError, match=message):
             config.resolve({"data": {"source": "folder", "dir": str(root), **keys}})
+    # data.load checks it too, once `auto` has resolved (here to tfds: no folder named).
+    monkeypatch.delenv(config.DATA_DIR_VARIABLE, raising=False)
+    with pytest.raises(config.ConfigError, match=r"data.source 'folder' only.*'tfds'"):
+        data.load(config.DataConfig(source="auto", service="grpc://h:1"))
     with pytest.raises(config.ConfigError, match="flows train from images held in memory"):
         config.resolve_flow({"data": {"source": "folder", "dir": str(root),
                                       "service": "grpc://h:1"}})

@@ -14,6 +14,15 @@ DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
 SERVICE_ADDRESS = re.compile(r"^grpc://[^:/\s]+:\d{1,5}$")
 
 
+def bad_service_address(address: object) -> str | None:
+    """The error for a `data.service` value that is not grpc://HOST:PORT, else None (the config
+    check and the data-service command share it)."""
+    if SERVICE_ADDRESS.match(str(address)):
+        return None
+    return ("Invalid value for key `data.service`. Expected grpc://HOST:PORT (a tf.data service "
+            f"dispatcher). Received: data.service={address!r}")
+
+
 @dataclasses.dataclass
 class DataConfig:
     # tfds | folder | digits (scikit-learn's, ships offline) | auto: an image folder from
@@ -37,10 +46,21 @@ class DataConfig:
 
     def concrete(self) -> DataConfig:
         """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
-        if self.source != "auto":
-            return self
-        folder = self.dir or os.environ.get(DATA_DIR_VARIABLE) or None
-        return dataclasses.replace(self, source="folder" if folder else "tfds", dir=folder)
+        resolved = self
+        if self.source == "auto":
+            folder = self.dir or os.environ.get(DATA_DIR_VARIABLE) or None
+            resolved = dataclasses.replace(self, source="folder" if folder else "tfds",
+                                           dir=folder)
+        resolved.check_service_source()
+        return resolved
+
+    def check_service_source(self) -> None:
+        """data.service needs an image folder (`auto` passes until it is resolved)."""
+        if self.service is not None and self.source not in ("folder", "auto"):
+            raise ConfigError("Invalid value for key `data.service`. Expected it with "
+                              "data.source 'folder' only (the service builds batches from "
+                              "examples read by position). Received: data.service="
+                              f"{self.service!r} with data.source={self.source!r}")
 
     def validate(self) -> None:
         engine.one_of("data.source", self.source, ("tfds", "folder", "digits", "auto"))
@@ -55,15 +75,10 @@ class DataConfig:
         if self.image_size is not None:
             engine.at_least("data.image_size", self.image_size, 1)
         if self.service is not None:
-            if not SERVICE_ADDRESS.match(str(self.service)):
-                raise ConfigError("Invalid value for key `data.service`. Expected "
-                                  "grpc://HOST:PORT (a tf.data service dispatcher). Received: "
-                                  f"data.service={self.service!r}")
-            if self.source not in ("folder", "auto"):
-                raise ConfigError("Invalid value for key `data.service`. Expected it with "
-                                  "data.source 'folder' only (the service builds batches from "
-                                  "examples read by position). Received: data.service="
-                                  f"{self.service!r} with data.source={self.source!r}")
+            problem = bad_service_address(self.service)
+            if problem:
+                raise ConfigError(problem)
+            self.check_service_source()
             if self.stream is False:
                 raise ConfigError("Invalid value for key `data.stream`. Expected auto or true "
                                   "with data.service (its workers read the files). Received: "

@@ -86,10 +86,7 @@ def load(config: DataConfig, imbalance: ImbalanceConfig | None = None,
     splits in memory or streamed per `config.stream` (or `stream` when given)."""
     if stream is not None:
         config = dataclasses.replace(config, stream=stream)
-    if config.service and config.source != "folder":
-        raise DataError("Invalid value for key `data.service`. Expected it with data.source "
-                        "'folder' only (the service builds batches from examples read by "
-                        f"position). Received: data.source={config.source!r}")
+    config = config.concrete()  # `auto` resolved; data.service checked against the source.
     if config.source == "folder":
         train, test, names = sources.list_folder(config)
         streams = bool(config.service) or _streams(config, len(train), _image_shape(train))

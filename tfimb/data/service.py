@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from tfimb.config.common import SERVICE_ADDRESS
+from tfimb.config.common import bad_service_address
 from tfimb.data.splits import DataError, reason
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ STALL_SECONDS = 300.0
 
 def host_port(address: str) -> tuple[str, int]:
     """(host, port) of a `grpc://HOST:PORT` service address."""
-    if not SERVICE_ADDRESS.match(str(address)):
-        raise DataError("Invalid value for key `data.service`. Expected grpc://HOST:PORT (a "
-                        f"tf.data service dispatcher). Received: data.service={address!r}")
+    problem = bad_service_address(address)
+    if problem:
+        raise DataError(problem)
     host, port = str(address)[len("grpc://"):].rsplit(":", 1)
     return host, int(port)
 

@@ -189,16 +189,16 @@ def list_tfds(config: DataConfig) -> tuple[Split, Split, list[str]]:
     """Both splits as streamed splits: their labels, read with image decoding skipped."""
     import tensorflow_datasets as tfds
 
-    splits, info = [], None
+    _, info = _tfds_load(config, config.train_split)  # Names the image feature to skip.
+    image_key = info.supervised_keys[0]
+    declared = tuple(info.features[image_key].shape)
+    channels = int(declared[-1] or 3)
+    fixed = None if None in declared or config.image_size else declared
+    splits = []
     for split in (config.train_split, config.test_split):
-        probe, info = _tfds_load(config, split)
-        image_key = info.supervised_keys[0]
         ds, _ = _tfds_load(config, split, decoders={image_key: tfds.decode.SkipDecoding()})
         labels = np.concatenate([np.zeros(0, np.int64)] + [
             b for b in ds.map(lambda image, label: label).batch(65536).as_numpy_iterator()])
-        declared = tuple(info.features[image_key].shape)
-        channels = int(declared[-1] or 3)
-        fixed = None if None in declared or config.image_size else declared
         splits.append(Split(None, labels.astype(np.int64), TfdsImages(
             config.name, split, config.dir, image_key, np.arange(len(labels)), len(labels),
             channels, config.image_size, fixed)))
