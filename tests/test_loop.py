@@ -72,6 +72,26 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_run_resumed_where_the_learning_rate_changes_equals_the_uninterrupted_one(tmp_path):
+    """The momentum correction at a change of rate reads the rate the checkpoint restored."""
+    rates = [0.1, 0.02, 0.004]  # The model compiles with 0.1: a fresh rate would be wrong.
+
+    def schedule():
+        return classify.EpochLearningRate(lambda epoch: rates[epoch])
+
+    reference, _ = _fit(tmp_path / "whole", 3, [schedule()])
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "cut", 3, [schedule(), _StopAt(2)])
+    seen = []  # The rate the resumed run starts epoch 2 from (before the schedule sets it).
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(
+        float(keras.ops.convert_to_numpy(record.model.optimizer.learning_rate))))
+    resumed, rows = _fit(tmp_path / "cut", 3, [record, schedule()])
+    assert seen == pytest.approx([rates[1]])
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx(rates)
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_mid_epoch_checkpoints_resume_where_they_stopped(tmp_path):
     reference, _ = _fit(tmp_path / "whole", 2)
     with pytest.raises(KeyboardInterrupt):

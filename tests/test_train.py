@@ -19,6 +19,56 @@ def _tiny(*overrides):
     return config.resolve({}, TINY + list(overrides))
 
 
+def _pytorch_sgd(w, grad, rates, steps, momentum=0.9, decay=0.0):
+    """NumPy reference: PyTorch's SGD (`v = m v + g + decay w; w -= lr v`), `steps` per epoch."""
+    w, v, path = np.array(w, np.float64), 0.0, []
+    for lr in rates:
+        for _ in range(steps):
+            v = momentum * v + grad(w) + decay * w
+            w = w - lr * v
+            path.append(w.copy())
+    return np.array(path)
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_sgd_steps_are_pytorch_s_across_learning_rate_changes(eager):
+    """The schedule callback rescales Keras' rate-scaled velocity where the rate changes, so
+    the weights follow PyTorch's SGD (a NumPy reference) step for step, warm-up and drops
+    included; Keras' own LearningRateScheduler does not."""
+    rates = [0.02, 0.06, 0.1, 0.1, 0.001, 1e-5, 1e-5]  # Warm-up, a hold, two drops.
+    steps, target = 4, np.array([1.0, -2.0], np.float32)
+    # loss = 1/2 ||w - target||^2 on a dummy input: gradient w - target.
+    reference = _pytorch_sgd([3.0, 3.0], lambda w: w - target, rates, steps)
+
+    def run(callback):
+        keras.utils.set_random_seed(0)
+
+        class Quadratic(keras.Model):
+            def build(self, _):
+                self.w = self.add_weight(shape=(2,), initializer=keras.initializers.Constant(3.0))
+
+            def call(self, x):
+                return keras.ops.zeros_like(x[:, :1]) + self.w
+
+        model = Quadratic()
+        model.build((None, 1))
+        model.compile(optimizer=keras.optimizers.SGD(rates[0], momentum=0.9),
+                      loss=lambda y, p: 0.5 * keras.ops.sum(keras.ops.square(p - target)),
+                      run_eagerly=eager)
+        path = []
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: path.append(np.array(model.w.numpy(), np.float64)))
+        x = np.zeros((steps, 1), np.float32)
+        model.fit(x, x, batch_size=1, epochs=len(rates), shuffle=False, verbose=0,
+                  callbacks=[callback, record])
+        return np.array(path)
+
+    corrected = run(classify.EpochLearningRate(lambda epoch: rates[epoch]))
+    np.testing.assert_allclose(corrected, reference, rtol=1e-5, atol=1e-6)
+    keras_own = run(keras.callbacks.LearningRateScheduler(lambda epoch: rates[epoch]))
+    assert np.abs(keras_own - reference).max() > 0.05  # What the correction is for.
+
+
 def test_learning_rate_schedule():
     cfg = config.resolve({})
     assert [classify.learning_rate(e, cfg) for e in (0, 14, 15, 19, 20, 24)] == [
