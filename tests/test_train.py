@@ -192,6 +192,47 @@ def test_run_directory_refusals_and_resume_modes(tmp_path):
         _prepare(tmp_path, cfg, resume=True)
 
 
+def _without(text, *keys):
+    """A dumped config with `section.key`s removed: a config.yaml from an older tfimb."""
+    import yaml
+
+    tree = yaml.safe_load(text)
+    for dotted in keys:
+        section, key = dotted.split(".")
+        del tree[section][key]
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def test_a_run_started_by_an_older_tfimb_resumes_at_the_defaults_of_keys_added_since(tmp_path):
+    """A config.yaml without keys added since its run started (as the CIFAR-10-LT rows started
+    at 2b3329e lack train.lr_schedule, data.stream, data.service and model.weights) resumes
+    when those keys hold their defaults, and only then; a refusal names the first difference."""
+    cfg = _tiny()
+    text, defaults = config.dump(cfg), config.dump(type(cfg)())
+    added = ("train.lr_schedule", "data.stream", "data.service", "model.weights")
+    old = _without(text, *added)
+    assert rundir.run_difference(old, text, defaults) is None
+    assert rundir.run_difference(old, text) == "data.stream: absent -> 'auto'"  # No defaults.
+    cosine = config.dump(_tiny("train.lr_schedule=cosine", "train.lr_boundaries=[]",
+                               "train.lr_values=[0.1]"))
+    assert rundir.run_difference(_without(cosine, *added), cosine,
+                                 defaults) == "train.lr_schedule: absent -> 'cosine'"
+    assert rundir.run_difference(text, config.dump(_tiny("train.seed=1")),
+                                 defaults) == "train.seed: 0 -> 1"
+    assert rundir.run_difference(text, _without(text, "train.seed"), defaults) == (
+        "train.seed: 0 -> absent")  # A key the newer config lacks is never assumed.
+    # The path users take: tfimb train --resume on such a run directory.
+    (tmp_path / "tiny.yaml").write_text(text)
+    for name, extra, code in (("run", [], 0), ("seed", ["--set=train.seed=3"], 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(old)
+        done = run_tfimb("train", "tiny.yaml", "--workdir", name, "--resume", *extra,
+                         cwd=tmp_path)
+        assert done.returncode == code, done.stderr[-2000:]
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert "(train.seed: 0 -> 3)" in done.stderr
+
+
 @pytest.mark.slow
 def test_ldam_with_deferred_reweighting(tmp_path):
     cfg = _tiny("loss={name: ldam, drw_epoch: 1}", "model.head=cosine")

@@ -31,6 +31,11 @@ class Experiment:
     def dump_config(self, cfg: Any) -> str:
         raise NotImplementedError
 
+    def dump_defaults(self, cfg: Any) -> str:
+        """Every key of `cfg`'s config type at its default: on --resume, a key the run's
+        config.yaml lacks (added to tfimb since) is accepted at this value."""
+        return self.dump_config(type(cfg)())
+
     def seed(self, cfg: Any) -> int:
         return cfg.train.seed
 
@@ -90,7 +95,8 @@ def run(experiment: Experiment, cfg: Any, run_dir: str | os.PathLike, resume: bo
     # Refusals first, then everything the data can tell, and only then the run directory:
     # a command that fails before training leaves nothing behind to refuse its correction.
     resuming = rundir.check_run_dir(run_dir, config_text,
-                                    rundir.resume_mode(cfg.distribute, resume))
+                                    rundir.resume_mode(cfg.distribute, resume),
+                                    experiment.dump_defaults(cfg))
     keras.utils.set_random_seed(experiment.seed(cfg))
     precision = experiment.precision(cfg)
     keras.mixed_precision.set_global_policy(precision)

@@ -3,7 +3,8 @@
 A run directory holds `config.yaml` (the resolved config) from its start and `results.json`,
 written atomically, once the run has finished: a finished run is never overwritten, and an
 unfinished one is continued only with `--resume` and the same config (keys that only say
-where work runs, `PLACEMENT_KEYS`, may change).
+where work runs, `PLACEMENT_KEYS`, may change; keys added to tfimb after the run started are
+accepted at their defaults, which keep the behaviour the run had).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def atomic_write(path: PathLike, data: str | bytes) -> None:
 
 
 def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["auto"],
-                    writable: bool = True) -> bool:
+                    writable: bool = True, defaults_text: str | None = None) -> bool:
     """Create a run directory holding `config.yaml`, or check one to resume; True if resuming.
 
     A finished run (results.json) is never reused; an unfinished one needs `resume` (True, or
-    "auto" to resume whenever the config matches) and the same config text. `writable=False`
-    (a non-chief worker) only checks.
+    "auto" to resume whenever the config matches) and the same config (`same_run`).
+    `writable=False` (a non-chief worker) only checks.
     """
-    resuming = check_run_dir(run_dir, config_text, resume)
+    resuming = check_run_dir(run_dir, config_text, resume, defaults_text)
     if writable and not resuming:
         create_run_dir(run_dir, config_text)
     return resuming
@@ -62,8 +63,8 @@ def create_run_dir(run_dir: PathLike, config_text: str) -> None:
     atomic_write(run_dir / "config.yaml", config_text)
 
 
-def check_run_dir(run_dir: PathLike, config_text: str,
-                  resume: bool | Literal["auto"]) -> bool:
+def check_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["auto"],
+                  defaults_text: str | None = None) -> bool:
     """`prepare_run_dir`'s refusals, writing nothing; True when the run is to be resumed."""
     run_dir = pathlib.Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -74,10 +75,11 @@ def check_run_dir(run_dir: PathLike, config_text: str,
         if not resume:
             raise RunDirError(f"{run_dir} holds an unfinished run. Pass --resume to continue "
                               "it, or another --workdir to start afresh.")
-        if not same_run(config_path.read_text(), config_text):
-            raise RunDirError(f"--resume refused: the config differs from {config_path}. "
-                              "Resume with the same config and overrides, or use another "
-                              "--workdir.")
+        difference = run_difference(config_path.read_text(), config_text, defaults_text)
+        if difference is not None:
+            raise RunDirError(f"--resume refused: the config differs from {config_path} "
+                              f"({difference}). Resume with the same config and overrides, or "
+                              "use another --workdir.")
         return True
     if resume is True:
         raise RunDirError(f"--resume: nothing to resume in {run_dir} (no config.yaml).")
@@ -89,22 +91,52 @@ def check_run_dir(run_dir: PathLike, config_text: str,
 PLACEMENT_KEYS = (("data", "service"),)
 
 
-def same_run(recorded: str, config_text: str) -> bool:
-    """Whether `config_text` continues the run whose config.yaml is `recorded`: the same text,
-    or the same config but for `PLACEMENT_KEYS`."""
+def same_run(recorded: str, config_text: str, defaults_text: str | None = None) -> bool:
+    """Whether `config_text` continues the run whose config.yaml is `recorded`."""
+    return run_difference(recorded, config_text, defaults_text) is None
+
+
+def run_difference(recorded: str, config_text: str,
+                   defaults_text: str | None = None) -> str | None:
+    """None when `config_text` continues the run whose config.yaml is `recorded`, else the
+    first difference (`key: recorded -> new`).
+
+    The same config, but for `PLACEMENT_KEYS`, and but for keys that `recorded` lacks (added
+    to tfimb after the run started) whose value is their default in `defaults_text` (the
+    experiment's default config): a long run resumes under a newer tfimb.
+    """
     if recorded == config_text:
-        return True
+        return None
     import yaml
 
     try:
         old, new = yaml.safe_load(recorded), yaml.safe_load(config_text)
-    except yaml.YAMLError:
-        return False
+        defaults = yaml.safe_load(defaults_text) if defaults_text else None
+    except yaml.YAMLError as error:
+        return f"unreadable YAML: {str(error).splitlines()[0]}"
     for section, key in PLACEMENT_KEYS:
         for tree in (old, new):
             if isinstance(tree, dict) and isinstance(tree.get(section), dict):
                 tree[section].pop(key, None)
-    return bool(old == new)
+    return _difference(old, new, defaults, "")
+
+
+def _difference(old: object, new: object, defaults: object, path: str) -> str | None:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return None if old == new else f"{path or 'config'}: {old!r} -> {new!r}"
+    for key in sorted(set(old) | set(new), key=str):
+        name = f"{path}.{key}" if path else str(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in old:
+            if isinstance(defaults, dict) and key in defaults and new[key] == default:
+                continue  # Added since the run started, at its default.
+            return f"{name}: absent -> {new[key]!r}"
+        if key not in new:
+            return f"{name}: {old[key]!r} -> absent"
+        found = _difference(old[key], new[key], default, name)
+        if found is not None:
+            return found
+    return None
 
 
 def resume_mode(distribute: DistributeConfig, resume: bool) -> bool | Literal["auto"]:
