@@ -221,16 +221,18 @@ def test_a_run_started_by_an_older_tfimb_resumes_at_the_defaults_of_keys_added_s
                                  defaults) == "train.seed: 0 -> 1"
     assert rundir.run_difference(text, _without(text, "train.seed"), defaults) == (
         "train.seed: 0 -> absent")  # A key the newer config lacks is never assumed.
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "config.yaml").write_text(old)
+    with pytest.raises(rundir.RunDirError, match=r"\(train\.seed: 0 -> 3\)"):
+        rundir.check_run_dir(tmp_path / "seed", config.dump(_tiny("train.seed=3")), True,
+                             defaults)
     # The path users take: tfimb train --resume on such a run directory.
     (tmp_path / "tiny.yaml").write_text(text)
-    for name, extra, code in (("run", [], 0), ("seed", ["--set=train.seed=3"], 1)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.yaml").write_text(old)
-        done = run_tfimb("train", "tiny.yaml", "--workdir", name, "--resume", *extra,
-                         cwd=tmp_path)
-        assert done.returncode == code, done.stderr[-2000:]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(old)
+    done = run_tfimb("train", "tiny.yaml", "--workdir", "run", "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "results.json").is_file()
-    assert "(train.seed: 0 -> 3)" in done.stderr
 
 
 @pytest.mark.slow
