@@ -33,7 +33,6 @@ import csv
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -43,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_cifar10_lt  # noqa: E402  (read_split: the image folder as arrays)
+import torch_cifar10_lt  # noqa: E402  (read_split, Images: the image folder, pad-crop-flip)
+from tfimb import platform_info  # noqa: E402  (no TensorFlow)
 
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
@@ -62,25 +62,6 @@ def reference_subset(labels, ratio, seed):
         rng.shuffle(index)
         keep.append(index[:n])
     return np.concatenate(keep)
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, images, labels, train):
-        self.images, self.labels, self.train = images, labels, train
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        image = self.images[index]
-        if self.train:  # RandomCrop(32, padding=4) on the raw pixels, then RandomHorizontalFlip.
-            padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-            top, left = np.random.randint(0, 9, size=2)
-            image = padded[top:top + 32, left:left + 32]
-            if np.random.rand() < 0.5:
-                image = image[:, ::-1]
-        x = (image.astype(np.float32) / 255.0 - MEAN) / STD
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), int(self.labels[index])
 
 
 class Block(nn.Module):
@@ -139,16 +120,6 @@ def write_atomically(path, write):
     os.replace(tmp, path)
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def test_accuracy(model, loader, num_classes):
     model.eval()
     hits, totals = np.zeros(num_classes), np.zeros(num_classes)
@@ -201,9 +172,11 @@ def main():
     num_classes = int(train_y.max()) + 1
     loader_args = dict(batch_size=128, num_workers=args.workers,
                        persistent_workers=args.workers > 0)
-    train_loader = torch.utils.data.DataLoader(Images(train_x, train_y, True), shuffle=True,
+    train_loader = torch.utils.data.DataLoader(
+        torch_cifar10_lt.Images(train_x, train_y, MEAN, STD, True), shuffle=True,
                                                **loader_args)
-    test_loader = torch.utils.data.DataLoader(Images(test_x, test_y, False), shuffle=False,
+    test_loader = torch.utils.data.DataLoader(
+        torch_cifar10_lt.Images(test_x, test_y, MEAN, STD, False), shuffle=False,
                                               **loader_args)
     model = ResNet32(num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
@@ -222,7 +195,8 @@ def main():
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done]
     print(json.dumps({"train_images": len(train_y), "counts": np.bincount(train_y).tolist(),
                       "resumed_after_epoch": done, "torch": torch.__version__,
-                      "threads": torch.get_num_threads(), "cpu": cpu_name()}), flush=True)
+                      "threads": torch.get_num_threads(),
+                      "machine": platform_info.describe()}), flush=True)
 
     for epoch in range(done + 1, args.epochs + 1):
         began = time.perf_counter()
@@ -267,7 +241,7 @@ def main():
     results = {"final_test_accuracy": final, "best_test_accuracy": best[0],
                "best_epoch": best[1], "per_class_test_accuracy": per_class.tolist(),
                "train_counts": np.bincount(train_y).tolist(), "training_seconds": seconds,
-               "cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "cpu": platform_info.cpu_model(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "settings": settings}
     write_atomically(run / "results.json",
                      lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))

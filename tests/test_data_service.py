@@ -145,9 +145,9 @@ def test_resume_accepts_another_data_service_and_refuses_other_changes():
         return config.dump(config.resolve({"data": {"source": "folder", "dir": "/d", **keys}}))
 
     base = text(service="grpc://a:1")
-    assert rundir.same_run(base, text(service="grpc://b:2"))
-    assert rundir.same_run(base, text())
-    assert not rundir.same_run(base, text(service="grpc://b:2", seed=1))
+    assert rundir.run_difference(base, text(service="grpc://b:2")) is None
+    assert rundir.run_difference(base, text()) is None
+    assert rundir.run_difference(base, text(service="grpc://b:2", seed=1)) is not None
 
 
 def _one_line(capsys, argv):

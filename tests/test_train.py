@@ -19,12 +19,12 @@ def _tiny(*overrides):
     return config.resolve({}, TINY + list(overrides))
 
 
-def _pytorch_sgd(w, grad, rates, steps, momentum=0.9, decay=0.0):
-    """NumPy reference: PyTorch's SGD (`v = m v + g + decay w; w -= lr v`), `steps` per epoch."""
+def _pytorch_sgd(w, grad, rates, steps, momentum=0.9):
+    """NumPy reference: PyTorch's SGD (`v = m v + g; w -= lr v`), `steps` per epoch."""
     w, v, path = np.array(w, np.float64), 0.0, []
     for lr in rates:
         for _ in range(steps):
-            v = momentum * v + grad(w) + decay * w
+            v = momentum * v + grad(w)
             w = w - lr * v
             path.append(w.copy())
     return np.array(path)

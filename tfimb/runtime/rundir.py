@@ -47,7 +47,7 @@ def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal[
     """Create a run directory holding `config.yaml`, or check one to resume; True if resuming.
 
     A finished run (results.json) is never reused; an unfinished one needs `resume` (True, or
-    "auto" to resume whenever the config matches) and the same config (`same_run`).
+    "auto" to resume whenever the config matches) and the same config (`run_difference`).
     `writable=False` (a non-chief worker) only checks.
     """
     resuming = check_run_dir(run_dir, config_text, resume, defaults_text)
@@ -89,11 +89,6 @@ def check_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["a
 # Keys that say where a run's work is done, not what it computes (the tf.data service builds
 # the batches the trainer would): a run resumes with them changed.
 PLACEMENT_KEYS = (("data", "service"),)
-
-
-def same_run(recorded: str, config_text: str, defaults_text: str | None = None) -> bool:
-    """Whether `config_text` continues the run whose config.yaml is `recorded`."""
-    return run_difference(recorded, config_text, defaults_text) is None
 
 
 def run_difference(recorded: str, config_text: str,
