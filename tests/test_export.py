@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras
 
+from cli_helpers import run_tfimb
 from tfimb import config, data
 from tfimb.experiments import classify, export
 from tfimb.experiments import density
@@ -48,9 +49,10 @@ print(json.dumps(out))
 """
 
 
-def _classifier_run(root):
+def _classifier_run(root, *overrides):
     """A finished classifier run directory (untrained weights: export does not care)."""
-    cfg = config.resolve({}, ["data.source=digits", "model.name=resnet8", "imbalance=null"])
+    cfg = config.resolve({}, ["data.source=digits", "model.name=resnet8", "imbalance=null",
+                              *overrides])
     dataset = data.load(cfg.data, None)
     keras.utils.set_random_seed(0)
     model = classify.build_model(cfg, dataset)
@@ -159,6 +161,24 @@ def test_sigmoid_runs_export_per_class_sigmoid_probabilities(tmp_path):
     logits = model.predict(images.astype(np.float32), verbose=0)
     np.testing.assert_allclose(out["probabilities"], 1 / (1 + np.exp(-logits)), rtol=1e-4,
                                atol=1e-6)
+    assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
+
+
+def test_an_ldam_run_exports_from_the_command_line_with_its_scaled_softmax(tmp_path):
+    """In a fresh process (the cosine head must be registered by export itself), with the
+    probabilities LDAM trains: softmax(scale * cosines)."""
+    model, dataset = _classifier_run(tmp_path / "ldam", "model.head=cosine")
+    results = {"accuracy": {"all": 0.1}, "config": {"loss": {"name": "ldam", "scale": 30.0}}}
+    (tmp_path / "ldam" / "results.json").write_text(json.dumps(results))
+    done = run_tfimb("export", "ldam", "--output-dir", "saved", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    images = dataset.test.images[:4]
+    out = tf.saved_model.load(str(tmp_path / "saved" / "ldam" / "1")).signatures[
+        "serving_default"](images=tf.constant(images))
+    logits = 30.0 * model.predict(images.astype(np.float32), verbose=0)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(out["probabilities"], expected / expected.sum(1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
     assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
 
 

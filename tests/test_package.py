@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 import re
@@ -110,3 +111,30 @@ def test_late_import_warns_once_where_onednn_would_help(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         platform_info.enable_onednn()  # The user's choice: no warning.
+
+
+def test_register_all_lets_a_fresh_process_load_tfimb_objects(tmp_path):
+    """`import tfimb` registers nothing (it imports no Keras); `tfimb.register_all()` does, so
+    a `.keras` file with a tfimb loss, group metrics and the cosine head loads in safe mode."""
+    save = (
+        "import tfimb, keras, numpy as np\n"
+        "from tfimb import models\n"
+        "inputs = keras.Input((4,))\n"
+        "model = keras.Model(inputs, models.CosineClassifier(3, name='logits')(inputs))\n"
+        "model.compile(optimizer='sgd', loss=tfimb.ClassBalancedFocal(0.99, [10, 5, 2]),\n"
+        "              metrics=tfimb.metrics.group_accuracies([2], 3))\n"
+        "model.evaluate(np.ones((2, 4)), np.array([0, 2]), verbose=0)\n"
+        f"model.save({str(tmp_path / 'm.keras')!r})\n")
+    load = (
+        "import json, tfimb, keras\n"
+        "registered = tfimb.register_all()\n"
+        f"model = keras.saving.load_model({str(tmp_path / 'm.keras')!r}, safe_mode=True)\n"
+        "print(type(model.loss).__name__, model.loss.beta, type(model.get_layer('logits')).__name__)\n"
+        "print(json.dumps(sorted(registered)))\n")
+    _run(sys.executable, "-c", save)
+    out = _run(sys.executable, "-c", load).stdout.splitlines()
+    assert out[0] == "ClassBalancedFocal 0.99 CosineClassifier"
+    registered = json.loads(out[1])
+    for entry in catalog.LOSSES:
+        assert f"tfimb>{entry.class_name}" in registered
+    assert {"tfimb>GroupAccuracy", "tfimb>CosineClassifier", "tfimb>RealNVP"} <= set(registered)

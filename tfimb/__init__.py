@@ -75,7 +75,7 @@ _LAZY_NAMES = {
 _SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli", "platform_info",
                "catalog")
 
-__all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__"]
+__all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__", "register_all"]
 
 
 def __getattr__(name: str) -> _Any:
@@ -86,6 +86,28 @@ def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'tfimb' has no attribute {name!r}")
+
+
+def register_all() -> dict[str, _Any]:
+    """Register every tfimb Keras object with Keras and return them by registered name.
+
+    `import tfimb` imports no Keras, so it registers nothing: call this before
+    `keras.saving.load_model` on a `.keras` file that holds a tfimb loss, metric or layer (a
+    model compiled with `tfimb.ClassBalancedFocal`, `model.keras` of an LDAM run with its
+    cosine head), as TensorFlow Addons' `tfa.register_all()`. The file then loads in safe mode.
+    The returned dict also serves as `custom_objects=`. Registers the losses, the metrics and
+    the models' layers; with the TensorFlow backend also the fused batch norm and the RealNVP
+    model and layers.
+    """
+    import keras
+
+    modules = ["losses", "metrics", "models"]
+    if keras.backend.backend() == "tensorflow":
+        modules += ["fused_batch_norm", "flows"]
+    for module in modules:
+        importlib.import_module(f"{__name__}.{module}")
+    return {name: value for name, value in keras.saving.get_custom_objects().items()
+            if name.startswith("tfimb>")}
 
 
 def __dir__() -> list[str]:

@@ -38,8 +38,8 @@ from typing import Literal
 import keras
 import tensorflow as tf
 
+import tfimb
 from tfimb import catalog
-from tfimb import losses  # noqa: F401  Registers the losses a model.keras may name.
 from tfimb._checks import PathLike
 from tfimb.errors import TfimbError, UsageError
 
@@ -83,21 +83,25 @@ def _checked_images(images, shape: list[int], signature: str):
 
 def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     run_dir = pathlib.Path(run_dir)
+    tfimb.register_all()  # model.keras may hold tfimb layers (the cosine head).
     model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
     with open(run_dir / "counts.json") as f:
         class_names = json.load(f)["class_names"]
     height, width, channels = model.input_shape[1:]
     names = tf.constant(class_names)
     # Per-class probabilities as the run's loss defines them: one-vs-all sigmoids for the
-    # sigmoid losses, a softmax otherwise.
+    # sigmoid losses, a softmax otherwise; LDAM's softmax is over its cosines times `scale`
+    # (the margin only acts on training labels).
     results = json.loads((run_dir / "results.json").read_text())
-    loss_name = results.get("config", {}).get("loss", {}).get("name")
-    entry = catalog.BY_NAME.get(loss_name)
+    loss = results.get("config", {}).get("loss", {})
+    entry = catalog.BY_NAME.get(loss.get("name"))
     probabilities = (tf.math.sigmoid if entry is not None and entry.activation == "sigmoid"
                      else tf.nn.softmax)
+    logit_scale = float(loss.get("scale", 1.0)) if loss.get("name") == "ldam" else 1.0
 
     def predict(images):
-        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        logits = logit_scale * tf.cast(model(tf.cast(images, tf.float32), training=False),
+                                       tf.float32)
         class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities(logits), "class_ids": class_ids,
                 "class_names": tf.gather(names, class_ids)}
