@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "configs" / "cifar10_imbalanced" / "ldam_drw.yaml"
 # Smaller, never different: the protocol's keys stay as shipped but for size and length.
 SMALL = ["mixed_precision=mixed_float16", "model.name=resnet8", "imbalance.majority_count=20",
-         "imbalance.minority_count=4", "train.batch_size=16", "train.epochs=3",
+         "imbalance.minority_count=4", "train.batch_size=16", "train.epochs=2",
          "train.lr_boundaries=[1, 2]", "loss.drw_epoch=1"]
 
 
@@ -43,14 +43,21 @@ def test_auto_precision_is_mixed_float16_where_tensorflow_lists_a_gpu(monkeypatc
 
 
 class _Inspect(keras.callbacks.Callback):
-    """Records the loss scale and the policy each epoch; raises at `stop_at` (a crash)."""
+    """Records the loss scale and the policy each epoch; raises at `stop_at` (a crash). Sets
+    the scale to 1024 after the first step, so that a resumed run that started from Keras'
+    initial 32768 instead of the checkpoint's scale would show it."""
     def __init__(self, stop_at=None):
         super().__init__()
-        self.stop_at, self.scales, self.policies = stop_at, [], []
+        self.stop_at, self.scales, self.policies, self.steps = stop_at, [], [], 0
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.stop_at:
             raise KeyboardInterrupt("simulated crash")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.steps == 0 and int(self.model.optimizer.iterations) == 1:
+            self.model.optimizer.dynamic_scale.assign(1024.0)
+        self.steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
@@ -70,8 +77,8 @@ def _train(run_dir, callback, resume=False):
 def test_a_seed_config_trains_and_resumes_under_mixed_float16(tmp_path):
     whole = _Inspect()
     results = _train(tmp_path / "whole", whole)
-    assert whole.policies == ["mixed_float16"] * 3
-    assert all(np.isfinite(s) and s >= 1 for s in whole.scales)
+    assert whole.policies == ["mixed_float16"] * 2
+    assert whole.scales[0] <= 1024 and all(np.isfinite(whole.scales))
     assert np.isfinite(results["accuracy"]["all"])
     model = keras.saving.load_model(tmp_path / "whole" / "model.keras")
     backbone = model.get_layer("resnet8")
@@ -79,10 +86,10 @@ def test_a_seed_config_trains_and_resumes_under_mixed_float16(tmp_path):
     assert model.output.dtype == "float32"  # The logits: the loss sees float32.
 
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "cut", _Inspect(stop_at=2))
+        _train(tmp_path / "cut", _Inspect(stop_at=1))
     resumed = _Inspect()
     _train(tmp_path / "cut", resumed, resume=True)
-    assert resumed.scales == whole.scales[2:]  # The loss scale came back from the checkpoint.
+    assert resumed.scales == whole.scales[1:]  # The loss scale came back from the checkpoint.
     cut = keras.saving.load_model(tmp_path / "cut" / "model.keras")
     for a, b in zip(model.get_weights(), cut.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
