@@ -35,3 +35,29 @@ def test_unreadable_results_are_named_and_the_readable_runs_reported(tmp_path):
     assert "| imbalanced, CE | 90.00 | 50.00 | 80.00 |" in (tmp_path / "out" / "table.md").read_text()
     # The command: the table of the readable runs, then one line naming the others; status 1.
     assert cli.main(["report", str(good), str(truncated), "--output", str(tmp_path / "o2")]) == 1
+
+
+def test_a_folder_of_runs_reports_every_run_inside_and_names_the_unfinished(tmp_path, capsys):
+    import json
+
+    from tfimb import cli
+
+    rows = tmp_path / "rows"
+    for name, loss in (("b_ce", "softmax_cross_entropy"), ("a_focal", "focal")):
+        (rows / name).mkdir(parents=True)
+        (rows / name / "results.json").write_text(json.dumps({
+            "accuracy": {"majority": 0.9, "minority": 0.5, "all": 0.8},
+            "config": {"loss": {"name": loss}, "imbalance": {}}}))
+    (rows / "c_unfinished").mkdir()
+    (rows / "c_unfinished" / "config.yaml").write_text("{}\n")
+    (rows / "notes").mkdir()  # Neither a run nor a folder of runs: not reported.
+    assert report.expand_run_dirs([rows]) == [rows / "a_focal", rows / "b_ce",
+                                              rows / "c_unfinished"]
+    assert report.expand_run_dirs([rows / "b_ce"]) == [rows / "b_ce"]
+    assert cli.main(["report", str(rows), "--output", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "| focal | 90.00 |" in captured.out and "| imbalanced, CE | 90.00 |" in captured.out
+    assert "reported 2 of 3 runs" in captured.err
+    assert "c_unfinished has no results.json" in captured.err
+    assert cli.main(["report", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
+    assert "missing is not a folder" in capsys.readouterr().err

@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     report = commands.add_parser("report", help="table and plots from finished runs")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run directory, or a folder of them (each run directly inside)")
     report.add_argument("--output", default="report", help="folder for the plots (default: report)")
     report.set_defaults(handler=_report)
     return parser

@@ -32,9 +32,28 @@ def load_history(run_dir: PathLike) -> dict[str, np.ndarray]:
             for key in (rows[0] if rows else {})}
 
 
+def _is_run(folder: pathlib.Path) -> bool:
+    return (folder / "results.json").exists() or (folder / "config.yaml").exists()
+
+
+def expand_run_dirs(paths: Iterable[PathLike]) -> list[pathlib.Path]:
+    """The run directories named by `paths`: a folder that is not a run (it holds neither
+    results.json nor config.yaml) stands for the runs directly inside it, in name order, so
+    `tfimb report benchmarks/results/cifar10_lt` reports every row kept there."""
+    runs = []
+    for path in map(pathlib.Path, paths):
+        inside = (sorted(child for child in path.iterdir() if child.is_dir() and _is_run(child))
+                  if path.is_dir() and not _is_run(path) else [])
+        runs.extend(inside or [path])
+    return runs
+
+
 def load_run(run_dir: PathLike) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir)
     path = run_dir / "results.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a folder: expected a run directory (or a "
+                                "folder of them).")
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no results.json: the run has not finished "
                                 "(resume it with `tfimb train CONFIG --workdir DIR --resume`).")
@@ -165,12 +184,13 @@ def plot_run(run_dir: PathLike) -> None:
 
 
 def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
-    """Print the table for `run_dirs`; write table.md and the plots under `output`.
+    """Print the table for `run_dirs` (folders of runs expand to their runs); write table.md
+    and the plots under `output`.
 
     Runs whose results.json cannot be read are left out; the others are reported, and then a
     `ReportError` names every file left out."""
     runs, problems = [], []
-    for run_dir in run_dirs:
+    for run_dir in expand_run_dirs(run_dirs):
         try:
             runs.append(load_run(run_dir))
         except (ReportError, FileNotFoundError) as error:
