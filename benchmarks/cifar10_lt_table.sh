@@ -4,7 +4,9 @@
 # $TFIMB_DATA_DIR (root/{train,test}/<class>/*.jpg), in float32 (the same kernels on every CPU
 # kind, so a run resumed on another machine continues the same arithmetic), resuming
 # interrupted runs and skipping finished ones. Each row is about 2.5 million training images:
-# hours on 2 cores, over several sessions.
+# hours on 2 cores, over several sessions. A row named <config>_seed<N> (e.g. ce_r100_seed1)
+# trains configs/cifar10_lt/<config>.yaml with train.seed=N and data.seed=N (another
+# initialisation, order and subset draw: the noise level of a row).
 #
 # A session's processes end with the session, and only committed files outlive it, so the
 # state of an unfinished row travels through git:
@@ -64,7 +66,12 @@ for row in "$@"; do
   [ -f "$dir/results.json" ] && { save "$row"; continue; }
   resume=()
   [ -f "$dir/config.yaml" ] && resume=(--resume)
-  tfimb train "configs/cifar10_lt/$row.yaml" --workdir "$dir" "${resume[@]}" \
+  config=$row seed=()
+  if [[ ! -f "configs/cifar10_lt/$row.yaml" && $row =~ ^(.+)_seed([0-9]+)$ ]]; then
+    config=${BASH_REMATCH[1]}
+    seed=(--set "train.seed=${BASH_REMATCH[2]}" --set "data.seed=${BASH_REMATCH[2]}")
+  fi
+  tfimb train "configs/cifar10_lt/$config.yaml" --workdir "$dir" "${resume[@]}" "${seed[@]}" \
     --set data.source=folder --set "data.dir=$TFIMB_DATA_DIR" --set mixed_precision=float32
   save "$row"
 done

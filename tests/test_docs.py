@@ -382,7 +382,8 @@ def _lt_rows(path):
     """{config: (final, best (epoch))} of the measured CIFAR-10-LT table in a Markdown file."""
     rows = {}
     for line in path.read_text().splitlines():
-        m = re.match(r"\| `(\w+_r\d+)` \| [\d.]+ \| ([\d.]+) \| ([\d.]+ \(\d+\)) \|", line)
+        m = re.match(r"\| `(\w+_r\d+(?:_seed\d+)?)` \| [\d.]+ \| ([\d.]+) \| ([\d.]+ \(\d+\)) \|",
+                     line)
         if m:
             rows[m.group(1)] = (m.group(2), m.group(3))
     return rows
