@@ -67,7 +67,7 @@ for row in "$@"; do
   resume=()
   [ -f "$dir/config.yaml" ] && resume=(--resume)
   config=$row seed=()
-  if [[ ! -f "configs/cifar10_lt/$row.yaml" && $row =~ ^(.+)_seed([0-9]+)$ ]]; then
+  if [[ ! -f "configs/cifar10_lt/$row.yaml" && $row =~ ^(.+)_seed(0|[1-9][0-9]*)$ ]]; then
     config=${BASH_REMATCH[1]}
     seed=(--set "train.seed=${BASH_REMATCH[2]}" --set "data.seed=${BASH_REMATCH[2]}")
   fi

@@ -166,20 +166,23 @@ def test_sigmoid_runs_export_per_class_sigmoid_probabilities(tmp_path):
 
 def test_an_ldam_run_exports_from_the_command_line_with_its_scaled_softmax(tmp_path):
     """In a fresh process (the cosine head must be registered by export itself), with the
-    probabilities LDAM trains: softmax(scale * cosines)."""
+    probabilities LDAM trains: softmax(scale * cosines), `scale` as set or LDAM's default."""
     model, dataset = _classifier_run(tmp_path / "ldam", "model.head=cosine")
-    results = {"accuracy": {"all": 0.1}, "config": {"loss": {"name": "ldam", "scale": 30.0}}}
-    (tmp_path / "ldam" / "results.json").write_text(json.dumps(results))
-    done = run_tfimb("export", "ldam", "--output-dir", "saved", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
     images = dataset.test.images[:4]
-    out = tf.saved_model.load(str(tmp_path / "saved" / "ldam" / "1")).signatures[
-        "serving_default"](images=tf.constant(images))
-    logits = 30.0 * model.predict(images.astype(np.float32), verbose=0)
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(out["probabilities"], expected / expected.sum(1, keepdims=True),
-                               rtol=1e-4, atol=1e-6)
-    assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
+    cosines = model.predict(images.astype(np.float32), verbose=0)
+    for version, (options, scale) in enumerate(((({"scale": 10.0}), 10.0), ({}, 30.0)), 1):
+        results = {"accuracy": {"all": 0.1}, "config": {"loss": {"name": "ldam", **options}}}
+        (tmp_path / "ldam" / "results.json").write_text(json.dumps(results))
+        done = run_tfimb("export", "ldam", "--output-dir", "saved", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = tf.saved_model.load(str(tmp_path / "saved" / "ldam" / str(version))).signatures[
+            "serving_default"](images=tf.constant(images))
+        logits = scale * cosines
+        expected = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(out["probabilities"],
+                                   expected / expected.sum(1, keepdims=True), rtol=1e-4,
+                                   atol=1e-6)
+        assert out["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
 
 
 def test_signatures_check_their_inputs_and_name_the_bad_item(tmp_path):

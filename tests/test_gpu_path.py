@@ -16,12 +16,11 @@ import yaml
 
 import keras
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from tfimb import config
 from tfimb.experiments import classify
 from tfimb.runtime import devices
-
-tfds = pytest.importorskip("tensorflow_datasets")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ldam_drw runs the most machinery of the seed configs: cosine head, LDAM margins and the
@@ -73,7 +72,6 @@ def _train(run_dir, callback, resume=False):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("mixed_policy")  # The global policy is float32 again afterwards.
 def test_a_seed_config_trains_and_resumes_under_mixed_float16(tmp_path):
     whole = _Inspect()
     results = _train(tmp_path / "whole", whole)

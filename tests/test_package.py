@@ -116,6 +116,7 @@ def test_late_import_warns_once_where_onednn_would_help(monkeypatch):
 def test_register_all_lets_a_fresh_process_load_tfimb_objects(tmp_path):
     """`import tfimb` registers nothing (it imports no Keras); `tfimb.register_all()` does, so
     a `.keras` file with a tfimb loss, group metrics and the cosine head loads in safe mode."""
+    path = str(tmp_path / "m.keras")
     save = (
         "import tfimb, keras, numpy as np\n"
         "from tfimb import models\n"
@@ -124,17 +125,23 @@ def test_register_all_lets_a_fresh_process_load_tfimb_objects(tmp_path):
         "model.compile(optimizer='sgd', loss=tfimb.ClassBalancedFocal(0.99, [10, 5, 2]),\n"
         "              metrics=tfimb.metrics.group_accuracies([2], 3))\n"
         "model.evaluate(np.ones((2, 4)), np.array([0, 2]), verbose=0)\n"
-        f"model.save({str(tmp_path / 'm.keras')!r})\n")
+        f"model.save({path!r})\n")
     load = (
         "import json, tfimb, keras\n"
+        "try:\n"
+        f"    keras.saving.load_model({path!r}, safe_mode=True)\n"
+        "    print('loaded without register_all')\n"
+        "except TypeError:\n"
+        "    print('not registered')\n"
         "registered = tfimb.register_all()\n"
-        f"model = keras.saving.load_model({str(tmp_path / 'm.keras')!r}, safe_mode=True)\n"
-        "print(type(model.loss).__name__, model.loss.beta, type(model.get_layer('logits')).__name__)\n"
+        f"model = keras.saving.load_model({path!r}, safe_mode=True)\n"
+        "print(type(model.loss).__name__, model.loss.beta,\n"
+        "      type(model.get_layer('logits')).__name__)\n"
         "print(json.dumps(sorted(registered)))\n")
     _run(sys.executable, "-c", save)
     out = _run(sys.executable, "-c", load).stdout.splitlines()
-    assert out[0] == "ClassBalancedFocal 0.99 CosineClassifier"
-    registered = json.loads(out[1])
+    assert out[:2] == ["not registered", "ClassBalancedFocal 0.99 CosineClassifier"]
+    registered = json.loads(out[2])
     for entry in catalog.LOSSES:
         assert f"tfimb>{entry.class_name}" in registered
     assert {"tfimb>GroupAccuracy", "tfimb>CosineClassifier", "tfimb>RealNVP"} <= set(registered)

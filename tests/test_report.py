@@ -54,10 +54,15 @@ def test_a_folder_of_runs_reports_every_run_inside_and_names_the_unfinished(tmp_
     assert report.expand_run_dirs([rows]) == [rows / "a_focal", rows / "b_ce",
                                               rows / "c_unfinished"]
     assert report.expand_run_dirs([rows / "b_ce"]) == [rows / "b_ce"]
+    assert report.expand_run_dirs([rows, rows / "b_ce"]) == report.expand_run_dirs([rows])
     assert cli.main(["report", str(rows), "--output", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert "| focal | 90.00 |" in captured.out and "| imbalanced, CE | 90.00 |" in captured.out
     assert "reported 2 of 3 runs" in captured.err
     assert "c_unfinished has no results.json" in captured.err
-    assert cli.main(["report", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
-    assert "missing is not a folder" in capsys.readouterr().err
+    for path, message in ((tmp_path / "missing", "missing does not exist"),
+                          (rows / "b_ce" / "results.json", "results.json is not a folder"),
+                          (rows / "notes", "notes is neither a run directory nor a folder of "
+                                           "runs")):
+        assert cli.main(["report", str(path), "--output", str(tmp_path / "o")]) == 1
+        assert message in capsys.readouterr().err

@@ -27,6 +27,7 @@ version that a killed `--overwrite` had moved aside is put back first.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import keras
 import tensorflow as tf
 
 import tfimb
-from tfimb import catalog
+from tfimb import catalog, losses
 from tfimb._checks import PathLike
 from tfimb.errors import TfimbError, UsageError
 
@@ -97,7 +98,10 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     entry = catalog.BY_NAME.get(loss.get("name"))
     probabilities = (tf.math.sigmoid if entry is not None and entry.activation == "sigmoid"
                      else tf.nn.softmax)
-    logit_scale = float(loss.get("scale", 1.0)) if loss.get("name") == "ldam" else 1.0
+    logit_scale = 1.0
+    if loss.get("name") == "ldam":  # config.yaml keeps only the options the user set.
+        default = inspect.signature(losses.LDAM).parameters["scale"].default
+        logit_scale = float(loss.get("scale", default))
 
     def predict(images):
         logits = logit_scale * tf.cast(model(tf.cast(images, tf.float32), training=False),

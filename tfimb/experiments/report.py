@@ -37,23 +37,29 @@ def _is_run(folder: pathlib.Path) -> bool:
 
 
 def expand_run_dirs(paths: Iterable[PathLike]) -> list[pathlib.Path]:
-    """The run directories named by `paths`: a folder that is not a run (it holds neither
-    results.json nor config.yaml) stands for the runs directly inside it, in name order, so
-    `tfimb report benchmarks/results/cifar10_lt` reports every row kept there."""
-    runs = []
+    """The run directories named by `paths`, each once: a folder that is not a run (it holds
+    neither results.json nor config.yaml) stands for the runs directly inside it, in name
+    order, so `tfimb report benchmarks/results/cifar10_lt` reports every row kept there."""
+    runs: dict[pathlib.Path, None] = {}
     for path in map(pathlib.Path, paths):
         inside = (sorted(child for child in path.iterdir() if child.is_dir() and _is_run(child))
                   if path.is_dir() and not _is_run(path) else [])
-        runs.extend(inside or [path])
-    return runs
+        runs.update(dict.fromkeys(inside or [path]))
+    return list(runs)
 
 
 def load_run(run_dir: PathLike) -> dict[str, Any]:
     run_dir = pathlib.Path(run_dir)
     path = run_dir / "results.json"
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir} does not exist: expected a run directory (or a "
+                                "folder of them).")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a folder: expected a run directory (or a "
                                 "folder of them).")
+    if not _is_run(run_dir):
+        raise FileNotFoundError(f"{run_dir} is neither a run directory nor a folder of runs (no "
+                                "results.json or config.yaml in it or directly inside it).")
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} has no results.json: the run has not finished "
                                 "(resume it with `tfimb train CONFIG --workdir DIR --resume`).")
