@@ -62,6 +62,11 @@ def test_invalid_values():
         ({"model": {"name": "vgg"}}, r"`model.name`"),
         ({"loss": {"name": "hinge"}}, r"`loss.name`"),
         ({"loss": {"name": "ldam"}}, r"`model.head`. Expected 'cosine'"),
+        ({"model": {"shortcut": "option_a"}}, r"`model.shortcut`. Expected one of "
+                                              r"\['projection', 'identity'\]"),
+        ({"model": {"padding": "valid"}}, r"`model.padding`. Expected one of"),
+        ({"model": {"name": "resnet50", "shortcut": "identity"}},
+         r"`model.shortcut` / `model.padding`. Expected projection / same for 'resnet50'"),
         ({"imbalance": {"minority": [1], "minority_count": 5, "long_tail_factor": 10}},
          r"either"),
         ({"imbalance": {"long_tail_factor": 0.5}}, r"`imbalance.long_tail_factor`"),

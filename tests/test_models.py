@@ -17,6 +17,65 @@ def test_resnet_shapes_and_sizes():
     assert out.shape == (2, 7)
 
 
+def test_reference_resnet32_has_the_reference_codes_parameters():
+    """Option A shortcuts have no parameters: He et al.'s CIFAR ResNet-32 as the CIFAR-10-LT
+    reference code builds it has 464,154 trainable parameters for 10 classes (convolutions,
+    batch-norm scales and offsets, the dense layer), the projections 2,944 more."""
+    def trainable(**kwargs):
+        model = models.resnet32(num_classes=10, **kwargs)
+        return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    assert trainable(shortcut="identity", padding="symmetric") == 464_154
+    assert trainable() == 464_154 + 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
+
+
+def _block_input_and_skip(model, block):
+    """A model from the image to (the block's input, its shortcut's output)."""
+    stage = int(block[5])
+    previous = f"stage{stage - 1}_block5_out" if stage > 1 else "stem_relu"
+    return keras.Model(model.input, [model.get_layer(previous).output,
+                                     model.get_layer(f"{block}_skip_merge").output])
+
+
+def test_identity_shortcut_takes_every_other_pixel_and_zero_pads_the_channels():
+    model = models.resnet32(shortcut="identity")
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    for block, (before, after) in (("stage2_block1", (16, 32)), ("stage3_block1", (32, 64))):
+        x, skip = (np.asarray(t) for t in _block_input_and_skip(model, block)(images))
+        assert x.shape[-1] == before and skip.shape[-1] == after
+        pad = (after - before) // 2
+        np.testing.assert_array_equal(skip[..., pad:pad + before], x[:, ::2, ::2, :])
+        assert not skip[..., :pad].any() and not skip[..., pad + before:].any()
+
+
+@pytest.mark.parametrize("padding, first", [("same", 1), ("symmetric", 0)])
+def test_stride_two_padding_decides_which_pixels_the_convolution_is_centred_on(padding, first):
+    """A 3x3 stride-2 convolution whose kernel copies the centre pixel: TensorFlow's SAME takes
+    pixels 2i + 1 (the stride-2 shortcut takes 2i), the symmetric padding pixels 2i."""
+    from tfimb.models import resnet
+
+    inputs = keras.Input((8, 8, 2))
+    model = keras.Model(inputs, resnet._conv_bn(inputs, 2, 3, 2, "t", 0.0, relu=False,
+                                                padding=padding))
+    kernel = np.zeros((3, 3, 2, 2), np.float32)
+    kernel[1, 1] = np.eye(2)
+    model.get_layer("t_conv").set_weights([kernel])
+    x = np.random.default_rng(1).normal(size=(1, 8, 8, 2)).astype(np.float32)
+    out = np.asarray(model(x, training=False)) * np.sqrt(1 + 1e-5)  # Fresh batch norm.
+    np.testing.assert_allclose(out, x[:, first::2, first::2, :], rtol=1e-5, atol=1e-6)
+
+
+def test_reference_resnet_saves_and_loads_with_keras_layers_alone(tmp_path):
+    from tfimb.experiments import classify
+
+    model = models.resnet8(shortcut="identity", padding="symmetric")
+    classify.save_model(model, tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not any(type(layer).__module__.startswith("tfimb") for layer in loaded.layers[:-1])
+
+
 def test_resnet_logits_are_float32_under_mixed_precision(mixed_policy):
     mixed_policy("mixed_bfloat16")
     model = models.resnet20()
@@ -49,6 +108,10 @@ def test_model_argument_errors():
         models.resnet20(num_classes=1)
     with pytest.raises(ValueError, match=r"`units`.*units=0"):
         tfimb.models.CosineClassifier(0)
+    with pytest.raises(ValueError, match=r"`shortcut`.*'identity'.*shortcut='option_a'"):
+        models.resnet32(shortcut="option_a")
+    with pytest.raises(ValueError, match=r"`padding`.*'symmetric'.*padding='valid'"):
+        models.resnet32(padding="valid")
 
 
 def test_larger_image_backbones_by_name(tmp_path):

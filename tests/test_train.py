@@ -250,6 +250,20 @@ def test_ldam_with_deferred_reweighting(tmp_path):
     assert "DRW from epoch 2" in report.describe(results["config"])
 
 
+@pytest.mark.slow
+def test_the_reference_resnet_trains_fused_and_saves_keras_layers(tmp_path):
+    """model.shortcut=identity / model.padding=symmetric through tfimb train (batch norms
+    fused for training, Keras' own in model.keras)."""
+    cfg = _tiny("model.shortcut=identity", "model.padding=symmetric", "train.epochs=1",
+                "train.lr_boundaries=[]", "train.lr_values=[0.1]")
+    results = classify.run(cfg, tmp_path, verbose=0)
+    assert np.isfinite(results["accuracy"]["all"])
+    model = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    names = [layer.name for layer in model.get_layer("resnet8").layers]
+    assert "stage2_block1_skip_merge" in names and "stage2_block1_1_pad" in names
+    assert not any("proj" in name for name in names)
+
+
 def test_sigmoid_losses_leave_the_last_bias_undecayed():
     cfg = config.resolve({"data": {"source": "digits"}, "imbalance": None,
                           "model": {"name": "resnet8"},

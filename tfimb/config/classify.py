@@ -80,6 +80,10 @@ class ModelConfig:
     name: str = "resnet18_cifar"
     head: str = "dense"              # dense | cosine (for the LDAM loss)
     weights: typing.Optional[str] = None  # a weights file (resnet50, keras.applications only)
+    # Where a CIFAR ResNet's shape changes (tfimb.models.resnet): He et al.'s option B or A,
+    # and TensorFlow's SAME or PyTorch's symmetric padding of the stride-2 convolutions.
+    shortcut: str = "projection"     # projection | identity
+    padding: str = "same"            # same | symmetric
 
     def validate(self) -> None:
         from tfimb import models  # Keras only; cheap enough at config time.
@@ -90,6 +94,15 @@ class ModelConfig:
                 f"Invalid value for key `model.name`. Expected one of {sorted(models.MODELS)} "
                 f"or keras.applications.<Class>. Received: model.name={self.name!r}")
         engine.one_of("model.head", self.head, resnet.HEADS)
+        engine.one_of("model.shortcut", self.shortcut, resnet.SHORTCUTS)
+        engine.one_of("model.padding", self.padding, resnet.PADDINGS)
+        if ((self.shortcut, self.padding) != ("projection", "same")
+                and self.name not in models.CIFAR_RESNETS):
+            raise ConfigError(
+                "Invalid value for keys `model.shortcut` / `model.padding`. Expected projection "
+                f"/ same for {self.name!r} (only the CIFAR ResNets {list(models.CIFAR_RESNETS)} "
+                f"take them). Received: model.shortcut={self.shortcut!r}, "
+                f"model.padding={self.padding!r}")
         if self.weights is not None and not (self.name in models.TAKES_WEIGHTS
                                              or self.name.startswith(models.APPLICATIONS)):
             raise ConfigError(

@@ -22,7 +22,8 @@ from tfimb.models.backbones import APPLICATIONS, application, resnet50
 from tfimb.models.heads import CosineClassifier
 from tfimb.models.resnet import resnet8, resnet18_cifar, resnet20, resnet32
 
-__all__ = ["APPLICATIONS", "CosineClassifier", "MODELS", "application", "get", "is_model_name",
+__all__ = ["APPLICATIONS", "CIFAR_RESNETS", "CosineClassifier", "MODELS", "application", "get",
+           "is_model_name",
            "resnet8", "resnet18_cifar", "resnet20", "resnet32", "resnet50"]
 
 #: The models built by name; `keras.applications.<Class>` names build that class too.
@@ -31,6 +32,8 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "resnet32": resnet32, "resnet50": resnet50}
 #: The models that take pretrained `weights` (a file).
 TAKES_WEIGHTS = ("resnet50",)
+#: The CIFAR ResNets, which take `shortcut` and `padding` (`tfimb.models.resnet`).
+CIFAR_RESNETS = ("resnet18_cifar", "resnet8", "resnet20", "resnet32")
 
 
 def is_model_name(name: Any) -> bool:
