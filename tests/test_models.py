@@ -112,6 +112,9 @@ def test_model_argument_errors():
         models.resnet32(shortcut="option_a")
     with pytest.raises(ValueError, match=r"`padding`.*'symmetric'.*padding='valid'"):
         models.resnet32(padding="valid")
+    with pytest.raises(ValueError, match=r"`shortcut`.*for 'resnet50'.*"
+                                         r"shortcut=\('identity', 'same'\)"):
+        models.get("resnet50", shortcut="identity")
 
 
 def test_larger_image_backbones_by_name(tmp_path):

@@ -54,10 +54,9 @@ def build_model(cfg: ExperimentConfig, dataset: data_lib.Dataset) -> keras.Model
     shape = dataset.image_shape
     assert shape is not None  # Set by data.load (or from in-memory images).
     mean, variance = data_lib.split_statistics(dataset.train, cfg.data.seed)
-    architecture = ({"shortcut": cfg.model.shortcut, "padding": cfg.model.padding}
-                    if cfg.model.name in models.CIFAR_RESNETS else {})
     backbone = models.get(cfg.model.name, num_classes=dataset.num_classes, input_shape=shape,
-                          head=cfg.model.head, weights=cfg.model.weights, **architecture)
+                          head=cfg.model.head, weights=cfg.model.weights,
+                          shortcut=cfg.model.shortcut, padding=cfg.model.padding)
     if cfg.loss.name in catalog.SIGMOID and cfg.model.head == "dense":
         # Cui et al.: one-vs-all sigmoids start at the prior 1/C per class (bias -log(C - 1)),
         # so that the C - 1 negatives of every example do not swamp the first steps.

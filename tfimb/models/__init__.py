@@ -7,8 +7,8 @@
   backbones for larger images, without pretrained weights unless a weights file is given.
 * `CosineClassifier`: a normalised linear head giving cosine logits, for `tfimb.LDAM`.
 
-`get(name, num_classes=..., input_shape=..., head=..., weights=...)` builds any of them by its
-config name (`model.name`).
+`get(name, num_classes=..., input_shape=..., head=..., weights=..., shortcut=..., padding=...)`
+builds any of them by its config name (`model.name`).
 """
 
 from __future__ import annotations
@@ -47,12 +47,20 @@ def is_model_name(name: Any) -> bool:
     return name in MODELS
 
 
-def get(name: str, weights: str | None = None, **kwargs: Any) -> keras.Model:
+def get(name: str, weights: str | None = None, shortcut: str = "projection",
+        padding: str = "same", **kwargs: Any) -> keras.Model:
     """Build a model by its config name (see `is_model_name`); `weights` (a weights file) only
-    for `resnet50` and `keras.applications` models."""
+    for `resnet50` and `keras.applications` models, `shortcut` and `padding` other than the
+    defaults only for the CIFAR ResNets (`tfimb.models.resnet`)."""
     if not is_model_name(name):
         raise _checks.invalid_value(
             "name", f"one of {sorted(MODELS)} or keras.applications.<Class>", name)
+    if name in CIFAR_RESNETS:
+        kwargs.update(shortcut=shortcut, padding=padding)
+    elif (shortcut, padding) != ("projection", "same"):
+        raise _checks.invalid_value(
+            "shortcut", f"'projection' with padding 'same' for {name!r} (only the CIFAR ResNets "
+            f"{list(CIFAR_RESNETS)} take other values)", (shortcut, padding))
     if name.startswith(APPLICATIONS):
         return application(name[len(APPLICATIONS):], weights=weights, **kwargs)
     if name in TAKES_WEIGHTS:
