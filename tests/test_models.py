@@ -112,9 +112,12 @@ def test_model_argument_errors():
         models.resnet32(shortcut="option_a")
     with pytest.raises(ValueError, match=r"`padding`.*'symmetric'.*padding='valid'"):
         models.resnet32(padding="valid")
-    with pytest.raises(ValueError, match=r"`shortcut`.*for 'resnet50'.*"
-                                         r"shortcut=\('identity', 'same'\)"):
+    with pytest.raises(ValueError, match=r"`shortcut`.*Expected 'projection' for 'resnet50'.*"
+                                         r"Received: shortcut='identity'$"):
         models.get("resnet50", shortcut="identity")
+    with pytest.raises(ValueError, match=r"`padding`.*Expected 'same' for 'resnet50'.*"
+                                         r"Received: padding='symmetric'$"):
+        models.get("resnet50", padding="symmetric")
 
 
 def test_larger_image_backbones_by_name(tmp_path):

@@ -57,10 +57,14 @@ def get(name: str, weights: str | None = None, shortcut: str = "projection",
             "name", f"one of {sorted(MODELS)} or keras.applications.<Class>", name)
     if name in CIFAR_RESNETS:
         kwargs.update(shortcut=shortcut, padding=padding)
-    elif (shortcut, padding) != ("projection", "same"):
-        raise _checks.invalid_value(
-            "shortcut", f"'projection' with padding 'same' for {name!r} (only the CIFAR ResNets "
-            f"{list(CIFAR_RESNETS)} take other values)", (shortcut, padding))
+    else:
+        # Name the argument that differs, so a wrong `padding` is not reported as `shortcut`.
+        for argument, value, default in (("shortcut", shortcut, "projection"),
+                                         ("padding", padding, "same")):
+            if value != default:
+                raise _checks.invalid_value(
+                    argument, f"{default!r} for {name!r} (only the CIFAR ResNets "
+                    f"{list(CIFAR_RESNETS)} take other values)", value)
     if name.startswith(APPLICATIONS):
         return application(name[len(APPLICATIONS):], weights=weights, **kwargs)
     if name in TAKES_WEIGHTS:
