@@ -40,6 +40,29 @@ def test_config_errors_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()  # Nothing written by a refused command.
 
 
+def test_configs_are_checked_and_workers_launched_without_loading_tensorflow(tmp_path):
+    """A refused config costs no TensorFlow start-up, and a `--local-workers` launcher, which
+    only starts and watches its workers, holds no TensorFlow runtime of its own."""
+    (tmp_path / "bad.yaml").write_text("train: {epochz: 3}\n")
+    script = """
+import sys
+from tfimb import cli
+from tfimb.runtime import launch
+launched = []
+launch.run_local_workers = lambda argv, workers, log_dir: launched.append((argv, workers))
+codes = [cli.main(["train", "bad.yaml"]), cli.main(["flow", "train", "bad.yaml"]),
+         cli.main(["train", "default", "--set", "model.name=vgg"]),
+         cli.main(["train", "default", "--local-workers", "2"]),
+         cli.main(["flow", "train", "flow_default", "--local-workers", "2"])]
+print(codes, len(launched), "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "[2, 2, 2, 0, 0] 2 False False", result.stdout
+    assert "Unknown key `train.epochz`" in result.stderr and "model.name='vgg'" in result.stderr
+
+
 def test_runtime_errors_exit_1_quietly_and_debug_shows_the_traceback(tmp_path):
     args = ("train", "default", "--workdir", "w", "--set", "data.source=folder", "--set",
             f"data.dir={tmp_path / 'missing'}")

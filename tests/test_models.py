@@ -4,7 +4,7 @@ import pytest
 import keras
 
 import tfimb
-from tfimb import models
+from tfimb import catalog, models
 
 
 def test_resnet_shapes_and_sizes():
@@ -97,6 +97,18 @@ def test_cosine_classifier_matches_numpy(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+def test_the_catalog_names_the_models_tfimb_builds():
+    # A config checks model names against the catalog, without Keras: both must agree.
+    assert sorted(models.MODELS) == sorted(catalog.MODEL_NAMES)
+    assert set(models.CIFAR_RESNETS) <= set(models.MODELS)
+    assert set(models.TAKES_WEIGHTS) <= set(models.MODELS) - set(models.CIFAR_RESNETS)
+    for name in catalog.CIFAR_RESNETS:
+        for shortcut in catalog.SHORTCUTS:
+            for padding in catalog.PADDINGS:
+                models.get(name, num_classes=2, input_shape=(8, 8, 3), head=catalog.HEADS[-1],
+                           shortcut=shortcut, padding=padding)
 
 
 def test_model_argument_errors():

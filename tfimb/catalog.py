@@ -1,6 +1,7 @@
-"""The loss registry: each loss's name, class, formula, arguments and title, declared once.
+"""The loss registry: each loss's name, class, formula, arguments and title, declared once;
+and the names a config may give its model (`MODEL_NAMES` and the rest, at the end).
 
-Importable without Keras. `tfimb.losses.LOSSES` (name -> class), the public names of `tfimb`,
+Importable without Keras, so that a config is checked without loading TensorFlow. `tfimb.losses.LOSSES` (name -> class), the public names of `tfimb`,
 the config's loss names, `tfimb losses` and the report's row titles are all read from
 `LOSSES`; `tests/test_losses.py` checks that it and the classes in `tfimb.losses` agree.
 Notation: z = logits, p = softmax(z), y = true class, n_c = training examples of class c,
@@ -119,3 +120,22 @@ def format_table() -> str:
     ]
     lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines) + "\n\n" + NORMALIZATION_NOTE
+
+
+
+# The models by config name (`model.name`): `tfimb.models` builds them, and tests check that
+# its builders and these names agree.
+MODEL_NAMES = ("resnet18_cifar", "resnet8", "resnet20", "resnet32", "resnet50")
+#: The CIFAR ResNets, which take `model.shortcut` and `model.padding`.
+CIFAR_RESNETS = ("resnet18_cifar", "resnet8", "resnet20", "resnet32")
+#: The models that load pretrained `weights` (a file), besides `keras.applications` ones.
+TAKES_WEIGHTS = ("resnet50",)
+#: Config names of the form `keras.applications.<Class>` build that class.
+APPLICATIONS = "keras.applications."
+#: The classifier head: `"dense"` (logits) or `"cosine"` (`CosineClassifier`, for LDAM).
+HEADS = ("dense", "cosine")
+#: Where a CIFAR ResNet's shape changes: He et al.'s option B (`"projection"`) or A
+#: (`"identity"`).
+SHORTCUTS = ("projection", "identity")
+#: Padding of the stride-2 3x3 convolutions: TensorFlow's SAME or PyTorch's symmetric.
+PADDINGS = ("same", "symmetric")

@@ -79,8 +79,6 @@ def _load_yaml_config(name: str) -> tuple[pathlib.Path, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb.experiments import classify
-    from tfimb.experiments import report
 
     path, raw = _load_yaml_config(args.config)
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / path.stem)
@@ -91,6 +89,9 @@ def _train(args: argparse.Namespace) -> int:
         raise config_lib.ConfigError(f"{path}: {error}") from None
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
+    _load_tensorflow(args)
+    from tfimb.experiments import classify, report
+
     with _local_data_service(args.local_data_workers) as address:
         if address:  # Every job's training batches from this process's own service.
             jobs = [(_with_data_service(cfg, address, path), run_dir) for cfg, run_dir in jobs]
@@ -104,13 +105,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb.experiments import distributed_search, report, tune
 
     path, raw = _load_yaml_config(args.config)
     try:
         cfg, search = config_lib.resolve_search(raw, args.set)
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
+    _load_tensorflow(args)
+    from tfimb.experiments import distributed_search, report, tune
+
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
     if args.local_workers is not None:
         best = distributed_search.run_local(args, workdir, cfg, search)
@@ -132,7 +135,6 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _flow_train(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
-    from tfimb.experiments import density
 
     path, raw = _load_yaml_config(args.config)
     try:
@@ -142,6 +144,9 @@ def _flow_train(args: argparse.Namespace) -> int:
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
     if args.local_workers is not None:
         return _launch_local_workers(args, ["flow", "train"], workdir)
+    _load_tensorflow(args)
+    from tfimb.experiments import density
+
     results = density.run(cfg, workdir, resume=args.resume)
     bpd = results["bits_per_dim"]
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "
@@ -477,8 +482,17 @@ def _load_tensorflow_quietly() -> None:
         tf.config.list_physical_devices()
 
 
-# Commands that never import TensorFlow: loading it for them would only add start-up time.
-_NO_TENSORFLOW = (_losses, _report)
+def _load_tensorflow(args: argparse.Namespace) -> None:
+    """For the commands that load TensorFlow themselves, once their config has been checked."""
+    if not args.debug:
+        _load_tensorflow_quietly()
+
+
+# Commands that never import TensorFlow (loading it would only add start-up time), or load it
+# themselves once their config has been checked: a mistyped config or key is then refused in
+# a fraction of a second, and a `--local-workers` launcher, which only starts and watches its
+# workers, never holds a TensorFlow runtime of its own beside theirs.
+_TENSORFLOW_LATER = (_losses, _report, _train, _flow_train, _tune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -487,9 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    debug = args.debug or os.environ.get("TFIMB_DEBUG", "") not in ("", "0")
+    debug = args.debug = args.debug or os.environ.get("TFIMB_DEBUG", "") not in ("", "0")
     try:
-        if not debug and args.handler not in _NO_TENSORFLOW:
+        if not debug and args.handler not in _TENSORFLOW_LATER:
             _load_tensorflow_quietly()
         return args.handler(args)
     except (errors.TfimbError, FloatingPointError) as error:

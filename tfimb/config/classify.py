@@ -86,25 +86,29 @@ class ModelConfig:
     padding: str = "same"            # same | symmetric
 
     def validate(self) -> None:
-        from tfimb import models  # Keras only; cheap enough at config time.
-        from tfimb.models import resnet
+        if isinstance(self.name, str) and self.name.startswith(catalog.APPLICATIONS):
+            from tfimb import models  # Only Keras knows its application classes.
 
-        if not models.is_model_name(self.name):
+            known = models.is_model_name(self.name)
+        else:
+            known = self.name in catalog.MODEL_NAMES
+        if not known:
             raise ConfigError(
-                f"Invalid value for key `model.name`. Expected one of {sorted(models.MODELS)} "
-                f"or keras.applications.<Class>. Received: model.name={self.name!r}")
-        engine.one_of("model.head", self.head, resnet.HEADS)
-        engine.one_of("model.shortcut", self.shortcut, resnet.SHORTCUTS)
-        engine.one_of("model.padding", self.padding, resnet.PADDINGS)
+                f"Invalid value for key `model.name`. Expected one of "
+                f"{sorted(catalog.MODEL_NAMES)} or keras.applications.<Class>. Received: "
+                f"model.name={self.name!r}")
+        engine.one_of("model.head", self.head, catalog.HEADS)
+        engine.one_of("model.shortcut", self.shortcut, catalog.SHORTCUTS)
+        engine.one_of("model.padding", self.padding, catalog.PADDINGS)
         if ((self.shortcut, self.padding) != ("projection", "same")
-                and self.name not in models.CIFAR_RESNETS):
+                and self.name not in catalog.CIFAR_RESNETS):
             raise ConfigError(
                 "Invalid value for keys `model.shortcut` / `model.padding`. Expected projection "
-                f"/ same for {self.name!r} (only the CIFAR ResNets {list(models.CIFAR_RESNETS)} "
+                f"/ same for {self.name!r} (only the CIFAR ResNets {list(catalog.CIFAR_RESNETS)} "
                 f"take them). Received: model.shortcut={self.shortcut!r}, "
                 f"model.padding={self.padding!r}")
-        if self.weights is not None and not (self.name in models.TAKES_WEIGHTS
-                                             or self.name.startswith(models.APPLICATIONS)):
+        if self.weights is not None and not (self.name in catalog.TAKES_WEIGHTS
+                                             or self.name.startswith(catalog.APPLICATIONS)):
             raise ConfigError(
                 "Invalid value for key `model.weights`. Expected null for "
                 f"{self.name!r} (only resnet50 and keras.applications models load weights). "

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import keras
 
-from tfimb import _checks
+from tfimb import _checks, catalog
 from tfimb.models.backbones import APPLICATIONS, application, resnet50
 from tfimb.models.heads import CosineClassifier
 from tfimb.models.resnet import resnet8, resnet18_cifar, resnet20, resnet32
@@ -31,9 +31,9 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "resnet18_cifar": resnet18_cifar, "resnet8": resnet8, "resnet20": resnet20,
     "resnet32": resnet32, "resnet50": resnet50}
 #: The models that take pretrained `weights` (a file).
-TAKES_WEIGHTS = ("resnet50",)
+TAKES_WEIGHTS = catalog.TAKES_WEIGHTS
 #: The CIFAR ResNets, which take `shortcut` and `padding` (`tfimb.models.resnet`).
-CIFAR_RESNETS = ("resnet18_cifar", "resnet8", "resnet20", "resnet32")
+CIFAR_RESNETS = catalog.CIFAR_RESNETS
 
 
 def is_model_name(name: Any) -> bool:

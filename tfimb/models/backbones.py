@@ -15,11 +15,11 @@ from typing import Sequence
 
 import keras
 
-from tfimb import _checks
+from tfimb import _checks, catalog
 from tfimb.models.resnet import Head, check_common, head_logits
 
 #: Config names of the form `keras.applications.<Class>` build that class.
-APPLICATIONS = "keras.applications."
+APPLICATIONS = catalog.APPLICATIONS
 
 
 def application(class_name: str, num_classes: int = 1000,

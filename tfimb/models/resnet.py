@@ -27,18 +27,18 @@ from typing import Literal, Sequence
 import keras
 
 from tfimb import _checks
+from tfimb import catalog
 from tfimb._checks import TensorLike
 from tfimb.models.heads import CosineClassifier
 
+# The values (declared in `tfimb.catalog`, where a config reads them without Keras).
+HEADS, SHORTCUTS, PADDINGS = catalog.HEADS, catalog.SHORTCUTS, catalog.PADDINGS
 #: The classifier head: `"dense"` (logits) or `"cosine"` (`CosineClassifier`, for `tfimb.LDAM`).
 Head = Literal["dense", "cosine"]
-HEADS = ("dense", "cosine")
 #: Where the shape changes: He et al.'s option B (`"projection"`) or A (`"identity"`).
 Shortcut = Literal["projection", "identity"]
-SHORTCUTS = ("projection", "identity")
 #: Padding of the stride-2 3x3 convolutions: TensorFlow's SAME or PyTorch's symmetric.
 Padding = Literal["same", "symmetric"]
-PADDINGS = ("same", "symmetric")
 
 
 def _conv_bn(x: TensorLike, filters: int, kernel: int, strides: int, name: str,
