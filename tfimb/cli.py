@@ -490,8 +490,8 @@ def _load_tensorflow(args: argparse.Namespace) -> None:
 
 # Commands that never import TensorFlow (loading it would only add start-up time), or load it
 # themselves once their config has been checked: a mistyped config or key is then refused in
-# a fraction of a second, and a `--local-workers` launcher, which only starts and watches its
-# workers, never holds a TensorFlow runtime of its own beside theirs.
+# a fraction of a second, and the `--local-workers` launcher of `train` and `flow train`, which
+# only starts and watches its workers, holds no TensorFlow runtime of its own beside theirs.
 _TENSORFLOW_LATER = (_losses, _report, _train, _flow_train, _tune)
 
 
