@@ -1,7 +1,8 @@
 """The loss registry: each loss's name, class, formula, arguments and title, declared once;
 and the names a config may give its model (`MODEL_NAMES` and the rest, at the end).
 
-Importable without Keras, so that a config is checked without loading TensorFlow. `tfimb.losses.LOSSES` (name -> class), the public names of `tfimb`,
+Importable without Keras, so that a config is checked without loading TensorFlow.
+`tfimb.losses.LOSSES` (name -> class), the public names of `tfimb`,
 the config's loss names, `tfimb losses` and the report's row titles are all read from
 `LOSSES`; `tests/test_losses.py` checks that it and the classes in `tfimb.losses` agree.
 Notation: z = logits, p = softmax(z), y = true class, n_c = training examples of class c,
@@ -120,7 +121,6 @@ def format_table() -> str:
     ]
     lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines) + "\n\n" + NORMALIZATION_NOTE
-
 
 
 # The models by config name (`model.name`): `tfimb.models` builds them, and tests check that
