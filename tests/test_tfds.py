@@ -75,11 +75,20 @@ def _resolve_shipped(path):
 _LOADED = {}  # Many configs share their data section: load each distinct one once.
 
 
+def _mock_examples(data_config, batch_size):
+    """Generated examples per split: MOCK_EXAMPLES where a protocol carves classes out of a
+    CIFAR-sized dataset; two batches for the large-image datasets read at full size (ImageNet-LT,
+    iNaturalist: imbalanced as published, nothing carved, and classes a mock cannot fill), whose
+    5000 generated images took 10-20 s per config."""
+    return 2 * batch_size if (data_config.image_size or 0) >= 128 else MOCK_EXAMPLES
+
+
 def _mock_batch(data_config, imbalance, batch_size, flow=False, seed=0, augment=True):
     """(dataset, first training batch) under the mock: a streamed split reads its records when
     the pipeline runs, so both happen inside it."""
-    key = (repr(data_config), repr(imbalance))
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    examples = _mock_examples(data_config, batch_size)
+    key = (repr(data_config), repr(imbalance), examples)
+    with tfds.testing.mock_data(num_examples=examples):
         if key not in _LOADED:
             _LOADED[key] = data.load(data_config, imbalance)
         ds = _LOADED[key]
