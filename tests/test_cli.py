@@ -2,11 +2,13 @@
 status 2 (usage, config) or 1 (run time); `--debug` shows the traceback."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # Each case is a fresh interpreter that imports TensorFlow.
 
 
@@ -42,25 +44,32 @@ def test_config_errors_exit_2_with_one_line(tmp_path):
 
 def test_configs_are_checked_and_workers_launched_without_loading_tensorflow(tmp_path):
     """A refused config costs no TensorFlow start-up, and a `--local-workers` launcher, which
-    only starts and watches its workers, holds no TensorFlow runtime of its own."""
+    only starts and watches its workers (a search's: after checking the search), holds no
+    TensorFlow runtime of its own."""
     (tmp_path / "bad.yaml").write_text("train: {epochz: 3}\n")
-    script = """
+    search = ROOT / "configs" / "search" / "cifar10_imbalanced_beta_gamma.yaml"
+    script = f"""
 import sys
 from tfimb import cli
 from tfimb.runtime import launch
 launched = []
 launch.run_local_workers = lambda argv, workers, log_dir: launched.append((argv, workers))
+launch.supervise = lambda commands, log_dir, **kw: launched.append(len(commands))
 codes = [cli.main(["train", "bad.yaml"]), cli.main(["flow", "train", "bad.yaml"]),
          cli.main(["train", "default", "--set", "model.name=vgg"]),
          cli.main(["train", "default", "--local-workers", "2"]),
-         cli.main(["flow", "train", "flow_default", "--local-workers", "2"])]
-print(codes, len(launched), "tensorflow" in sys.modules, "keras" in sys.modules)
+         cli.main(["flow", "train", "flow_default", "--local-workers", "2"]),
+         cli.main(["tune", {str(search)!r}, "--local-workers", "2", "--workdir", "s"])]
+print(codes, launched[-1], "tensorflow" in sys.modules, "keras" in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[-2] == "[2, 2, 2, 0, 0] 2 False False", result.stdout
+    # The search's launcher started a chief and 2 workers (stubbed: no trial, so exit 1).
+    assert result.stdout.split("\n")[-2] == "[2, 2, 2, 0, 0, 1] 3 False False", result.stdout
     assert "Unknown key `train.epochz`" in result.stderr and "model.name='vgg'" in result.stderr
+    assert "no trial completed" in result.stderr
+    assert (tmp_path / "s" / "search.yaml").is_file()  # Checked and written before launching.
 
 
 def test_runtime_errors_exit_1_quietly_and_debug_shows_the_traceback(tmp_path):

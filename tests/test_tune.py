@@ -63,10 +63,10 @@ def test_bad_search_configs_are_clear_errors(override, message):
 def test_a_search_needs_a_validation_split_and_buildable_losses():
     cfg, search = _smoke("data.validation_per_class=0")
     with pytest.raises(config.ConfigError, match="never on the test split"):
-        tune.validate(cfg, search)
+        trials.validate(cfg, search)
     cfg, search = _smoke("search.space.loss=[ldam]")
     with pytest.raises(config.ConfigError, match="search.space.loss 'ldam'.*model.head"):
-        tune.validate(cfg, search)
+        trials.validate(cfg, search)
     with pytest.raises(config.ConfigError, match="Missing section `search`"):
         config.resolve_search({"train": {"epochs": 2}})
 
@@ -108,7 +108,7 @@ def test_trial_summary_takes_the_best_epoch():
     assert metrics["val_all_accuracy"] == 0.5 and metrics["val_loss"] == 2.0
     assert metrics["epochs"] == 3 and metrics["seconds"] == 12.5
     assert tune._summarize(History(), "val_loss", "min", 1.0)["loss"] == 0.8
-    with pytest.raises(tune.SearchError, match="val_minority_accuracy"):
+    with pytest.raises(trials.SearchError, match="val_minority_accuracy"):
         tune._summarize(History(), "val_minority_accuracy", "max", 1.0)
 
 
@@ -161,8 +161,8 @@ def test_search_resumes_after_a_kill_extends_refuses_a_changed_config_and_trains
     for change, message in (("search.space.gamma=[1.0]", "config differs"),
                             ("search.max_trials=1", "extended, not shortened")):
         cfg, search = _smoke("search.space.beta=[0.9]", "search.max_trials=2", change)
-        with pytest.raises(tune.SearchError, match=message):
-            tune.check_workdir(workdir, cfg, search)
+        with pytest.raises(trials.SearchError, match=message):
+            trials.check_workdir(workdir, cfg, search)
 
     result = _run(_tune_command(workdir, "--set", "search.max_trials=3", "--final"), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -111,23 +111,28 @@ def _tune(args: argparse.Namespace) -> int:
         cfg, search = config_lib.resolve_search(raw, args.set)
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
-    _load_tensorflow(args)
-    from tfimb.experiments import distributed_search, report, tune
+    from tfimb.experiments import distributed_search, trials
 
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
     if args.local_workers is not None:
         best = distributed_search.run_local(args, workdir, cfg, search)
     else:
+        _load_tensorflow(args)
+        from tfimb.experiments import tune
+
         distributed_search.set_environment(args.chief, args.worker, args.worker_id)
         best = tune.run_search(cfg, search, workdir)
         if tune.is_worker():
             return 0
     if best is None:
-        raise tune.SearchError(f"no trial completed in {workdir}; see "
-                               f"{workdir / 'trials.csv'}.")
+        raise trials.SearchError(f"no trial completed in {workdir}; see "
+                                 f"{workdir / 'trials.csv'}.")
     print((workdir / "results.md").read_text())
     print(f"best config: {workdir / 'best.yaml'}")
     if args.final:
+        _load_tensorflow(args)
+        from tfimb.experiments import report, tune
+
         tune.final(workdir)
         print(report.table([report.load_run(workdir / "final")]))
     return 0
@@ -490,8 +495,9 @@ def _load_tensorflow(args: argparse.Namespace) -> None:
 
 # Commands that never import TensorFlow (loading it would only add start-up time), or load it
 # themselves once their config has been checked: a mistyped config or key is then refused in
-# a fraction of a second, and the `--local-workers` launcher of `train` and `flow train`, which
-# only starts and watches its workers, holds no TensorFlow runtime of its own beside theirs.
+# a fraction of a second, and the `--local-workers` launcher of `train`, `flow train` and `tune`,
+# which only starts and watches its workers, holds no TensorFlow runtime of its own beside
+# theirs (`tune --final` loads it after the search, to train the winner).
 _TENSORFLOW_LATER = (_losses, _report, _train, _flow_train, _tune)
 
 

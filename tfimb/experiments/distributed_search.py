@@ -19,7 +19,7 @@ from typing import Any
 from tfimb import _checks
 from tfimb._checks import PathLike
 from tfimb.config import ExperimentConfig, SearchConfig
-from tfimb.experiments import trials, tune
+from tfimb.experiments import trials
 from tfimb.runtime.launch import LaunchError, check_count, free_port, supervise
 
 
@@ -59,9 +59,9 @@ def run_local(args: argparse.Namespace, workdir: PathLike, cfg: ExperimentConfig
               search: SearchConfig) -> dict[str, Any] | None:
     """Start a chief and `args.local_workers` workers on 127.0.0.1; return the best trial."""
     workers = check_count(args.local_workers)
-    tune.validate(cfg, search)
+    trials.validate(cfg, search)
     workdir = pathlib.Path(workdir)
-    tune.check_workdir(workdir, cfg, search)  # Before the children, which only compare.
+    trials.check_workdir(workdir, cfg, search)  # Before the children, which only compare.
     address = f"127.0.0.1:{free_port()}"
     base = [sys.executable, "-m", "tfimb", "tune", str(args.config), "--workdir", str(workdir)]
     for text in args.set:

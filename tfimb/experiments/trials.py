@@ -1,4 +1,7 @@
-"""A search's trials: the training config each trial runs, and the reports a search writes.
+"""A search's checks, the training config each trial runs, and the reports a search writes.
+
+`validate` and `check_workdir` refuse a search that cannot run (a loss the model cannot train, no
+validation split, a changed config in a resumed work directory) before any data is read.
 
 `trial_config` turns a trial's loss, beta and gamma into the training config it trains
 (epochs per trial, learning-rate steps at the same fractions of training); `best_config` is the
@@ -16,12 +19,85 @@ import math
 import pathlib
 from typing import Any, Mapping
 
+import yaml
+
 from tfimb import config as config_lib
 from tfimb._checks import PathLike
 from tfimb.config import ExperimentConfig, SearchConfig
+from tfimb.errors import TfimbError
 from tfimb.runtime import rundir
 
 PROJECT = "tuner"  # keras-tuner's project folder in the work directory.
+SEARCH_CONFIG = "search.yaml"  # The resolved search config, compared on resume.
+
+
+class SearchError(TfimbError, RuntimeError):
+    """A search that cannot run as asked (a changed config on resume, no usable objective)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before a search starts (in the `--local-workers` launcher too, which loads no
+# TensorFlow).
+
+
+def validate(cfg: ExperimentConfig, search: SearchConfig) -> None:
+    """Errors a search would meet late, raised before any data is read."""
+    if cfg.data.validation_per_class < 1:
+        raise config_lib.ConfigError(
+            "Invalid value for key `data.validation_per_class`. Expected an integer >= 1 for a "
+            "search: trials are scored on a validation split carved from the training data, "
+            "never on the test split (e.g. --set data.validation_per_class=500). Received: "
+            f"data.validation_per_class={cfg.data.validation_per_class}")
+    check_space(cfg, search)
+
+
+def check_space(cfg: ExperimentConfig, search: SearchConfig) -> None:
+    """Every searched loss must make a valid training config (e.g. ldam needs model.head
+    cosine): fail before the first trial, naming the key, rather than in every trial."""
+    space = search.space
+    for name in space.loss:
+        spec: dict[str, Any] = {"name": name}
+        if name in config_lib.beta_losses([name]):
+            spec["beta"] = space.beta[0]
+        if name in config_lib.gamma_losses([name]):
+            spec["gamma"] = space.gamma[0]
+        try:
+            trial_config(cfg, search, spec)
+        except config_lib.ConfigError as error:
+            raise config_lib.ConfigError(f"search.space.loss {name!r}: {error}") from None
+
+
+def check_workdir(workdir: PathLike, cfg: ExperimentConfig, search: SearchConfig) -> bool:
+    """Write `search.yaml`, or check that a resumed search uses the same config; True when
+    resuming. Only `search.max_trials` may change, and only upward: keras-tuner keeps the
+    finished trials and runs new ones up to the new total (search.yaml records it)."""
+    workdir = pathlib.Path(workdir)
+    text = yaml.safe_dump({**cfg.to_dict(), "search": search.to_dict()}, sort_keys=False)
+    path = workdir / SEARCH_CONFIG
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write(path, text)
+        return False
+    if path.read_text() == text:
+        return True
+    try:
+        saved = yaml.safe_load(path.read_text())
+        saved_max = saved["search"]["max_trials"]
+        saved["search"]["max_trials"] = search.max_trials
+    except (yaml.YAMLError, TypeError, KeyError):
+        raise SearchError(f"{path} is not a search config tfimb wrote; pass another --workdir."
+                          ) from None
+    if saved != yaml.safe_load(text):
+        raise SearchError(f"The config differs from the one of the search in {workdir} "
+                          f"({path}). Run the same config and overrides to resume it (raising "
+                          "only search.max_trials extends it), or pass another --workdir.")
+    if search.max_trials < saved_max:
+        raise SearchError(
+            f"Invalid value for key `search.max_trials`. Expected >= {saved_max}, the search's "
+            f"in {workdir} ({path}): a search can be extended, not shortened. Received: "
+            f"search.max_trials={search.max_trials}")
+    rundir.atomic_write(path, text)  # Extended: the search now runs up to the new total.
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

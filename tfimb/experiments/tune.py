@@ -29,7 +29,8 @@ again; a larger `search.max_trials` extends a search, keeping its trials), `sear
 resolved config; any other change is refused), `trials.csv`,
 `results.md`, `best.yaml` (a runnable training config with the winner filled in, trained on the
 full training data) and, with `--final`, `final/`: the run of best.yaml, evaluated once on the
-test split. Trial configs and these reports: `tfimb.experiments.trials`.
+test split. The checks before a search, trial configs and these reports:
+`tfimb.experiments.trials`.
 """
 
 from __future__ import annotations
@@ -44,26 +45,19 @@ from typing import Any, Iterable, Literal, Sequence, cast
 import keras
 import keras_tuner
 import tensorflow as tf
-import yaml
 from keras_tuner.src.tuners import gridsearch
 
 from tfimb import config as config_lib
 from tfimb import data as data_lib
 from tfimb._checks import PathLike
 from tfimb.config import ExperimentConfig, SearchConfig
-from tfimb.errors import TfimbError
 from tfimb.experiments import classify, report, trials
-from tfimb.runtime import devices, rundir
+from tfimb.runtime import devices
 from tfimb.runtime import loop as loop_lib
 
 PROJECT = trials.PROJECT
-SEARCH_CONFIG = "search.yaml"
 ALGORITHM_CLASSES = {"grid": "GridSearch", "random": "RandomSearch",
                      "bayesian": "BayesianOptimization", "hyperband": "Hyperband"}
-
-
-class SearchError(TfimbError, RuntimeError):
-    """A search that cannot run as asked (a changed config on resume, no usable objective)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +140,8 @@ def _summarize(histories, objective, direction, seconds):
     """A trial's metrics: its best epoch's logs plus `epochs` trained and `seconds` taken."""
     history = (histories[0] if isinstance(histories, list) else histories).history
     if objective not in history:
-        raise SearchError(f"The objective {objective!r} is not among the logged metrics "
-                          f"{sorted(history)}.")
+        raise trials.SearchError(f"The objective {objective!r} is not among the logged "
+                                 f"metrics {sorted(history)}.")
     values = history[objective]
     pick = max if direction == "max" else min
     best = pick(range(len(values)), key=lambda i: values[i])
@@ -229,39 +223,6 @@ def is_worker() -> bool:
 # The search.
 
 
-def check_workdir(workdir: PathLike, cfg: ExperimentConfig, search: SearchConfig) -> bool:
-    """Write `search.yaml`, or check that a resumed search uses the same config; True when
-    resuming. Only `search.max_trials` may change, and only upward: keras-tuner keeps the
-    finished trials and runs new ones up to the new total (search.yaml records it)."""
-    workdir = pathlib.Path(workdir)
-    text = yaml.safe_dump({**cfg.to_dict(), "search": search.to_dict()}, sort_keys=False)
-    path = workdir / SEARCH_CONFIG
-    if not path.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write(path, text)
-        return False
-    if path.read_text() == text:
-        return True
-    try:
-        saved = yaml.safe_load(path.read_text())
-        saved_max = saved["search"]["max_trials"]
-        saved["search"]["max_trials"] = search.max_trials
-    except (yaml.YAMLError, TypeError, KeyError):
-        raise SearchError(f"{path} is not a search config tfimb wrote; pass another --workdir."
-                          ) from None
-    if saved != yaml.safe_load(text):
-        raise SearchError(f"The config differs from the one of the search in {workdir} "
-                          f"({path}). Run the same config and overrides to resume it (raising "
-                          "only search.max_trials extends it), or pass another --workdir.")
-    if search.max_trials < saved_max:
-        raise SearchError(
-            f"Invalid value for key `search.max_trials`. Expected >= {saved_max}, the search's "
-            f"in {workdir} ({path}): a search can be extended, not shortened. Received: "
-            f"search.max_trials={search.max_trials}")
-    rundir.atomic_write(path, text)  # Extended: the search now runs up to the new total.
-    return True
-
-
 def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
                verbose: int | Literal["auto"] = "auto") -> dict[str, Any] | None:
     """Run (or resume) the search; write the reports; return the best trial or None.
@@ -269,7 +230,7 @@ def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
     In a distributed search (KERASTUNER_* environment variables) the chief serves the oracle
     and writes the reports; workers only train trials and return None.
     """
-    validate(cfg, search)
+    trials.validate(cfg, search)
     workdir = pathlib.Path(workdir)
     devices.configure_devices(cfg.distribute)
 
@@ -278,7 +239,7 @@ def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
         dataset = data_lib.load(cfg.data, cfg.imbalance)
         minority = classify.minority_classes(cfg, dataset.counts)
         _check_objective(search, minority)
-        check_workdir(workdir, cfg, search)
+        trials.check_workdir(workdir, cfg, search)
         strategy = devices.make_strategy(cfg.distribute)
         distributed = strategy.num_replicas_in_sync > 1
         tuner = make_tuner(cfg, search, dataset, minority, workdir,
@@ -292,33 +253,6 @@ def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
     if is_worker():
         return None
     return trials.write_reports(workdir, cfg, search)
-
-
-def validate(cfg: ExperimentConfig, search: SearchConfig) -> None:
-    """Errors a search would meet late, raised before any data is read."""
-    if cfg.data.validation_per_class < 1:
-        raise config_lib.ConfigError(
-            "Invalid value for key `data.validation_per_class`. Expected an integer >= 1 for a "
-            "search: trials are scored on a validation split carved from the training data, "
-            "never on the test split (e.g. --set data.validation_per_class=500). Received: "
-            f"data.validation_per_class={cfg.data.validation_per_class}")
-    check_space(cfg, search)
-
-
-def check_space(cfg: ExperimentConfig, search: SearchConfig) -> None:
-    """Every searched loss must make a valid training config (e.g. ldam needs model.head
-    cosine): fail before the first trial, naming the key, rather than in every trial."""
-    space = search.space
-    for name in space.loss:
-        spec: dict[str, Any] = {"name": name}
-        if name in config_lib.beta_losses([name]):
-            spec["beta"] = space.beta[0]
-        if name in config_lib.gamma_losses([name]):
-            spec["gamma"] = space.gamma[0]
-        try:
-            trials.trial_config(cfg, search, spec)
-        except config_lib.ConfigError as error:
-            raise config_lib.ConfigError(f"search.space.loss {name!r}: {error}") from None
 
 
 def _check_objective(search, minority):
@@ -336,7 +270,8 @@ def final(workdir: PathLike, verbose: int | Literal["auto"] = "auto") -> dict[st
     workdir = pathlib.Path(workdir)
     path = workdir / "best.yaml"
     if not path.exists():
-        raise SearchError(f"No completed trial in {workdir}: nothing to retrain (no best.yaml).")
+        raise trials.SearchError(f"No completed trial in {workdir}: nothing to retrain (no "
+                                 "best.yaml).")
     winner = config_lib.load(path)
     run_dir = workdir / "final"
     if (run_dir / classify.RESULTS).exists():
