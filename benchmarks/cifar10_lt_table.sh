@@ -16,23 +16,23 @@
 #       replace them there.
 #   benchmarks/cifar10_lt_table.sh ROW...        first restores runs/cifar10_lt/<row> from that
 #       folder when the run directory is missing, then trains with --resume.
-#   benchmarks/cifar10_lt_table.sh --from DIR ROW...   restores from DIR/<row> instead: a row
-#       resumes in a worktree of the commit that started it, whose own tree holds an older
-#       state (or none), from the state committed since (DIR: main's
-#       benchmarks/results/cifar10_lt).
+#   benchmarks/cifar10_lt_table.sh --from DIR [save] ROW...   uses DIR instead of
+#       benchmarks/results/cifar10_lt, for restoring and saving alike: a row resumes in a
+#       worktree of the commit that started it, whose own tree holds an older state (or none),
+#       from the state committed since, and saves back there (DIR: main's
+#       benchmarks/results/cifar10_lt, where the state is committed).
 # Finally `tfimb report` prints the table of the finished rows (plots in runs/cifar10_lt/report).
 set -euo pipefail
-from=  # --from DIR, resolved before the cd below (a relative DIR is the caller's).
+kept=  # --from DIR, resolved before the cd below (a relative DIR is the caller's).
 if [ "${1:-}" = --from ]; then
   [ -d "${2:-}" ] || { echo "Invalid value for argument \`--from\`. Expected a folder of saved" \
     "rows (benchmarks/results/cifar10_lt). Received: --from=${2:-}" >&2; exit 2; }
-  from=$(cd "$2" && pwd)
+  kept=$(cd "$2" && pwd)
   shift 2
 fi
 cd "$(dirname "$0")/.."
 runs=runs/cifar10_lt
-kept=benchmarks/results/cifar10_lt
-from=${from:-$kept}
+kept=${kept:-benchmarks/results/cifar10_lt}  # The saved rows: restored from, saved into.
 
 save() {  # save ROW: the run's resumable state (or its final files) into $kept/ROW.
   local row=$1 dir="$runs/$1" out="$kept/$1"
@@ -56,8 +56,8 @@ save() {  # save ROW: the run's resumable state (or its final files) into $kept/
   echo "$row: saved at $(($(wc -l < "$dir/history.csv" 2>/dev/null || echo 1) - 1)) epochs"
 }
 
-restore() {  # restore ROW: an unfinished run from $from/ROW when runs/ has none.
-  local dir="$runs/$1" out="$from/$1"
+restore() {  # restore ROW: an unfinished run from $kept/ROW when runs/ has none.
+  local dir="$runs/$1" out="$kept/$1"
   if [ ! -e "$dir" ] && [ -f "$out/config.yaml" ] && [ ! -f "$out/results.json" ]; then
     mkdir -p "$dir"
     cp -r "$out/." "$dir/"
