@@ -59,16 +59,19 @@ codes = [cli.main(["train", "bad.yaml"]), cli.main(["flow", "train", "bad.yaml"]
          cli.main(["train", "default", "--set", "model.name=vgg"]),
          cli.main(["train", "default", "--local-workers", "2"]),
          cli.main(["flow", "train", "flow_default", "--local-workers", "2"]),
-         cli.main(["tune", {str(search)!r}, "--local-workers", "2", "--workdir", "s"])]
+         cli.main(["tune", {str(search)!r}, "--local-workers", "2", "--workdir", "s"]),
+         cli.main(["tune", {str(search)!r}, "--chief", "no-port"])]
 print(codes, launched[-1], "tensorflow" in sys.modules, "keras" in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    # The search's launcher started a chief and 2 workers (stubbed: no trial, so exit 1).
-    assert result.stdout.split("\n")[-2] == "[2, 2, 2, 0, 0, 1] 3 False False", result.stdout
+    # The search's launcher started a chief and 2 workers (stubbed: no trial, so exit 1); a bad
+    # --chief address is refused before TensorFlow loads.
+    assert result.stdout.split("\n")[-2] == "[2, 2, 2, 0, 0, 1, 1] 3 False False", result.stdout
     assert "Unknown key `train.epochz`" in result.stderr and "model.name='vgg'" in result.stderr
     assert "no trial completed" in result.stderr
+    assert "Invalid value for argument `--chief`" in result.stderr
     assert (tmp_path / "s" / "search.yaml").is_file()  # Checked and written before launching.
 
 

@@ -117,10 +117,10 @@ def _tune(args: argparse.Namespace) -> int:
     if args.local_workers is not None:
         best = distributed_search.run_local(args, workdir, cfg, search)
     else:
+        distributed_search.set_environment(args.chief, args.worker, args.worker_id)
         _load_tensorflow(args)
         from tfimb.experiments import tune
 
-        distributed_search.set_environment(args.chief, args.worker, args.worker_id)
         best = tune.run_search(cfg, search, workdir)
         if tune.is_worker():
             return 0
