@@ -1,4 +1,4 @@
-"""tfimb.experiments.report: every run of a full table gets a line no other run has."""
+"""tfimb.experiments.report: every run of a full table gets a line and a label no other run has."""
 
 import pytest
 
@@ -66,3 +66,24 @@ def test_a_folder_of_runs_reports_every_run_inside_and_names_the_unfinished(tmp_
                                            "runs")):
         assert cli.main(["report", str(path), "--output", str(tmp_path / "o")]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_runs_sharing_a_label_are_told_apart_by_their_folders(tmp_path):
+    import json
+
+    results = {"accuracy": {"majority": 0.9, "minority": 0.5, "all": 0.8},
+               "config": {"loss": {"name": "softmax_cross_entropy"}, "imbalance": {}}}
+    runs = []
+    for name in ("ce_r100", "ce_r100_seed1", "focal_r100"):
+        (tmp_path / name).mkdir()
+        if name == "focal_r100":
+            results["config"]["loss"] = {"name": "focal", "gamma": 1.0}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+        runs.append(report.load_run(tmp_path / name))
+    assert report.labels(runs) == ["imbalanced, CE (ce_r100)", "imbalanced, CE (ce_r100_seed1)",
+                                   "focal gamma=1.0"]
+    lines = report.table(runs).splitlines()
+    assert lines[2].startswith("| imbalanced, CE (ce_r100) | 90.00 |")
+    assert lines[3].startswith("| imbalanced, CE (ce_r100_seed1) | 90.00 |")
+    # One run keeps its plain label.
+    assert report.labels(runs[1:]) == ["imbalanced, CE", "focal gamma=1.0"]

@@ -86,6 +86,16 @@ def describe(config: Mapping[str, Any]) -> str:
     return f"{data}, {label}" if name == "softmax_cross_entropy" else label
 
 
+def labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each run's row label (`describe`, or the folder's name for a run without results); runs
+    that would share a label, such as two seeds of one config, get their folder's name after it
+    so that no two rows or curves read alike."""
+    names = [describe(run["results"]["config"]) if "results" in run else run["dir"].name
+             for run in runs]
+    return [f"{name} ({run['dir'].name})" if names.count(name) > 1 and "results" in run
+            else name for name, run in zip(names, runs)]
+
+
 def table(runs: Sequence[Mapping[str, Any]]) -> str:
     """The three-group accuracy table (percent) as Markdown lines: the final epoch's test
     accuracies and, when any run recorded it, the best evaluated epoch's all-class accuracy
@@ -97,14 +107,14 @@ def table(runs: Sequence[Mapping[str, Any]]) -> str:
         header += " best all (epoch) |"
         rule += " ---: |"
     lines = [header, rule]
-    for run in runs:
+    for run, label in zip(runs, labels(runs)):
         acc = run["results"]["accuracy"]
         cells = ["" if acc.get(k) is None else f"{100 * acc[k]:.2f}"
                  for k in ("majority", "minority", "all")]
         if with_best:
             best = run["results"].get("best_evaluated_epoch")
             cells.append(f"{100 * best['accuracy']['all']:.2f} ({best['epoch']})" if best else "")
-        lines.append(f"| {describe(run['results']['config'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -139,10 +149,9 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: PathLike) -> None:
     legend_height = 0.22 * -(-len(runs) // legend_columns)  # Inches: a row per 3 runs.
     height = 4.2 + legend_height
     fig, axes = plt.subplots(1, 3, figsize=(15, height))
-    for run, style in zip(runs, _line_styles(len(runs))):
+    for run, style, label in zip(runs, _line_styles(len(runs)), labels(runs)):
         history = run["history"]
         epochs = history["epoch"] + 1
-        label = describe(run["results"]["config"]) if "results" in run else run["dir"].name
         axes[0].plot(epochs, history["loss"], label=label, **style)
         for ax, key in ((axes[1], "val_all_accuracy"), (axes[2], "val_minority_accuracy")):
             if key in history:  # Only evaluated epochs (evaluation.interval may skip some).
@@ -154,9 +163,9 @@ def plot_curves(runs: Sequence[Mapping[str, Any]], path: PathLike) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_yscale("log")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, legend_labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=legend_columns, fontsize=8,
+        fig.legend(handles, legend_labels, loc="lower center", ncol=legend_columns, fontsize=8,
                    frameon=False)
     fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     fig.savefig(path, dpi=110)
