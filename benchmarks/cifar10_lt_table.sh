@@ -22,17 +22,31 @@
 #       from the state committed since, and saves back there (DIR: main's
 #       benchmarks/results/cifar10_lt, where the state is committed).
 # Finally `tfimb report` prints the table of the finished rows (plots in runs/cifar10_lt/report).
+# A finished row keeps its model.keras beside its results (a model to start from).
+#
+# `--table NAME --precision P [--set KEY=VALUE]...` (first) runs another folder of configs,
+# configs/NAME/, into runs/NAME and benchmarks/results/NAME at mixed_precision P, with the keys
+# set (benchmarks/cifar10_imbalanced_table.sh passes cifar10_imbalanced, auto and a checkpoint
+# every 70 steps).
 set -euo pipefail
+table=cifar10_lt precision=float32 extra=()
+if [ "${1:-}" = --table ]; then
+  [ "${3:-}" = --precision ] && [ -n "${4:-}" ] || { echo "Invalid arguments. Expected" \
+    "--table NAME --precision P. Received: $*" >&2; exit 2; }
+  table=$2 precision=$4
+  shift 4
+  while [ "${1:-}" = --set ]; do extra+=(--set "$2"); shift 2; done
+fi
 kept=  # --from DIR, resolved before the cd below (a relative DIR is the caller's).
 if [ "${1:-}" = --from ]; then
   [ -d "${2:-}" ] || { echo "Invalid value for argument \`--from\`. Expected a folder of saved" \
-    "rows (benchmarks/results/cifar10_lt). Received: --from=${2:-}" >&2; exit 2; }
+    "rows (benchmarks/results/$table). Received: --from=${2:-}" >&2; exit 2; }
   kept=$(cd "$2" && pwd)
   shift 2
 fi
 cd "$(dirname "$0")/.."
-runs=runs/cifar10_lt
-kept=${kept:-benchmarks/results/cifar10_lt}  # The saved rows: restored from, saved into.
+runs=runs/$table
+kept=${kept:-benchmarks/results/$table}  # The saved rows: restored from, saved into.
 
 save() {  # save ROW: the run's resumable state (or its final files) into $kept/ROW.
   local row=$1 dir="$runs/$1" out="$kept/$1"
@@ -43,6 +57,7 @@ save() {  # save ROW: the run's resumable state (or its final files) into $kept/
   [ -f "$dir/history.csv" ] && cp "$dir/history.csv" "$out/"
   if [ -f "$dir/results.json" ]; then
     cp "$dir/results.json" "$out/"
+    [ -f "$dir/model.keras" ] && cp "$dir/model.keras" "$out/"
     echo "$row: finished"
     return
   fi
@@ -79,12 +94,13 @@ for row in "$@"; do
   resume=()
   [ -f "$dir/config.yaml" ] && resume=(--resume)
   config=$row seed=()
-  if [[ ! -f "configs/cifar10_lt/$row.yaml" && $row =~ ^(.+)_seed(0|[1-9][0-9]*)$ ]]; then
+  if [[ ! -f "configs/$table/$row.yaml" && $row =~ ^(.+)_seed(0|[1-9][0-9]*)$ ]]; then
     config=${BASH_REMATCH[1]}
     seed=(--set "train.seed=${BASH_REMATCH[2]}" --set "data.seed=${BASH_REMATCH[2]}")
   fi
-  tfimb train "configs/cifar10_lt/$config.yaml" --workdir "$dir" "${resume[@]}" "${seed[@]}" \
-    --set data.source=folder --set "data.dir=$TFIMB_DATA_DIR" --set mixed_precision=float32
+  tfimb train "configs/$table/$config.yaml" --workdir "$dir" "${resume[@]}" "${seed[@]}" \
+    --set data.source=folder --set "data.dir=$TFIMB_DATA_DIR" --set "mixed_precision=$precision" \
+    "${extra[@]}"
   save "$row"
 done
 finished=($(ls -d "$kept"/*/results.json 2>/dev/null | xargs -r -n1 dirname))

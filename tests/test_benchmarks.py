@@ -19,6 +19,7 @@ if [ "$1" = train ]; then
   mkdir -p "$dir"
   echo config > "$dir/config.yaml"; echo counts > "$dir/counts.json"
   echo history > "$dir/history.csv"; echo results > "$dir/results.json"
+  echo model > "$dir/model.keras"
 fi
 """
 
@@ -28,7 +29,8 @@ def worktree(tmp_path):
     """A checkout holding only the script, a `tfimb` stand-in, and main's folder of saved rows."""
     tree = tmp_path / "worktree"
     (tree / "benchmarks").mkdir(parents=True)
-    shutil.copy(ROOT / "benchmarks" / "cifar10_lt_table.sh", tree / "benchmarks")
+    for script in ("cifar10_lt_table.sh", "cifar10_imbalanced_table.sh"):
+        shutil.copy(ROOT / "benchmarks" / script, tree / "benchmarks")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "tfimb").write_text(FAKE_TFIMB)
@@ -37,10 +39,10 @@ def worktree(tmp_path):
     return tree
 
 
-def _table(tree, *args):
+def _table(tree, *args, script="cifar10_lt_table.sh"):
     env = dict(os.environ, PATH=f"{tree.parent / 'bin'}:{os.environ['PATH']}",
                TFIMB_DATA_DIR="/data/cifar10", TFIMB_CALLS=str(tree.parent / "calls.txt"))
-    return subprocess.run(["bash", str(tree / "benchmarks" / "cifar10_lt_table.sh"), *args],
+    return subprocess.run(["bash", str(tree / "benchmarks" / script), *args],
                           capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -80,6 +82,7 @@ def test_save_and_restore_go_through_the_from_folder(worktree):
     assert "mixed_precision=float32" in train
     # Finished: its results replace the checkpoint in main's folder, and the table is drawn.
     assert (kept / "results.json").read_text() == "results\n"
+    assert (kept / "model.keras").read_text() == "model\n"  # The model to start from.
     assert not (kept / "checkpoints").exists()
     assert _calls(worktree)[1].startswith(f"report {kept}")
 
@@ -104,3 +107,19 @@ def test_a_missing_from_folder_is_one_line_naming_the_argument(worktree):
     assert result.stderr.count("\n") == 1
     assert "Invalid value for argument `--from`" in result.stderr
     assert "nowhere" in result.stderr
+
+
+def test_the_imbalanced_table_trains_its_own_configs_at_auto_precision(worktree):
+    main = worktree.parent / "main"
+    result = _table(worktree, "--from", str(main), "imbalanced_ce",
+                    script="cifar10_imbalanced_table.sh")
+    assert result.returncode == 0, result.stderr
+    train = _calls(worktree)[0].split()
+    assert train[:4] == ["train", "configs/cifar10_imbalanced/imbalanced_ce.yaml", "--workdir",
+                         "runs/cifar10_imbalanced/imbalanced_ce"]
+    assert "mixed_precision=auto" in train and "train.checkpoint_every=70" in train
+    assert "data.dir=/data/cifar10" in train and "--resume" not in train
+    kept = main / "imbalanced_ce"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "config.yaml", "counts.json", "history.csv", "model.keras", "results.json"]
+    assert _calls(worktree)[1].startswith(f"report {kept}")
