@@ -43,7 +43,9 @@ import tfimb.experiments.tune
 import tfimb.platform_info
 import tfimb.runtime.devices
 import tfimb.runtime.launch
+import tfimb.config.files
 import tfimb.runtime.loop
+import tfimb.runtime.preemption
 import tfimb.runtime.rundir
 import tfimb.runtime.run
 import tfimb.weights
@@ -53,7 +55,8 @@ MODULES = (tfimb.losses, tfimb.metrics, tfimb.weights, tfimb.models, tfimb.model
            tfimb.models.resnet, tfimb.experiments.report, tfimb.experiments.export,
            tfimb.flows.bijectors, tfimb.flows.realnvp, tfimb.flows.preprocessing,
            tfimb.flows.two_moons, tfimb.config, tfimb.config.engine, tfimb.config.common,
-           tfimb.config.classify, tfimb.config.flow, tfimb.config.search, tfimb.runtime.devices,
+           tfimb.config.classify, tfimb.config.flow, tfimb.config.search, tfimb.config.files,
+           tfimb.runtime.devices, tfimb.runtime.preemption,
            tfimb.runtime.rundir, tfimb.runtime.loop, tfimb.runtime.launch, tfimb.runtime.run,
            tfimb.data, tfimb.data.splits, tfimb.data.sources, tfimb.data.imbalance,
            tfimb.data.pipeline, tfimb.fused_batch_norm, tfimb.platform_info, tfimb.catalog,

@@ -15,6 +15,7 @@ import numpy as np
 
 import tfimb
 from tfimb import catalog, errors
+from tfimb.runtime import rundir
 
 # For type checkers only: at run time the command line imports TensorFlow, Keras, the config
 # package and the experiments only when a subcommand needs them.
@@ -65,12 +66,15 @@ def resolve_config_path(name: str) -> pathlib.Path:
 
 
 def _load_yaml_config(name: str) -> tuple[pathlib.Path, Any]:
+    """The config file's path and YAML (`config.files.read`: UTF-8 or UTF-16 with a BOM, each
+    key once per mapping); an unreadable file is one line, not a traceback."""
     import yaml
+
+    from tfimb.config import files
 
     path = resolve_config_path(name)
     try:
-        with open(path) as f:
-            return path, yaml.safe_load(f) or {}
+        return path, files.read(path) or {}
     except yaml.YAMLError as error:  # Syntax, or a tag the safe loader refuses (!!python/...).
         problem = " ".join(str(error).split())
         raise errors.UsageError(f"{path}: not a YAML config the safe loader reads ({problem}); "
@@ -87,6 +91,8 @@ def _train(args: argparse.Namespace) -> int:
                 for name, cfg in config_lib.resolve_variants(raw, args.set)]
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
+    for _, run_dir in jobs:  # One writer per run directory: refused before TensorFlow loads.
+        rundir.RunLock(run_dir).check_free()
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
     _load_tensorflow(args)
@@ -114,6 +120,8 @@ def _tune(args: argparse.Namespace) -> int:
     from tfimb.experiments import distributed_search, trials
 
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "search" / path.stem)
+    if not args.worker:
+        rundir.RunLock(workdir).check_free()
     if args.local_workers is not None:
         best = distributed_search.run_local(args, workdir, cfg, search)
     else:
@@ -147,6 +155,7 @@ def _flow_train(args: argparse.Namespace) -> int:
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
+    rundir.RunLock(workdir).check_free()
     if args.local_workers is not None:
         return _launch_local_workers(args, ["flow", "train"], workdir)
     _load_tensorflow(args)
@@ -501,24 +510,96 @@ def _load_tensorflow(args: argparse.Namespace) -> None:
 _TENSORFLOW_LATER = (_losses, _report, _train, _flow_train, _tune)
 
 
+def _workdir(args: argparse.Namespace) -> pathlib.Path | None:
+    """The directory a training or search command writes (its default if not given)."""
+    defaults = {_train: "runs", _flow_train: "runs/flows", _tune: "runs/search"}
+    if args.handler not in defaults:
+        return None
+    stem = pathlib.Path(args.config).stem
+    return pathlib.Path(args.workdir or pathlib.Path(defaults[args.handler]) / stem)
+
+
+def _continue_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """What continues an interrupted command: the same command (with --resume for a training
+    run whose directory holds an unfinished run), or a note that nothing was started."""
+    import shlex
+
+    command = "tfimb " + shlex.join(argv)
+    workdir = _workdir(args)
+    if args.handler not in (_train, _flow_train) or workdir is None:
+        return f"Continue with: {command}"
+    configs = [workdir / "config.yaml", *workdir.glob("*/config.yaml")]
+    unfinished = [c for c in configs if c.is_file() and not (c.parent / rundir.RESULTS).exists()]
+    if not unfinished:
+        return f"No unfinished run in {workdir}; run {command} to start."
+    resume = "" if args.resume or args.local_workers else " --resume"
+    return f"Continue with: {command}{resume}"
+
+
+def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace,
+                 argv: Sequence[str]) -> int:
+    """Ctrl-C or SIGTERM, in training (a checkpoint saved) or at any other moment: one line."""
+    from tfimb.runtime import preemption
+
+    if isinstance(interrupt, preemption.Preempted):
+        what = str(interrupt)
+    else:
+        name = getattr(interrupt, "signum", None)
+        what = ("stopped by " + (preemption.NAMES.get(name, "SIGINT (Ctrl-C)") if name
+                                 else "SIGINT (Ctrl-C)") +
+                "; every file written so far is complete (the last checkpoint stays)")
+    print(f"tfimb: {what}. {_continue_hint(args, argv)}", file=sys.stderr, flush=True)
+    return preemption.exit_status(interrupt)
+
+
+def _write_failure(error: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a write that failed on a full disk or a missing permission, else None:
+    the file when the error names it, else the run (or export) directory."""
+    cause = rundir.write_failure(error)
+    if cause is None:
+        return None
+    where = getattr(error, "filename", None) or _workdir(args) or getattr(args, "output_dir",
+                                                                          None)
+    where = f" {where}" if where else ""
+    if not getattr(error, "filename", None) and where:
+        where = f" in{where}"
+    return (f"cannot write{where}: {cause}. Free space (or fix the permission) and run the "
+            "command again; an interrupted run continues with --resume from its last complete "
+            "checkpoint.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
     debug = args.debug = args.debug or os.environ.get("TFIMB_DEBUG", "") not in ("", "0")
-    try:
-        if not debug and args.handler not in _TENSORFLOW_LATER:
-            _load_tensorflow_quietly()
-        return args.handler(args)
-    except (errors.TfimbError, FloatingPointError) as error:
-        # Anticipated: one line naming what and where. Unanticipated errors keep their
-        # traceback.
-        if debug:
-            raise
-        print(f"tfimb: {error}", file=sys.stderr)
-        return getattr(error, "exit_code", 1)
+    from tfimb.runtime import preemption
+
+    with preemption.installed():
+        try:
+            if not debug and args.handler not in _TENSORFLOW_LATER:
+                _load_tensorflow_quietly()
+            return args.handler(args)
+        except (errors.TfimbError, FloatingPointError) as error:
+            # Anticipated: one line naming what and where. Unanticipated errors keep their
+            # traceback.
+            if debug:
+                raise
+            print(f"tfimb: {error}", file=sys.stderr)
+            return getattr(error, "exit_code", 1)
+        except KeyboardInterrupt as interrupt:
+            if debug:
+                raise
+            return _interrupted(interrupt, args, argv)
+        except Exception as error:  # A full disk or a missing permission, wherever it struck.
+            line = None if debug else _write_failure(error, args)
+            if line is None:
+                raise
+            print(f"tfimb: {line}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

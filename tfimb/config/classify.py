@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from tfimb import _checks, catalog
 from tfimb._checks import PathLike
-from tfimb.config import engine
+from tfimb.config import engine, files
 from tfimb.config.engine import ConfigError
 from tfimb.config.common import DataConfig, DistributeConfig
 
@@ -309,13 +309,11 @@ def from_dict(raw: Any) -> ExperimentConfig:
 
 
 def load(path: PathLike | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (safe loader), apply `--set` overrides, validate."""
-    import yaml
-
+    """Read a YAML config (`files.read`: UTF-8 or UTF-16 with a BOM, safe loader, each key once
+    per mapping), apply `--set` overrides, validate."""
     raw: Any = {}
     if path is not None:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = files.read(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"Invalid config file {path}: expected a mapping of "
                                      "sections.")

@@ -23,6 +23,7 @@ import yaml
 
 from tfimb.errors import UsageError
 
+
 class ConfigError(UsageError, ValueError):
     """A config that cannot be used, with the offending key and what is valid."""
 
@@ -124,6 +125,66 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# YAML with each key once per mapping.
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(ConfigError):
+    """A key written twice in one mapping. PyYAML keeps the last one silently, so a `loss:`
+    written again at the bottom of a config would train a loss nobody reads at the top."""
+
+    def __init__(self, key: str, first: Any, second: Any) -> None:
+        self.key, self.lines = key, (first.line + 1, second.line + 1)
+        where = (f"lines {first.line + 1} and {second.line + 1}" if first.line != second.line
+                 else f"line {first.line + 1}, columns {first.column + 1} and "
+                      f"{second.column + 1}")
+        super().__init__(f"duplicate key `{key}` at {where}; a key may appear once per mapping "
+                         "(the last would silently win).")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader (the same tags, the same refusals) refusing a key twice in a mapping.
+    The node tree is checked before anything is constructed, so the dotted path is known and
+    a merge key's keys (`<<: *base`) may still be overridden once."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # An alias: checked where its anchor is.
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_keys(item, f"{path}[{i}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            marks: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                full = f"{path}.{name}" if path else name
+                self._check_key(key_node, full, marks)
+                self._check_keys(value_node, full, seen)
+
+    def _check_key(self, key_node: yaml.Node, full: str, marks: dict[Any, Any]) -> None:
+        """Keys compare as the values they construct to (`1` and `0x1`, `"a"` and `a` are
+        one key to PyYAML too); complex keys (`? [a, b]`) are left to PyYAML."""
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            return
+        key = self.construct_object(key_node)
+        if key in marks:
+            raise DuplicateKeyError(full, marks[key], key_node.start_mark)
+        marks[key] = key_node.start_mark
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, read with the safe loader and refusing duplicate keys
+    (`DuplicateKeyError`); YAML syntax errors and refused tags raise `yaml.YAMLError`."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+# ---------------------------------------------------------------------------------------------
 # Merging, overrides, variants.
 
 
@@ -134,11 +195,15 @@ def parse_override(text: str) -> dict:
                           f"e.g. train.epochs=10. Received: {text!r}")
     key, value = text.split("=", 1)
     try:
-        nested = yaml.safe_load(value)
+        nested = load_yaml(value)
     except yaml.YAMLError:
         raise ConfigError(f"Invalid value for `--set {key.strip()}`. Expected a YAML value "
                           f"(a number, a string, a [list] or a {{mapping}}). Received: "
                           f"{value!r}") from None
+    except DuplicateKeyError as error:
+        raise ConfigError(f"Invalid value for `--set {key.strip()}`. Expected a YAML value "
+                          f"with each key once per mapping (the last would silently win). "
+                          f"Received: {value!r}, with `{error.key}` twice.") from None
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     return nested

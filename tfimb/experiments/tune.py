@@ -52,7 +52,7 @@ from tfimb import data as data_lib
 from tfimb._checks import PathLike
 from tfimb.config import ExperimentConfig, SearchConfig
 from tfimb.experiments import classify, report, trials
-from tfimb.runtime import devices
+from tfimb.runtime import devices, rundir
 from tfimb.runtime import loop as loop_lib
 
 PROJECT = trials.PROJECT
@@ -233,6 +233,8 @@ def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
     trials.validate(cfg, search)
     workdir = pathlib.Path(workdir)
     devices.configure_devices(cfg.distribute)
+    # One search per directory: the chief holds its lock (the OS releases it with the process).
+    lock = None if is_worker() else rundir.RunLock(workdir).acquire()
 
     keras.mixed_precision.set_global_policy(devices.resolve_precision(cfg.mixed_precision))
     try:
@@ -248,11 +250,13 @@ def run_search(cfg: ExperimentConfig, search: SearchConfig, workdir: PathLike,
             verbose = 1 if os.isatty(1) else 2
         # The hypermodel builds each epoch's data itself (tfimb train's per-epoch order).
         tuner.search(epochs=trials.trial_epochs(cfg, search), verbose=verbose)
+        if is_worker():
+            return None
+        return trials.write_reports(workdir, cfg, search)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    if is_worker():
-        return None
-    return trials.write_reports(workdir, cfg, search)
+        if lock is not None:
+            lock.release()
 
 
 def _check_objective(search, minority):

@@ -20,7 +20,13 @@ Fault tolerance:
   `epoch_seconds`, the epoch's wall time with evaluation) before that epoch's checkpoint; on restore, rows of epochs after the checkpoint are dropped (those epochs train
   again), so the history always matches the weights. The epoch order of the data is a function
   of (seed, epoch), so a resumed epoch sees the same batches; a mid-epoch restore skips the
-  batches already trained (the epoch's training metrics then cover the steps after it).
+  batches already trained; a mid-epoch checkpoint also holds the training metrics' running
+  state, so the epoch's history row is the one an uninterrupted run writes.
+* Preemption (`tfimb.runtime.preemption`): on SIGTERM or SIGINT the loop checkpoints the
+  current step after the step (or evaluation) under way and raises `Preempted`; under several
+  workers TensorFlow's `PreemptionCheckpointHandler` picks the step.
+* A checkpoint that cannot be written (a full disk, no permission) raises `CheckpointError`
+  naming it and the cause, after deleting its partial files: the previous one stays the newest.
 """
 
 from __future__ import annotations
@@ -40,14 +46,14 @@ import tensorflow as tf
 
 from tfimb._checks import PathLike
 from tfimb.errors import TfimbError
-from tfimb.runtime import rundir
+from tfimb.runtime import preemption, rundir
 
 CHECKPOINTS = "checkpoints"
 HISTORY = "history.csv"
 
 
 class CheckpointError(TfimbError, RuntimeError):
-    """No checkpoint of a run directory could be restored."""
+    """No checkpoint of a run directory could be restored, or one could not be written."""
 
 
 def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
@@ -109,6 +115,20 @@ def _floats(values):
     return {k: float(v) for k, v in values.items()}
 
 
+def _metric_variables(model: keras.Model) -> dict[str, Any]:
+    """The training metrics' state variables by path (`loss/total`, ...)."""
+    return {variable.path: variable for variable in model.metrics_variables}
+
+
+def _zeros_like(data: Any) -> Any:
+    """A batch of one example of zeros shaped as `data`'s elements (for building metrics)."""
+    if isinstance(data, PerWorkerData):
+        data = data.make(tf.distribute.InputContext(), 0)
+    return tf.nest.map_structure(
+        lambda spec: tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype),
+        data.element_spec)
+
+
 class TrainingLoop:
     """Trains a compiled Keras model under `strategy` with checkpoints in `run_dir`.
 
@@ -134,6 +154,10 @@ class TrainingLoop:
         self.directory = self.run_dir / CHECKPOINTS
         self.keep = keep
         self.train_seconds, self.train_images = 0.0, 0
+        self._restored: str | None = None  # The checkpoint `restore` read.
+        self._handler: Any = None  # PreemptionCheckpointHandler (several workers), in fit.
+        self._stop = preemption.StopRequests()  # The signals received, in fit.
+        self._position, self.steps_per_epoch = (0, 0), 0
         self._train_function: Callable[..., Any] | None = None
         self._test_function: Callable[..., Any] | None = None
 
@@ -146,6 +170,7 @@ class TrainingLoop:
         for i, path in enumerate(paths):
             try:
                 self.checkpoint.read(path).assert_existing_objects_matched()
+                self._restored = path
             except Exception as error:  # Unreadable in any way (truncated, garbled, stale).
                 text = str(error).strip()
                 reasons.append(text.splitlines()[0][:300] if text else type(error).__name__)
@@ -161,23 +186,59 @@ class TrainingLoop:
                 "from epoch 0.")
         return 0, 0
 
-    def save(self, epoch: int, step: int) -> None:
-        """Checkpoint (epoch, step): the chief keeps it as ckpt-N, N one past the newest on disk
-        (so numbers keep increasing after a fallback restore), and prunes to the newest `keep`;
-        other workers write to a temporary folder and delete it."""
+    def save(self, epoch: int, step: int) -> str:
+        """Checkpoint (epoch, step) and return its path: the chief keeps it as ckpt-N, N one
+        past the newest on disk (so numbers keep increasing after a fallback restore), and
+        prunes to the newest `keep` once it is complete; other workers write to a temporary
+        folder and delete it. Mid-epoch (step > 0) it holds the training metrics' state too."""
         self.epoch.assign(epoch)
         self.step.assign(step)
-        if self.is_chief:
-            paths = checkpoint_paths(self.directory)
-            number = int(paths[0].rsplit("-", 1)[1]) + 1 if paths else 1
-            self.checkpoint.write(str(self.directory / f"ckpt-{number}"))
-            for old in paths[self.keep - 1:]:
-                for path in pathlib.Path(old).parent.glob(pathlib.Path(old).name + ".*"):
-                    path.unlink(missing_ok=True)
-        else:
+        checkpoint = self.checkpoint
+        if step:
+            checkpoint = tf.train.Checkpoint(
+                model=self.model, optimizer=self.model.optimizer, epoch=self.epoch,
+                step=self.step, metrics=_metric_variables(self.model))
+        if not self.is_chief:
             scratch = self.directory / f".worker-{self.worker}.tmp"
-            self.checkpoint.write(str(scratch / "ckpt"))
+            checkpoint.write(str(scratch / "ckpt"))
             shutil.rmtree(scratch, ignore_errors=True)
+            return str(scratch / "ckpt")
+        paths = checkpoint_paths(self.directory)
+        number = int(paths[0].rsplit("-", 1)[1]) + 1 if paths else 1
+        path = str(self.directory / f"ckpt-{number}")
+        try:
+            checkpoint.write(path)
+        except Exception as error:
+            cause = rundir.write_failure(error)
+            if cause is None:
+                raise
+            for partial in pathlib.Path(path).parent.glob(pathlib.Path(path).name + "[._]*"):
+                if partial.is_dir():  # TensorFlow's `ckpt-N_temp` folder of shards.
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
+            previous = f"; {paths[0]} is the newest complete one" if paths else ""
+            raise CheckpointError(f"cannot write checkpoint {path}: {cause}{previous}. Free "
+                                  "space (or fix the permission), then --resume continues."
+                                  ) from None
+        for old in paths[self.keep - 1:]:
+            for file in pathlib.Path(old).parent.glob(pathlib.Path(old).name + ".*"):
+                file.unlink(missing_ok=True)
+        return path
+
+    def _restore_metrics(self, data: Any) -> None:
+        """After a mid-epoch restore: the training metrics' state saved with the checkpoint
+        (built first from the data's shapes, since Keras builds them at the first step)."""
+        if self._restored is None:
+            return
+        reader = tf.train.load_checkpoint(self._restored)
+        if not any(key.startswith("metrics/") for key in reader.get_variable_to_shape_map()):
+            return  # Written before metrics were saved: the epoch's metrics restart.
+        if len(_metric_variables(self.model)) <= 2:  # Only the loss tracker is built.
+            with self.strategy.scope():
+                self.model._symbolic_build(data_batch=_zeros_like(data))
+        tf.train.Checkpoint(metrics=_metric_variables(self.model)).read(
+            self._restored).expect_partial()
 
     # -- compiled functions --------------------------------------------------------------------
 
@@ -239,27 +300,53 @@ class TrainingLoop:
             list(callbacks), add_progbar=verbose != 0, model=self.model, verbose=verbose,
             epochs=epochs, steps=steps_per_epoch)
         self.model.stop_training = False
-        callback_list.on_train_begin()
-        for epoch in range(start_epoch, epochs):
-            epoch_start = time.perf_counter()
-            callback_list.on_epoch_begin(epoch)
-            first = start_step if epoch == start_epoch else 0
-            logs = self._train_epoch(train_data(epoch), epoch, first, steps_per_epoch,
-                                     global_batch_size, callback_list, verbose, stop_on_nan)
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-                self.model.optimizer.learning_rate))
-            if eval_data is not None and (evaluates is None or evaluates(epoch)):
-                logs.update({f"val_{k}": v for k, v in self.evaluate(eval_data).items()})
-            callback_list.on_epoch_end(epoch, logs)
-            # Wall time of the epoch: input, training steps, evaluation and callbacks.
-            history.append(epoch, {**logs, "epoch_seconds": time.perf_counter() - epoch_start})
-            if writers:
-                _write_summaries(writers, epoch, logs)
-            self.save(epoch + 1, 0)
-            if self.model.stop_training:
-                break
-        callback_list.on_train_end()
+        self.steps_per_epoch = steps_per_epoch
+        multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        with preemption.deferred(multi_worker) as self._stop:
+            if multi_worker:
+                self._handler = preemption.multi_worker_handler(
+                    self.strategy, lambda: self.save(*self._position), self._preempted)
+            callback_list.on_train_begin()
+            for epoch in range(start_epoch, epochs):
+                epoch_start = time.perf_counter()
+                callback_list.on_epoch_begin(epoch)
+                first = start_step if epoch == start_epoch else 0
+                data = train_data(epoch)
+                if first:
+                    self._restore_metrics(data)
+                logs = self._train_epoch(data, epoch, first, steps_per_epoch,
+                                         global_batch_size, callback_list, verbose, stop_on_nan)
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                    self.model.optimizer.learning_rate))
+                if eval_data is not None and (evaluates is None or evaluates(epoch)):
+                    logs.update({f"val_{k}": v for k, v in self.evaluate(eval_data).items()})
+                callback_list.on_epoch_end(epoch, logs)
+                # Wall time of the epoch: input, training steps, evaluation and callbacks.
+                history.append(epoch, {**logs,
+                                       "epoch_seconds": time.perf_counter() - epoch_start})
+                if writers:
+                    _write_summaries(writers, epoch, logs)
+                path = self.save(epoch + 1, 0)
+                if self._stop.requested:
+                    self._preempted(self._stop.signum, path, epoch + 1, 0)
+                if self.model.stop_training:
+                    break
+            callback_list.on_train_end()
+        self._handler = None
         return history.rows
+
+    def _preempted(self, signum: int, path: str, epoch: int | None = None,
+                   step: int | None = None) -> None:
+        epoch, step = (epoch, step) if epoch is not None else self._position
+        raise preemption.Preempted(signum, path, epoch, step or 0, self.steps_per_epoch)
+
+    def _after_steps(self, epoch: int, step: int) -> None:
+        """At a step boundary: checkpoint and stop if a signal asked for it."""
+        self._position = (epoch, step)
+        if self._handler is not None:
+            self._handler.save_checkpoint_if_preempted()  # Saves and raises where agreed.
+        elif self._stop.requested:
+            self._preempted(self._stop.signum, self.save(epoch, step), epoch, step)
 
     def _check_finite(self, logs, epoch):
         """Raise before a checkpoint of non-finite weights could be written."""
@@ -273,8 +360,9 @@ class TrainingLoop:
 
     def _train_epoch(self, dataset, epoch, first, steps, global_batch_size, callbacks, verbose,
                      stop_on_nan):
-        for metric in self.model.metrics:
-            metric.reset_state()
+        if not first:  # A mid-epoch resume keeps the state `_restore_metrics` read.
+            for metric in self.model.metrics:
+                metric.reset_state()
         if isinstance(dataset, PerWorkerData):
             iterator = iter(self.strategy.distribute_datasets_from_function(
                 dataset.skipping(first, _local_replicas(self.strategy))))
@@ -297,6 +385,10 @@ class TrainingLoop:
                 if stop_on_nan:
                     self._check_finite(_floats(self.model.get_metrics_result()), epoch)
                 self.save(epoch, step)
+            if step < steps:
+                if stop_on_nan and self._stop.requested:
+                    self._check_finite(_floats(self.model.get_metrics_result()), epoch)
+                self._after_steps(epoch, step)
         logs = _floats(self.model.get_metrics_result())
         if stop_on_nan:
             self._check_finite(logs, epoch)

@@ -92,19 +92,24 @@ def run(experiment: Experiment, cfg: Any, run_dir: str | os.PathLike, resume: bo
     is_chief, _ = loop_lib.worker_role(strategy)
     run_dir = pathlib.Path(run_dir)
     config_text = experiment.dump_config(cfg)
-    # Refusals first, then everything the data can tell, and only then the run directory:
-    # a command that fails before training leaves nothing behind to refuse its correction.
-    resuming = rundir.check_run_dir(run_dir, config_text,
-                                    rundir.resume_mode(cfg.distribute, resume),
-                                    experiment.dump_defaults(cfg))
-    keras.utils.set_random_seed(experiment.seed(cfg))
-    precision = experiment.precision(cfg)
-    keras.mixed_precision.set_global_policy(precision)
+    # One writer per run directory: the chief holds its lock until the run ends (the OS
+    # releases it if the process dies). Workers share the chief's directory.
+    lock = rundir.RunLock(run_dir).acquire() if is_chief else None
+    started = False
     try:
+        # Refusals first, then everything the data can tell, and only then the run directory:
+        # a command that fails before training leaves nothing behind to refuse its correction.
+        resuming = rundir.check_run_dir(run_dir, config_text,
+                                        rundir.resume_mode(cfg.distribute, resume),
+                                        experiment.dump_defaults(cfg))
+        keras.utils.set_random_seed(experiment.seed(cfg))
+        precision = experiment.precision(cfg)
+        keras.mixed_precision.set_global_policy(precision)
         experiment.prepare(cfg)
         if is_chief:
             if not resuming:
                 rundir.create_run_dir(run_dir, config_text)
+            started = True
             experiment.start(cfg, run_dir)
         replicas = strategy.num_replicas_in_sync
         with strategy.scope():
@@ -141,3 +146,5 @@ def run(experiment: Experiment, cfg: Any, run_dir: str | os.PathLike, resume: bo
         return results
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        if lock is not None:
+            lock.release(remove_created=not started)

@@ -9,8 +9,12 @@ accepted at their defaults, which keep the behaviour the run had).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import socket
+import sys
+import time
 
 from tfimb.errors import TfimbError
 
@@ -24,22 +28,142 @@ if TYPE_CHECKING:
     from tfimb.config import DistributeConfig
 
 RESULTS = "results.json"
+LOCK = ".lock"
+
+# Write failures the user must fix where the files go: a full disk or quota, a missing
+# permission, a read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class RunDirError(TfimbError, RuntimeError):
-    """A run directory that cannot be used as asked (finished, or resumed with a new config)."""
+    """A run directory that cannot be used as asked (finished, resumed with a new config, in
+    use by another process, or not writable)."""
+
+
+class WriteError(RunDirError, OSError):
+    """A file of a run could not be written (a full disk, no permission): one line naming it."""
+
+
+def write_failure(error: BaseException) -> str | None:
+    """The cause, when `error` is a failure to write that the user must fix (`WRITE_ERRNOS`),
+    from an OSError or from the text of TensorFlow's error (its C++ file system reports
+    strerror), else None."""
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return f"{error.strerror or os.strerror(error.errno)} (errno {error.errno})"
+    text = str(error)
+    for number in WRITE_ERRNOS:
+        if os.strerror(number) in text:
+            return f"{os.strerror(number)} (errno {number})"
+    return None
+
+
+def write_error(path: PathLike, error: OSError) -> WriteError:
+    """`error` (ENOSPC, EACCES, ...) as one line naming `path` and the cause."""
+    cause = error.strerror or os.strerror(error.errno or 0)
+    return WriteError(f"cannot write {path}: {cause} (errno {error.errno}). Free space (or fix "
+                      "the permission) and run the command again; an interrupted run continues "
+                      "with --resume from its last complete checkpoint.")
 
 
 def atomic_write(path: PathLike, data: str | bytes) -> None:
     """Write text or bytes to `path` through a temporary file and a rename, so a crash never
-    leaves a half-written file under the final name."""
+    leaves a half-written file under the final name. A full disk or a missing permission
+    raises `WriteError` naming `path`, the temporary file removed and any earlier `path` kept."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno in WRITE_ERRNOS:
+            raise write_error(path, error) from None
+        raise
+
+
+class RunLock:
+    """One writer per run directory: an exclusive `flock` on `run_dir/.lock`, which the OS
+    releases when the process ends in any way (kill -9 included), so a dead holder never
+    blocks the next run. The file names the holder (pid, host, command, start time) for the
+    refusal's message; it is not removed (removing it would race with a new holder)."""
+
+    def __init__(self, run_dir: PathLike) -> None:
+        self.run_dir = pathlib.Path(run_dir)
+        self.created = False  # Whether acquiring made the directory (removed on release).
+        self._file = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        if not self.run_dir.is_dir():
+            try:
+                self.run_dir.mkdir(parents=True)
+                self.created = True
+            except FileExistsError:
+                pass
+            except OSError as error:
+                if error.errno in WRITE_ERRNOS:
+                    raise write_error(self.run_dir, error) from None
+                raise
+        path = self.run_dir / LOCK
+        try:
+            self._file = open(path, "a+")
+        except OSError as error:
+            if error.errno in WRITE_ERRNOS:
+                raise write_error(path, error) from None
+            raise
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = self._in_use(self._file)
+            self._file.close()
+            self._file = None
+            raise error from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()} on {socket.gethostname()} "
+                         f"(`{' '.join(sys.argv) or 'python'}`, started "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        self._file.flush()
+        return self
+
+    def _in_use(self, file) -> RunDirError:
+        file.seek(0)
+        holder = file.read().strip() or "another process"
+        return RunDirError(f"{self.run_dir} is in use by {holder}. Wait for it to end or stop "
+                           "it, or pass another --workdir.")
+
+    def check_free(self) -> None:
+        """Refuse at once (before TensorFlow loads) a directory another process holds; takes
+        nothing and creates nothing."""
+        import fcntl
+
+        try:
+            file = open(self.run_dir / LOCK)
+        except OSError:
+            return  # No lock file (or unreadable): acquiring will tell.
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use(file) from None
+
+    def release(self, remove_created: bool = False) -> None:
+        """Unlock; with `remove_created`, also remove the directory if acquiring made it and
+        it holds nothing else (a run refused before it started leaves nothing behind)."""
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        if remove_created and self.created:
+            (self.run_dir / LOCK).unlink(missing_ok=True)
+            try:
+                self.run_dir.rmdir()
+            except OSError:
+                pass
 
 
 def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["auto"],
@@ -59,7 +183,12 @@ def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal[
 def create_run_dir(run_dir: PathLike, config_text: str) -> None:
     """The run directory with its `config.yaml` (written atomically)."""
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in WRITE_ERRNOS:
+            raise write_error(run_dir, error) from None
+        raise
     atomic_write(run_dir / "config.yaml", config_text)
 
 
