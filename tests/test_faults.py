@@ -197,32 +197,30 @@ def _wait_for(predicate, process, timeout=300):
         time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_sigterm_in_training_saves_and_the_printed_command_finishes_the_run(tmp_path):
-    """The whole path: a second run on the directory in use is refused naming the holder;
-    SIGTERM mid-run ends in one line with the command, status 143; that command finishes the
-    run (the loop tests above and benchmarks/chaos.py check it equals an uninterrupted one)."""
-    (tmp_path / "tiny.yaml").write_text(TINY_YAML.replace("epochs: 3", "epochs: 8"))
-    run_dir = tmp_path / "cut"
-    process = _start(tmp_path, "train", "tiny.yaml", "--workdir", "cut",
-                     "--set", "train.checkpoint_every=2")
-    _wait_for(lambda: loop.checkpoint_paths(run_dir / "checkpoints"), process)
-    second = run_tfimb("train", "tiny.yaml", "--workdir", "cut", "--resume", cwd=tmp_path)
-    assert second.returncode == 1 and f"in use by process {process.pid}" in second.stderr
-    assert len(second.stderr.strip().splitlines()) == 1
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err[-3000:]
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("tfimb: stopped by SIGTERM") and "checkpoint" in line
-    command = line.split("Continue with: tfimb ", 1)[1].split()
-    assert command[-1] == "--resume"
-    resumed = run_tfimb(*command, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["epochs_completed"] == 8
-    assert len(loop.History(run_dir / "history.csv", writable=False).rows) == 8
+def test_a_second_command_on_a_directory_in_use_is_refused_before_tensorflow_loads(
+        tmp_path, monkeypatch, capsys):
+    """`tfimb train` on a directory another process holds: one line naming the holder, status
+    1, before TensorFlow loads. (SIGTERM through the command line, with the printed command
+    finishing the run, is tests/test_chaos.py.)"""
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from tfimb.runtime import rundir; "
+        f"lock = rundir.RunLock({str(tmp_path / 'w')!r}).acquire(); print('held', flush=True); "
+        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from tfimb.experiments import classify
+
+        monkeypatch.setattr(classify, "run_job", None)  # Never reached.
+        monkeypatch.chdir(tmp_path)
+        for command in (["train", "tiny.yaml", "--workdir", "w", "--resume"],
+                        ["flow", "train", "flow_default", "--workdir", "w"]):
+            assert cli.main(command) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"w is in use by process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_ctrl_c_before_training_is_one_line(tmp_path, monkeypatch, capsys):
@@ -286,3 +284,30 @@ def test_a_run_on_a_full_tmpfs_is_one_line_and_resumes_once_space_is_freed(tmp_p
         assert (disk / "run" / "results.json").exists()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_workers_saves_one_step_on_all_and_the_same_command_finishes(
+        tmp_path):
+    """Several workers: TensorFlow's PreemptionCheckpointHandler agrees on the step, every
+    worker saves there (collectives), the launcher ends with 143 and one line; the same command
+    finishes the run from that step."""
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML.replace("epochs: 3", "epochs: 6"))
+    run_dir = tmp_path / "two"
+    command = ["train", "tiny.yaml", "--workdir", "two", "--local-workers", "2"]
+    launcher = _start(tmp_path, *command)
+    _wait_for(lambda: loop.checkpoint_paths(run_dir / "checkpoints"), launcher)
+    time.sleep(1.0)  # Into epoch 2's steps.
+    os.kill(int((run_dir / "workers" / "worker1.pid").read_text()), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert "stopped on SIGTERM (status 143) after the workers saved a checkpoint" in err
+    assert "deprecated" not in err
+    # Both workers saved at the same step: the chief's checkpoint, and the worker's log line.
+    worker_log = (run_dir / "workers" / "worker1.log").read_text()
+    assert "tfimb: stopped by SIGTERM" in worker_log
+    resumed = run_tfimb(*command, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["epochs_completed"] == 6
+    assert len(loop.History(run_dir / "history.csv", writable=False).rows) == 6

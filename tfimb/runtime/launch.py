@@ -32,6 +32,11 @@ class LaunchError(TfimbError, RuntimeError):
     """A process group that could not be started or one of whose processes failed."""
 
 
+# A tfimb process's status after a signal stopped it with its checkpoint saved
+# (tfimb.runtime.preemption).
+PREEMPTED = {143: "SIGTERM", 130: "SIGINT"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,6 +85,12 @@ def supervise(commands: Sequence[Command], log_dir: PathLike, console: str | Non
 
     def failure(name, code, running):
         where = "above" if name == console else f"in {log_dir / (name + '.log')}"
+        if code in PREEMPTED:  # tfimb saved a checkpoint at the step all workers agreed on.
+            error = LaunchError(f"{name} stopped on {PREEMPTED[code]} (status {code}) after "
+                                f"the workers saved a checkpoint (its output is {where})."
+                                f"{retry_hint}")
+            error.exit_code = code
+            return error
         stopped = " Stopped the others." if running else ""
         return LaunchError(f"{name} exited with status {code} (its output is {where})."
                            f"{stopped}{retry_hint}")

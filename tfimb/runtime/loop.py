@@ -155,7 +155,8 @@ class TrainingLoop:
         self.keep = keep
         self.train_seconds, self.train_images = 0.0, 0
         self._restored: str | None = None  # The checkpoint `restore` read.
-        self._handler: Any = None  # PreemptionCheckpointHandler (several workers), in fit.
+        # PreemptionCheckpointHandler's check (several workers), during fit.
+        self._handler: Callable[[], None] | None = None
         self._stop = preemption.StopRequests()  # The signals received, in fit.
         self._position, self.steps_per_epoch = (0, 0), 0
         self._train_function: Callable[..., Any] | None = None
@@ -344,7 +345,7 @@ class TrainingLoop:
         """At a step boundary: checkpoint and stop if a signal asked for it."""
         self._position = (epoch, step)
         if self._handler is not None:
-            self._handler.save_checkpoint_if_preempted()  # Saves and raises where agreed.
+            self._handler()  # Saves and raises at the step the workers agree on.
         elif self._stop.requested:
             self._preempted(self._stop.signum, self.save(epoch, step), epoch, step)
 

@@ -125,11 +125,11 @@ def deferred(multi_worker: bool = False) -> Iterator[StopRequests]:
 
 
 def multi_worker_handler(strategy: Any, save: Callable[[], str],
-                         stopped: Callable[[int, str], None]) -> Any:
-    """TensorFlow's `PreemptionCheckpointHandler` for `strategy` (several workers): on SIGTERM
-    at any worker, every worker calls `save()` (tfimb's checkpoint at the current step, its
-    path returned) at the same step, then `stopped(signum, path)`, which raises `Preempted`.
-    Call its `save_checkpoint_if_preempted()` after every step on every worker."""
+                         stopped: Callable[[int, str], None]) -> Callable[[], None]:
+    """TensorFlow's `PreemptionCheckpointHandler` for `strategy` (several workers), as a
+    function to call after every step on every worker: on SIGTERM at any worker, every worker
+    calls `save()` (tfimb's checkpoint at the current step, its path returned) at the same step,
+    then `stopped(signum, path)`, which raises `Preempted`."""
     import tempfile
 
     import tensorflow as tf
@@ -140,6 +140,19 @@ def multi_worker_handler(strategy: Any, save: Callable[[], str],
         save_fn=lambda: saved.append(save()))
     # The handler restores from and counts steps in a checkpoint of its own, which tfimb
     # never writes (save_fn writes tfimb's): an empty one in a scratch folder.
-    return tf.distribute.experimental.PreemptionCheckpointHandler(
+    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver, tf.train.Checkpoint(),
         tempfile.mkdtemp(prefix="tfimb-preemption-"), config)
+
+    def check() -> None:
+        # When it saves, the handler reads its own deprecated step counter, and TensorFlow
+        # would print a deprecation warning on the console.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            handler.save_checkpoint_if_preempted()
+        finally:
+            logger.setLevel(level)
+
+    return check
