@@ -138,7 +138,7 @@ def run_interrupted(root: pathlib.Path, config: pathlib.Path, interruptions: int
                     command = list(base)  # "No unfinished run": start it.
         tally["resumes"] += 1
         log(f"  interruption {tally['interruptions']}: {name} after {wait:.1f} s, status "
-            f"{code}; next: tfimb {' '.join(command[2:]) or ''}".rstrip())
+            f"{code}; next: tfimb {' '.join(command)}")
 
 
 def _weights(path: pathlib.Path) -> list[np.ndarray]:
