@@ -230,6 +230,8 @@ class TrainingLoop:
     def _restore_metrics(self, data: Any) -> None:
         """After a mid-epoch restore: the training metrics' state saved with the checkpoint
         (built first from the data's shapes, since Keras builds them at the first step)."""
+        for metric in self.model.metrics:
+            metric.reset_state()
         if self._restored is None:
             return
         reader = tf.train.load_checkpoint(self._restored)
