@@ -311,3 +311,19 @@ def test_sigterm_to_one_of_two_workers_saves_one_step_on_all_and_the_same_comman
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["epochs_completed"] == 6
     assert len(loop.History(run_dir / "history.csv", writable=False).rows) == 6
+
+
+def test_a_signal_inside_a_finalizer_is_raised_after_it_not_printed_and_lost(capfd):
+    """Python prints and drops an exception raised in `__del__`; the handler sends the signal
+    again once the finalizer has returned."""
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # The handler runs here, inside __del__.
+
+    with preemption.installed():
+        with pytest.raises(KeyboardInterrupt):
+            finalizer = Finalizer()
+            del finalizer
+            time.sleep(2)
+    assert "Exception ignored" not in capfd.readouterr().err

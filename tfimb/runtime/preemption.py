@@ -25,6 +25,7 @@ This module imports no TensorFlow at import time (the command line installs it f
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -60,8 +61,24 @@ def exit_status(interrupt: BaseException) -> int:
     return 128 + int(getattr(interrupt, "signum", signal.SIGINT))
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    del frame
+def _in_finalizer(frame: Any) -> bool:
+    """Whether `frame` runs inside a `__del__` (directly or below it): an exception raised
+    there is printed by Python as "Exception ignored in ..." with a traceback, and lost."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    """Raise `KeyboardInterrupt` (SIGINT) or `Terminated`, or, inside a finalizer, send the
+    signal again a moment later, when the finalizer has returned."""
+    if _in_finalizer(frame):
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
@@ -69,14 +86,15 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def installed() -> Iterator[None]:
     """Within: SIGTERM raises `Terminated`, and SIGINT `KeyboardInterrupt` even where the
     process was started with SIGINT ignored (a background job), so that no signal ends `tfimb`
-    without its line. Main thread only (where Python runs signal handlers); the previous
+    without its line; never inside a finalizer, where Python would print the exception and
+    drop it (`_stop_now`). Main thread only (where Python runs signal handlers); the previous
     handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_now)
+    signal.signal(signal.SIGINT, _stop_now)
     try:
         yield
     finally:
@@ -95,9 +113,9 @@ class StopRequests:
         return self.signum is not None
 
     def _record(self, signum: int, frame: Any) -> None:
-        del frame
         if self.signum is not None:  # A second signal: stop now.
-            raise Terminated(signum)
+            _stop_now(signum, frame)
+            return
         self.signum = signum
 
 
