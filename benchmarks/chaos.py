@@ -17,7 +17,7 @@ and every SIGINT / SIGTERM must have ended the process with one line on stderr (
 no traceback) and status 130 / 143. Prints the CPU, the interruptions by signal, the resumes,
 and the verdict; exits 1 if anything was lost.
 
-    python benchmarks/chaos.py --interruptions 30 --seed 0     # about 15-20 min on 2 cores
+    python benchmarks/chaos.py --interruptions 30 --seed 0     # about 15-25 min on 2 cores
 
 tests/test_chaos.py runs a short version (3 interruptions, one of each signal).
 """
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interruptions", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=60, help="epochs per run (default 60)")
+    parser.add_argument("--epochs", type=int, default=120, help="epochs per run (default 120)")
     parser.add_argument("--delay", type=float, nargs=2, default=(2.0, 14.0),
                         metavar=("MIN", "MAX"), help="seconds from a start to its signal")
     parser.add_argument("--workdir", help="where the two jobs go (default: a temporary folder)")

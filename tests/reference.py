@@ -68,12 +68,40 @@ def sigmoid_loss(targets, logits, gamma=0.0, weights=None, normalization="weight
     return values
 
 
+def sigmoid_loss_class_weighted(targets, logits, weights, gamma=0.0, label_smoothing=0.0):
+    """Per-example one-vs-all sigmoid losses with class-wise weights (`weighting="class"`):
+    each class's binary term, positive or negative, times that class's own weight,
+    `sum_c w_c m_c BCE(z_c, y_c)`, written term by term. A row with no positive keeps its
+    loss. The weights sum to C, so every example's C terms weigh C in all whatever its labels:
+    both normalizations give these values, and their (sample-weighted) mean is the batch loss.
+    """
+    y = np.asarray(targets, np.float64)
+    z = np.asarray(logits, np.float64)
+    w = np.asarray(weights, np.float64)
+    assert np.isclose(w.sum(), w.size), "class-balanced weights sum to C"
+    out = np.zeros(len(y))
+    for i in range(len(y)):
+        for c in range(y.shape[1]):
+            q = y[i, c] * (1 - label_smoothing) + 0.5 * label_smoothing
+            p = 1.0 / (1.0 + np.exp(-z[i, c]))
+            bce = -(q * np.log(p) + (1 - q) * np.log(1 - p))
+            modulator = np.exp(-gamma * q * z[i, c] - gamma * np.log(1 + np.exp(-z[i, c])))
+            out[i] += w[c] * modulator * bce
+    return out
+
+
 def reference_for(name, kwargs, onehot, logits):
     """Reference values for the tfimb loss `name` built with `kwargs`."""
     kw = dict(kwargs)
     common = dict(label_smoothing=kw.pop("label_smoothing", 0.0))
     counts = kw.pop("counts", None)
     norm = kw.pop("normalization", "weighted_mean")
+    if kw.pop("weighting", "example") == "class":  # Both normalizations give the same values.
+        assert name in ("class_balanced_sigmoid", "class_balanced_sigmoid_focal"), name
+        out = sigmoid_loss_class_weighted(onehot, logits, cb_weights(counts, kw.pop("beta")),
+                                          gamma=kw.pop("gamma", 0.0), **common)
+        assert not kw, f"unused reference arguments {kw}"
+        return out
     if name == "softmax_cross_entropy":
         out = loss(onehot, logits, **common)
     elif name == "focal":

@@ -43,6 +43,10 @@ CASES = [
     ("class_balanced_sigmoid_focal", {"beta": 0.9999, "counts": COUNTS, "gamma": 1.0,
                                       "normalization": "num_classes"}),
     ("class_balanced_sigmoid_focal", {"beta": 0.99, "counts": COUNTS, "gamma": 0.5}),
+    # Class-wise weighting (multi-label data; tests/test_losses_multilabel.py has the rest).
+    ("class_balanced_sigmoid", {"beta": 0.999, "counts": COUNTS, "weighting": "class"}),
+    ("class_balanced_sigmoid_focal", {"beta": 0.9999, "counts": COUNTS, "gamma": 2.0,
+                                      "normalization": "num_classes", "weighting": "class"}),
 ]
 CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items() if k != 'counts')}"
             for name, kw in CASES]

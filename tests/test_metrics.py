@@ -139,3 +139,210 @@ def test_validation():
         metrics.confusion_matrix([0, 3], [0, 1], 3)
     with pytest.raises(ValueError, match=r"`counts`"):
         metrics.shot_accuracies([10, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: ECE, the reliability bins and NLL against a brute-force reference.
+
+
+def _brute_calibration(labels, scores, bins, from_logits):
+    """Per-example Python loops: (count, mean confidence, accuracy) per bin, ECE and NLL."""
+    import math
+
+    count, confidence, correct, nll = [0] * bins, [0.0] * bins, [0] * bins, 0.0
+    for label, row in zip(labels, scores):
+        row = [float(v) for v in row]
+        top = row.index(max(row))  # The first maximum, as argmax.
+        if from_logits:
+            shift = max(row)
+            total = sum(math.exp(v - shift) for v in row)
+            c = math.exp(row[top] - shift) / total
+            nll += shift + math.log(total) - row[label]
+        else:
+            c = row[top]
+        b = next(k for k in range(bins)
+                 if k / bins <= c < (k + 1) / bins or (k == bins - 1 and c == 1.0))
+        count[b] += 1
+        confidence[b] += c
+        correct[b] += top == label
+    n = len(labels)
+    mean_conf = [s / k if k else np.nan for s, k in zip(confidence, count)]
+    accuracy = [s / k if k else np.nan for s, k in zip(correct, count)]
+    ece = sum(k / n * abs(a - m) for k, a, m in zip(count, accuracy, mean_conf) if k)
+    return count, mean_conf, accuracy, ece, nll / n
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("bins", [15, 1, 7])
+def test_ece_reliability_and_nll_match_brute_force(rng, bins):
+    labels = rng.integers(0, C, size=400)
+    logits = rng.normal(scale=2.0, size=(400, C))
+    logits[np.arange(400), labels] += rng.normal(1.0, 1.5, size=400)
+    count, conf, acc, ece, nll = _brute_calibration(labels, logits, bins, from_logits=True)
+    for y in (labels, np.eye(C)[labels], labels[:, None]):  # Sparse, one-hot, (N, 1) labels.
+        np.testing.assert_allclose(metrics.expected_calibration_error(y, logits, bins), ece,
+                                   rtol=1e-10)
+        diagram = metrics.reliability(y, logits, bins)
+        np.testing.assert_array_equal(diagram["count"], count)
+        np.testing.assert_allclose(diagram["confidence"], conf, rtol=1e-10)
+        np.testing.assert_allclose(diagram["accuracy"], acc, rtol=1e-10)
+        np.testing.assert_allclose(metrics.negative_log_likelihood(y, logits), nll, rtol=1e-10)
+    probabilities = _softmax(logits)
+    np.testing.assert_allclose(
+        metrics.expected_calibration_error(labels, probabilities, bins, from_logits=False),
+        _brute_calibration(labels, probabilities, bins, from_logits=False)[3], rtol=1e-10)
+    assert 0.0 < ece < 1.0
+
+
+def test_ece_bins_confidences_on_the_edges_0_and_1():
+    # One-vs-all scores (rows need not sum to 1) whose top score is exactly b / 15, b = 0..15.
+    top = np.arange(16) / 15
+    assert top[0] == 0.0 and top[-1] == 1.0
+    scores = np.zeros((16, 3))
+    scores[:, 1] = top
+    labels = np.where(np.arange(16) % 2 == 0, 1, 2)  # Even rows right, odd rows wrong.
+    diagram = metrics.reliability(labels, scores, from_logits=False)
+    # b / 15 opens bin b; 1.0 closes the last bin; 0 (argmax 0: wrong for every label) the first.
+    np.testing.assert_array_equal(diagram["count"], [1] * 14 + [2])
+    count, conf, acc, ece, _ = _brute_calibration(labels, scores, 15, from_logits=False)
+    np.testing.assert_array_equal(diagram["count"], count)
+    np.testing.assert_allclose(diagram["confidence"], conf, rtol=1e-12)
+    np.testing.assert_allclose(diagram["accuracy"], acc, rtol=1e-12)
+    np.testing.assert_allclose(metrics.expected_calibration_error(labels, scores,
+                                                                 from_logits=False), ece)
+    # The Keras metric (float32 state) puts every edge in the same bin.
+    metric = metrics.ExpectedCalibrationError(from_logits=False)
+    metric.update_state(labels, scores)
+    np.testing.assert_array_equal(metric.count.numpy(), count)
+    np.testing.assert_allclose(float(metric.result()), ece, rtol=1e-6)
+    # All at confidence 1 and right: one full last bin, ECE 0.
+    assert metrics.reliability([0, 1], [[1.0, 0.0], [0.0, 1.0]], from_logits=False)[
+        "count"].tolist() == [0] * 14 + [2]
+
+
+def test_perfect_calibration_gives_zero():
+    # Per bin, the share right equals the confidence: 0.5 (2 of 4), 0.75 (3 of 4), 1 (2 of 2).
+    probabilities = [[0.5, 0.5]] * 4 + [[0.75, 0.25]] * 4 + [[1.0, 0.0]] * 2
+    labels = [0, 0, 1, 1] + [0, 0, 0, 1] + [0, 0]
+    assert metrics.expected_calibration_error(labels, probabilities,
+                                              from_logits=False) == pytest.approx(0, abs=1e-12)
+    # The same from logits: log-probabilities are logits of the same softmax.
+    with np.errstate(divide="ignore"):
+        logits = np.maximum(np.log(probabilities), -1e4)
+    assert metrics.expected_calibration_error(labels, logits) == pytest.approx(0, abs=1e-12)
+    metric = metrics.ExpectedCalibrationError()
+    metric.update_state(labels, logits.astype(np.float32))
+    assert float(metric.result()) == pytest.approx(0, abs=1e-6)
+    diagram = metrics.reliability(labels, probabilities, from_logits=False)
+    shown = diagram["count"] > 0
+    np.testing.assert_allclose(diagram["accuracy"][shown], diagram["confidence"][shown])
+    assert np.isnan(diagram["accuracy"][~shown]).all()
+
+
+def test_nll_is_stable_for_large_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
+    expected = (1000.0 + np.log(3.0)) / 2  # -log softmax: 1000 (underflows to 0), then log 3.
+    assert metrics.negative_log_likelihood([1, 2], logits) == pytest.approx(expected)
+    assert metrics.negative_log_likelihood([0], [[30.0, 0.0]]) == pytest.approx(
+        np.log1p(np.exp(-30.0)), rel=1e-9)
+
+
+def _ece_batches(rng, n=60):
+    labels = rng.integers(0, C, size=n)
+    logits = rng.normal(scale=2.0, size=(n, C)).astype(np.float32)
+    logits[np.arange(n), labels] += 1.5
+    return labels, logits
+
+
+def test_ece_metric_matches_numpy_across_batches_and_in_tf_function(rng):
+    batches = [_ece_batches(rng) for _ in range(3)]
+    labels = np.concatenate([b[0] for b in batches])
+    logits = np.concatenate([b[1] for b in batches])
+    expected = metrics.expected_calibration_error(labels, logits)
+    eager = metrics.ExpectedCalibrationError()
+    for (y, z), form in zip(batches, (lambda y: y, lambda y: np.eye(C)[y], lambda y: y[:, None])):
+        eager.update_state(form(y), z)
+    np.testing.assert_allclose(float(eager.result()), expected, rtol=1e-5)
+    np.testing.assert_allclose(eager.count.numpy(), metrics.reliability(labels, logits)["count"])
+
+    graph = metrics.ExpectedCalibrationError()
+
+    @tf.function
+    def update(y, z):
+        graph.update_state(y, z)
+
+    for y, z in batches:
+        update(tf.constant(y), tf.constant(z))
+    np.testing.assert_allclose(float(graph.result()), expected, rtol=1e-5)
+    # Probabilities, and an integer sample weight counts an example that many times.
+    probs = metrics.ExpectedCalibrationError(bins=10, from_logits=False)
+    weights = rng.integers(0, 3, size=len(labels))
+    probs.update_state(labels, _softmax(logits), sample_weight=weights)
+    np.testing.assert_allclose(
+        float(probs.result()),
+        metrics.expected_calibration_error(np.repeat(labels, weights),
+                                           np.repeat(_softmax(logits), weights, axis=0),
+                                           bins=10, from_logits=False), rtol=1e-5)
+    eager.reset_state()
+    assert float(eager.result()) == 0.0
+
+
+def test_ece_metric_in_compile_and_evaluate(rng):
+    labels, logits = _ece_batches(rng, n=200)
+    inputs = keras.Input((C,))
+    model = keras.Model(inputs, keras.layers.Identity()(inputs))
+    model.compile(loss=tfimb.SoftmaxCrossEntropy(), metrics=[metrics.ExpectedCalibrationError()])
+    result = model.evaluate(logits, labels, batch_size=32, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["ece"], metrics.expected_calibration_error(labels, logits),
+                               rtol=1e-5)
+
+
+def test_ece_metric_config_round_trip(rng):
+    metric = metrics.ExpectedCalibrationError(bins=10, from_logits=False, name="calibration")
+    config = metric.get_config()
+    assert config["bins"] == 10 and config["from_logits"] is False
+    assert config["name"] == "calibration"
+    restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
+    assert type(restored) is metrics.ExpectedCalibrationError
+    assert restored.get_config() == config
+    assert metrics.ExpectedCalibrationError.from_config(config).get_config() == config
+    labels, logits = _ece_batches(rng)
+    for m in (metric, restored):
+        m.update_state(labels, _softmax(logits))
+    assert float(restored.result()) == float(metric.result())
+
+
+def test_calibration_validation_is_one_line():
+    import re
+
+    cases = [
+        (lambda: metrics.ExpectedCalibrationError(bins=0),
+         "Invalid value for argument `bins`. Expected an integer >= 1. Received: bins=0"),
+        (lambda: metrics.ExpectedCalibrationError(bins=2.5), "Received: bins=2.5"),
+        (lambda: metrics.ExpectedCalibrationError(bins=True), "Received: bins=True"),
+        (lambda: metrics.ExpectedCalibrationError(from_logits="yes"),
+         "Invalid value for argument `from_logits`. Expected true or false."),
+        (lambda: metrics.expected_calibration_error([0], [[1.0, 0.0]], bins=0),
+         "Expected an integer >= 1. Received: bins=0"),
+        (lambda: metrics.reliability([0], [[1.0, 0.0]], bins=-3), "Received: bins=-3"),
+        (lambda: metrics.expected_calibration_error([0, 1], [0.2, 0.8]),
+         "`y_pred`. Expected scores of shape (N, C) with N >= 1"),
+        (lambda: metrics.expected_calibration_error([0], [[1.2, -0.2]], from_logits=False),
+         "`y_pred`. Expected probabilities in [0, 1]"),
+        (lambda: metrics.expected_calibration_error([0], [[np.nan, 0.0]]),
+         "`y_pred`. Expected finite scores"),
+        (lambda: metrics.negative_log_likelihood([0], [[np.inf, 0.0]]),
+         "`logits`. Expected finite scores"),
+        (lambda: metrics.negative_log_likelihood([0, 1], [[1.0, 0.0]]),
+         "Expected the same number of examples. Received: 2 labels in y_true and 1 in logits"),
+        (lambda: metrics.expected_calibration_error([2], [[1.0, 0.0]]),
+         "`y_true`. Expected class ids in [0, 2)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)) as info:
+            call()
+        assert "\n" not in str(info.value), str(info.value)

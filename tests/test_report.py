@@ -87,3 +87,116 @@ def test_runs_sharing_a_label_are_told_apart_by_their_folders(tmp_path):
     assert lines[3].startswith("| imbalanced, CE (ce_r100_seed1) | 90.00 |")
     # One run keeps its plain label.
     assert report.labels(runs[1:]) == ["imbalanced, CE", "focal gamma=1.0"]
+
+
+def _finished_run(folder, loss="softmax_cross_entropy", calibration=None, per_class=True):
+    """A finished run directory as `tfimb train` leaves it (results.json, history.csv)."""
+    import json
+
+    counts = [500, 200, 80, 30, 10]
+    results = {"accuracy": {"majority": 0.9, "minority": 0.5, "all": 0.8},
+               "config": {"loss": {"name": loss}, "imbalance": {}}}
+    if per_class:
+        results.update(per_class_accuracy=[0.95, 0.9, 0.7, None, 0.2], counts=counts)
+    if calibration is not None:
+        results["calibration"] = calibration
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    (folder / "history.csv").write_text("epoch,loss,val_all_accuracy\n0,1.5,0.5\n1,1.0,0.7\n")
+    return folder
+
+
+def _test_logits(seed=0, n=300, classes=5):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    logits = rng.normal(scale=2.0, size=(n, classes))
+    logits[np.arange(n), labels] += 2.0
+    return logits, labels
+
+
+def test_results_calibration_follows_the_losses_probabilities():
+    """results.json's `calibration`: softmax of the (LDAM: scaled) logits for softmax losses;
+    for sigmoid losses the top logit's sigmoid as confidence and the normalised sigmoids' NLL;
+    strict JSON (an empty bin is null, not NaN)."""
+    import json
+
+    import numpy as np
+
+    from tfimb import metrics
+    from tfimb.experiments import classify
+
+    logits, labels = _test_logits()
+    softmax = classify.calibration(logits, labels)
+    assert softmax["bins"] == 15 and softmax["probabilities"] == "softmax"
+    assert softmax["ece"] == metrics.expected_calibration_error(labels, logits)
+    assert softmax["nll"] == metrics.negative_log_likelihood(labels, logits)
+    assert sum(softmax["reliability"]["count"]) == len(labels)
+    assert None in softmax["reliability"]["accuracy"]  # Confidence never below 1/5: empty bins.
+    json.dumps(softmax, allow_nan=False)
+    ldam = classify.calibration(logits / 30, labels, "softmax", scale=30.0)
+    np.testing.assert_allclose(ldam["ece"], softmax["ece"], rtol=1e-12)
+    np.testing.assert_allclose(ldam["nll"], softmax["nll"], rtol=1e-12)
+
+    sigmoid = classify.calibration(logits, labels, "sigmoid")
+    assert sigmoid["probabilities"] == "sigmoid"
+    top = 1 / (1 + np.exp(-logits.max(-1)))  # The top label's confidence: sigmoid(max z).
+    bins = np.minimum((top * 15).astype(int), 14)
+    count = np.bincount(bins, minlength=15)
+    assert sigmoid["reliability"]["count"] == count.tolist()
+    mean_top = [top[bins == b].mean() if count[b] else None for b in range(15)]
+    np.testing.assert_allclose(np.array(sigmoid["reliability"]["confidence"], float),
+                               np.array(mean_top, float))
+    p = 1 / (1 + np.exp(-logits))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(sigmoid["nll"], -np.log(p[np.arange(len(labels)), labels]).mean(),
+                               rtol=1e-10)
+    json.dumps(sigmoid, allow_nan=False)
+
+
+def test_report_draws_reliability_and_per_class_accuracy(tmp_path, capsys):
+    from tfimb import cli
+    from tfimb.experiments import classify
+
+    logits, labels = _test_logits()
+    calibrated = _finished_run(tmp_path / "runs" / "ce", calibration=classify.calibration(
+        logits, labels))
+    _finished_run(tmp_path / "runs" / "sigmoid", "sigmoid_focal",
+                  classify.calibration(logits, labels, "sigmoid"))
+    older = _finished_run(tmp_path / "runs" / "older", "focal")  # No calibration recorded.
+    out = tmp_path / "out"
+    assert cli.main(["report", str(tmp_path / "runs"), "--output", str(out)]) == 0
+    shown = capsys.readouterr().out
+    for name in ("reliability.png", "per_class_accuracy.png", "training_curves.png",
+                 "effective_number.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # The accuracy table keeps its layout; ECE and NLL are a table of their own under it.
+    table, extra = (out / "table.md").read_text().split("\n\n")
+    assert table.splitlines()[0] == "| training data / loss | majority | minority | all |"
+    ece = 100 * classify.calibration(logits, labels)["ece"]
+    assert extra.splitlines()[0] == "| training data / loss | ECE (%) | NLL |"
+    assert f"| imbalanced, CE | {ece:.2f} |" in extra
+    assert "| sigmoid focal |" in extra and "| focal |" not in extra  # Older run: no row.
+    assert extra in shown
+    # A run alone: its own plots, from its results.json.
+    report.plot_run(calibrated)
+    for name in ("reliability.png", "per_class_accuracy.png", "training_curves.png"):
+        assert (calibrated / "plots" / name).is_file(), name
+    report.plot_run(older)
+    assert not (older / "plots" / "reliability.png").exists()
+    assert (older / "plots" / "per_class_accuracy.png").is_file()
+
+
+def test_report_tolerates_results_without_calibration_or_per_class_data(tmp_path):
+    runs = [_finished_run(tmp_path / "older", per_class=False),
+            _finished_run(tmp_path / "focal", "focal")]
+    text = report.report(runs, tmp_path / "out")
+    assert "ECE" not in text and (tmp_path / "out" / "table.md").read_text() == text + "\n"
+    assert not (tmp_path / "out" / "reliability.png").exists()
+    assert (tmp_path / "out" / "per_class_accuracy.png").is_file()  # From the run that has it.
+    loaded = [report.load_run(run) for run in runs]
+    assert report.calibration_table(loaded) == ""
+    assert report.plot_reliability(loaded, tmp_path / "r.png") is False
+    assert report.plot_per_class_accuracy(loaded[:1], tmp_path / "p.png") is False
+    assert not (tmp_path / "r.png").exists() and not (tmp_path / "p.png").exists()

@@ -14,7 +14,9 @@ from typing import Any, Literal, Sequence, Union, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["ArrayLike", "ClassIds", "Normalization", "PathLike", "TensorLike"]
+from tfimb import catalog
+
+__all__ = ["ArrayLike", "ClassIds", "Normalization", "PathLike", "TensorLike", "Weighting"]
 
 # `ArrayLike` (NumPy's): anything `np.asarray` accepts: a list or tuple (nested for 2-D data),
 # a NumPy array, a scalar. Used for class counts, labels and predictions read with NumPy.
@@ -25,6 +27,8 @@ ClassIds = Union[Sequence[int], np.ndarray]
 TensorLike = Any
 #: Batch reduction of the weighted losses (see `tfimb.losses`).
 Normalization = Literal["weighted_mean", "num_classes"]
+#: Weighting of the class-balanced sigmoid losses; the values are `tfimb.catalog.WEIGHTINGS`.
+Weighting = Literal["example", "class"]
 #: A file-system path: a string or a `pathlib.Path` (any `os.PathLike`).
 PathLike = Union[str, os.PathLike[str]]
 
@@ -98,6 +102,13 @@ def check_normalization(normalization: str) -> Normalization:
             "normalization", f"one of {NORMALIZATIONS}", normalization
         )
     return cast(Normalization, normalization)
+
+
+def check_weighting(weighting: str) -> Weighting:
+    """Check the `weighting` of a class-balanced sigmoid loss (`tfimb.catalog.WEIGHTINGS`)."""
+    if not isinstance(weighting, str) or weighting not in catalog.WEIGHTINGS:
+        raise invalid_value("weighting", f"one of {catalog.WEIGHTINGS}", weighting)
+    return cast(Weighting, weighting)
 
 
 def check_counts(counts: ArrayLike, arg: str = "counts") -> np.ndarray:

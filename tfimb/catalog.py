@@ -73,14 +73,15 @@ LOSSES = (
               "sigmoid focal", "sigmoid", False, (),
               ('gamma',)),
     LossEntry("class_balanced_sigmoid", "ClassBalancedSigmoid",
-              "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)", "beta, counts",
-              "class-balanced sigmoid", "sigmoid", True, ('beta', 'counts'),
-              ('normalization',)),
+              "w_y sum_c BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
+              "beta, counts, weighting='example'", "class-balanced sigmoid", "sigmoid", True,
+              ('beta', 'counts'),
+              ('normalization', 'weighting')),
     LossEntry("class_balanced_sigmoid_focal", "ClassBalancedSigmoidFocal",
               "w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c),  w_c = (1 - beta)/(1 - beta^n_c)",
-              "beta, counts, gamma=1.0", "class-balanced sigmoid focal", "sigmoid", True,
-              ('beta', 'counts'),
-              ('gamma', 'normalization')),
+              "beta, counts, gamma=1.0, weighting='example'", "class-balanced sigmoid focal",
+              "sigmoid", True, ('beta', 'counts'),
+              ('gamma', 'normalization', 'weighting')),
 )
 BY_NAME: dict[str, LossEntry] = {entry.name: entry for entry in LOSSES}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
@@ -111,6 +112,22 @@ NORMALIZATION_NOTE = (
 )
 
 
+#: Valid `weighting` of the class-balanced sigmoid losses (the losses whose options include
+#: "weighting"), the first the default. "example": the example's weight `sum_c y_c w_c` (w_y for
+#: a single label) scales all its C binary terms, Cui et al.'s rule, unchanged for sparse and
+#: one-hot labels; a multi-hot row with no positive weighs 0. "class": each class's binary term
+#: is weighted by its own class's weight, `sum_c w_c BCE(z_c, y_c)`, so negatives count and
+#: every example keeps its loss (multi-label data).
+WEIGHTINGS: tuple[str, ...] = ("example", "class")
+
+WEIGHTING_NOTE = (
+    "Class-balanced sigmoid losses take weighting='example' (default: the example's weight "
+    "sum_c y_c w_c scales its C binary terms, Cui et al.; a multi-hot row with no positive "
+    "weighs 0) or 'class' (multi-label: sum_c w_c BCE(z_c, y_c), each class's term weighted by "
+    "its own class, so every example counts)."
+)
+
+
 def format_table() -> str:
     """The catalogue as aligned text lines."""
     rows = [("name", "class", "arguments", "per-example loss")]
@@ -120,7 +137,7 @@ def format_table() -> str:
         "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows
     ]
     lines.insert(1, "-" * max(len(line) for line in lines))
-    return "\n".join(lines) + "\n\n" + NORMALIZATION_NOTE
+    return "\n".join(lines) + "\n\n" + NORMALIZATION_NOTE + "\n" + WEIGHTING_NOTE
 
 
 # The models by config name (`model.name`): `tfimb.models` builds them, and tests check that

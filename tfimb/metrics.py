@@ -7,6 +7,9 @@
 * `shot_accuracies(counts)`: many-shot (> 100 training images), medium-shot (20-100) and
   few-shot (< 20) accuracy, the long-tail convention.
 * `confusion_matrix` and `per_class_accuracy`: NumPy, from predictions.
+* Calibration of the top label: `ExpectedCalibrationError` (streaming, for `compile`), and in
+  NumPy `expected_calibration_error`, `reliability` (the reliability diagram's bins) and
+  `negative_log_likelihood`.
 
 Example:
 
@@ -207,3 +210,187 @@ def per_class_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -
     support = matrix.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, np.diag(matrix) / support, np.nan)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration of the top label.
+#
+# Confidence bins: `bins` equal-width bins over [0, 1], bin b holding b/B <= c < (b+1)/B and the
+# last bin also c = 1. The interior edges are compared in the confidence's own dtype (float32
+# for the Keras metric and for float32 probabilities), so that a confidence exactly on an edge
+# lands in the same bin in NumPy and in the metric.
+
+
+def _edges(bins: int) -> np.ndarray:
+    """The B - 1 interior bin edges b / B, b = 1 .. B - 1 (float64)."""
+    return np.arange(1, bins) / bins
+
+
+def _scores(y_true: ArrayLike, y_pred: ArrayLike, arg: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids (N,), scores (N, C)) after checking shapes and finiteness."""
+    scores = np.asarray(y_pred)
+    if scores.ndim != 2 or scores.shape[0] == 0 or not np.issubdtype(scores.dtype, np.number):
+        raise _checks.invalid_value(arg, "scores of shape (N, C) with N >= 1",
+                                    f"array of shape {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        bad = int(np.sum(~np.isfinite(scores)))
+        raise _checks.invalid_value(arg, "finite scores", f"array with {bad} non-finite values")
+    labels = _class_ids(y_true, scores.shape[1], "y_true")
+    if labels.size != scores.shape[0]:
+        raise ValueError(
+            f"Invalid shape for arguments `y_true` and `{arg}`. Expected the same number of "
+            f"examples. Received: {labels.size} labels in y_true and {scores.shape[0]} in {arg}")
+    return labels, scores
+
+
+def _calibration_sums(y_true: ArrayLike, y_pred: ArrayLike, bins: int,
+                      from_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin: examples, sum of confidences, correct predictions (float64 sums)."""
+    bins = _checks.check_int("bins", bins, 1)
+    from_logits = _checks.check_bool("from_logits", from_logits)
+    labels, scores = _scores(y_true, y_pred, "y_pred")
+    if from_logits:  # max softmax = 1 / sum_j exp(z_j - max z): no overflow, no log needed.
+        z = scores.astype(np.float64)
+        confidence = 1.0 / np.exp(z - z.max(axis=-1, keepdims=True)).sum(axis=-1)
+    else:
+        if not np.all((scores >= 0) & (scores <= 1)):
+            raise _checks.invalid_value("y_pred", "probabilities in [0, 1] (or from_logits="
+                                        "True for logits)", f"values in [{scores.min()}, "
+                                        f"{scores.max()}]")
+        confidence = scores.max(axis=-1)
+        if not np.issubdtype(confidence.dtype, np.floating):
+            confidence = confidence.astype(np.float64)
+    correct = scores.argmax(axis=-1) == labels
+    index = np.searchsorted(_edges(bins).astype(confidence.dtype), confidence, side="right")
+    return (np.bincount(index, minlength=bins).astype(np.float64),
+            np.bincount(index, confidence.astype(np.float64), minlength=bins),
+            np.bincount(index, correct.astype(np.float64), minlength=bins))
+
+
+def reliability(y_true: ArrayLike, y_pred: ArrayLike, bins: int = 15,
+                from_logits: bool = True) -> dict[str, np.ndarray]:
+    """The reliability diagram of the top label: per confidence bin, its examples, their mean
+    confidence and their accuracy (NumPy).
+
+    The top label is `argmax(y_pred)` and its confidence `max softmax(y_pred)` (logits) or
+    `max y_pred` (probabilities, `from_logits=False`: per-class one-vs-all sigmoids too). Bins
+    are `bins` equal-width intervals `[b/B, (b+1)/B)` of [0, 1], the last one closed (a
+    confidence of 1 lands in it, 0 in the first). A calibrated model's accuracy equals its
+    mean confidence in every bin (the diagram's diagonal).
+
+    Args:
+        y_true: sparse class ids `(N,)` or one-hot labels `(N, C)`.
+        y_pred: logits (default) or probabilities, `(N, C)`.
+        bins: number of bins B (default 15, Guo et al. 2017).
+        from_logits: whether `y_pred` are logits.
+
+    Returns:
+        `{"count": (B,) int64, "confidence": (B,) float64, "accuracy": (B,) float64}`, NaN
+        confidence and accuracy for an empty bin.
+    """
+    count, confidence, correct = _calibration_sums(y_true, y_pred, bins, from_logits)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count.astype(np.int64), "confidence": confidence / count,
+                "accuracy": correct / count}
+
+
+def expected_calibration_error(y_true: ArrayLike, y_pred: ArrayLike, bins: int = 15,
+                               from_logits: bool = True) -> float:
+    """Expected calibration error of the top label (NumPy; Guo et al., ICML 2017).
+
+    `ECE = sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - sum_{i in b} c_i| / N` over
+    the confidence bins of `reliability` (same arguments): the gap between accuracy and
+    confidence, weighted by where the predictions fall. 0 for a calibrated model; an
+    over-confident network (accuracy below its confidence) has a large one even at high
+    accuracy, which accuracy alone does not show.
+
+    >>> tfimb.metrics.expected_calibration_error([0, 1], [[.75, .25], [.75, .25]],
+    ...                                          from_logits=False)
+    0.25
+    """
+    count, confidence, correct = _calibration_sums(y_true, y_pred, bins, from_logits)
+    return float(np.abs(correct - confidence).sum() / count.sum())
+
+
+def negative_log_likelihood(y_true: ArrayLike, logits: ArrayLike) -> float:
+    """Mean negative log-likelihood of the true class, `mean_i -log softmax(z_i)_{y_i}` (NumPy).
+
+    Computed from the logits as `logsumexp(z) - z_y` in float64, so it stays finite where
+    `softmax` underflows to 0 (a confidently wrong prediction); a proper score, which unlike
+    accuracy rewards calibrated confidence. Labels are class ids `(N,)` or one-hot `(N, C)`.
+    """
+    labels, z = _scores(y_true, logits, "logits")
+    z = z.astype(np.float64)
+    top = z.max(axis=-1)
+    log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
+    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+
+
+@keras.saving.register_keras_serializable(package="tfimb")
+class ExpectedCalibrationError(keras.metrics.Metric):
+    """Expected calibration error of the top label, accumulated across batches.
+
+    `ECE = sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - conf_sum_b| / N`, with the
+    top label `argmax(y_pred)`, its confidence `max softmax(y_pred)` (or `max y_pred` when
+    `from_logits=False`) and `bins` equal-width confidence bins `[b/B, (b+1)/B)` of [0, 1] (a
+    confidence of 1 in the last). The state is per bin: the (weighted) examples, confidence
+    sum and correct predictions, so that the result over many batches is the ECE of all of
+    them (a mean of per-batch ECEs would not be). Equals
+    `tfimb.metrics.expected_calibration_error`; `sample_weight` weights the examples.
+
+    Args:
+        bins: number of bins B (an integer >= 1; default 15).
+        from_logits: whether `y_pred` are logits (default) or probabilities.
+        name: metric name (default "ece").
+        dtype: dtype of the metric's state.
+
+    Example:
+
+    >>> m = tfimb.metrics.ExpectedCalibrationError(bins=10, from_logits=False)
+    >>> m.update_state([0, 1, 1, 0], [[.95, .05], [.15, .85], [.65, .35], [.25, .75]])
+    >>> round(float(m.result()), 4)
+    0.4
+    """
+
+    def __init__(self, bins: int = 15, from_logits: bool = True, name: str = "ece",
+                 dtype: str | None = None) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.bins = _checks.check_int("bins", bins, 1)
+        self.from_logits = _checks.check_bool("from_logits", from_logits)
+        self.count = self.add_variable(shape=(self.bins,), initializer="zeros", name="count")
+        self.confidence = self.add_variable(shape=(self.bins,), initializer="zeros",
+                                            name="confidence")
+        self.correct = self.add_variable(shape=(self.bins,), initializer="zeros",
+                                         name="correct")
+
+    def update_state(self, y_true: TensorLike, y_pred: TensorLike,
+                     sample_weight: TensorLike | None = None) -> None:
+        y_pred = ops.cast(ops.convert_to_tensor(y_pred), self.dtype)
+        true_class = _true_class(y_true, y_pred)
+        if self.from_logits:
+            shifted = y_pred - ops.max(y_pred, axis=-1, keepdims=True)
+            confidence = 1.0 / ops.sum(ops.exp(shifted), axis=-1)
+        else:
+            confidence = ops.max(y_pred, axis=-1)
+        correct = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"),
+                                     true_class), self.dtype)
+        edges = ops.convert_to_tensor(_edges(self.bins), dtype=self.dtype)
+        index = ops.sum(ops.cast(ops.expand_dims(confidence, -1) >= edges, "int32"), axis=-1)
+        weight = ops.one_hot(index, self.bins, dtype=self.dtype)  # (..., bins)
+        if sample_weight is not None:
+            sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), self.dtype)
+            if len(sample_weight.shape) == len(confidence.shape) + 1:
+                sample_weight = ops.squeeze(sample_weight, axis=-1)
+            sample_weight = ops.broadcast_to(sample_weight, ops.shape(confidence))
+            weight = weight * ops.expand_dims(sample_weight, -1)
+        weight = ops.reshape(weight, (-1, self.bins))
+        self.count.assign_add(ops.sum(weight, axis=0))
+        self.confidence.assign_add(ops.sum(weight * ops.reshape(confidence, (-1, 1)), axis=0))
+        self.correct.assign_add(ops.sum(weight * ops.reshape(correct, (-1, 1)), axis=0))
+
+    def result(self) -> TensorLike:
+        return ops.divide_no_nan(ops.sum(ops.abs(self.correct - self.confidence)),
+                                 ops.sum(self.count))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bins": self.bins, "from_logits": self.from_logits}

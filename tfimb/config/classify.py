@@ -137,6 +137,7 @@ class LossConfig:
         "max_margin": lambda v: _checks.check_range("max_margin", v, 0.0),
         "scale": lambda v: _checks.check_range("scale", v, 0.0, low_inclusive=False),
         "normalization": _checks.check_normalization,
+        "weighting": _checks.check_weighting,
         "label_smoothing": _checks.check_label_smoothing,
         "from_logits": lambda v: _checks.check_bool("from_logits", v),
     }

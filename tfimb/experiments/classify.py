@@ -283,6 +283,39 @@ def steps_per_epoch(n: int, batch: int, replicas: int) -> int:
     return steps
 
 
+def calibration(logits: np.ndarray, labels: np.ndarray,
+                activation: Literal["softmax", "sigmoid"] = "softmax", scale: float = 1.0,
+                bins: int = 15) -> dict[str, Any]:
+    """results.json's `calibration`: the top label's expected calibration error over `bins`
+    equal-width confidence bins, the negative log-likelihood and the reliability diagram's
+    bins (`null` confidence and accuracy where a bin is empty), from the test logits.
+
+    The probabilities are the ones the loss trained: `softmax(scale * z)` for the softmax
+    losses (`scale` is LDAM's s, which multiplies its cosine logits inside the loss; 1
+    otherwise). A sigmoid loss trains C one-vs-all sigmoids, each an estimate of
+    P(y = c | x): the top label's confidence is `sigmoid(max_c z_c)`, and the NLL is that of
+    the sigmoids normalised to sum to 1, `-log(sigmoid(z_y) / sum_c sigmoid(z_c))`, a proper
+    score over the C classes (the raw `-log sigmoid(z_y)` would score 0 for sigmoids that
+    are all 1). `probabilities` names which.
+    """
+    z = np.asarray(logits, np.float64) * scale
+    if activation == "sigmoid":
+        log_sigmoid = -np.logaddexp(0.0, -z)
+        scores, from_logits, log_scores = np.exp(log_sigmoid), False, log_sigmoid
+    else:
+        scores, from_logits, log_scores = z, True, z
+    diagram = metrics_lib.reliability(labels, scores, bins, from_logits)
+    return {
+        "ece": metrics_lib.expected_calibration_error(labels, scores, bins, from_logits),
+        "bins": bins,
+        "nll": metrics_lib.negative_log_likelihood(labels, log_scores),
+        "probabilities": activation,
+        "reliability": {"count": diagram["count"].tolist(), **{
+            key: [None if np.isnan(value) else float(value) for value in diagram[key]]
+            for key in ("confidence", "accuracy")}},
+    }
+
+
 class ClassifierExperiment(run_lib.Experiment):
     """`tfimb train`'s experiment for the run skeleton: data with its imbalance, the
     normalising ResNet with coupled weight decay, the configured loss and group metrics; after
@@ -296,6 +329,7 @@ class ClassifierExperiment(run_lib.Experiment):
                  minority: list[int] | None = None) -> None:
         if dataset is not None:
             self.dataset, self.minority = dataset, list(minority or [])
+        self._results: dict[str, Any] | None = None  # Set by `results`, drawn by `save`.
 
     def dump_config(self, cfg: ExperimentConfig) -> str:
         return config_lib.dump(cfg)
@@ -367,7 +401,7 @@ class ClassifierExperiment(run_lib.Experiment):
         scores = predict(self.model, data_lib.pipeline(dataset.test, 512, training=False))
         matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
         majority = [c for c in range(dataset.num_classes) if c not in minority]
-        return {
+        self._results = {
             "accuracy": {"majority": group_accuracy(matrix, majority) if minority else None,
                          "minority": group_accuracy(matrix, minority) if minority else None,
                          "all": group_accuracy(matrix, range(dataset.num_classes))},
@@ -379,11 +413,17 @@ class ClassifierExperiment(run_lib.Experiment):
             "counts": dataset.counts.tolist(),
             "class_names": dataset.class_names,
             "minority_classes": minority,
+            "calibration": calibration(
+                scores, dataset.test.labels,
+                "sigmoid" if cfg.loss.name in catalog.SIGMOID else "softmax",
+                self.loss.scale if isinstance(self.loss, losses.LDAM) else 1.0),
         }
+        return self._results
 
     def save(self, cfg: ExperimentConfig, run_dir: pathlib.Path) -> None:
         save_model(self.model, run_dir / "model.keras")
-        report.plot_run(run_dir)
+        # results.json is written after `save`: the figures take the results just computed.
+        report.plot_run(run_dir, self._results)
 
 
 def run(cfg: ExperimentConfig, run_dir: PathLike, resume: bool = False,

@@ -87,13 +87,14 @@ def describe(config: Mapping[str, Any]) -> str:
 
 
 def labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Each run's row label (`describe`, or the folder's name for a run without results); runs
-    that would share a label, such as two seeds of one config, get their folder's name after it
-    so that no two rows or curves read alike."""
-    names = [describe(run["results"]["config"]) if "results" in run else run["dir"].name
-             for run in runs]
-    return [f"{name} ({run['dir'].name})" if names.count(name) > 1 and "results" in run
-            else name for name, run in zip(names, runs)]
+    """Each run's row label (`describe`, or the folder's name for a run without results or
+    their config); runs that would share a label, such as two seeds of one config, get their
+    folder's name after it so that no two rows or curves read alike."""
+    described = ["config" in run.get("results", {}) for run in runs]
+    names = [describe(run["results"]["config"]) if known else run["dir"].name
+             for run, known in zip(runs, described)]
+    return [f"{name} ({run['dir'].name})" if names.count(name) > 1 and known
+            else name for name, run, known in zip(names, runs, described)]
 
 
 def table(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -115,6 +116,20 @@ def table(runs: Sequence[Mapping[str, Any]]) -> str:
             best = run["results"].get("best_evaluated_epoch")
             cells.append(f"{100 * best['accuracy']['all']:.2f} ({best['epoch']})" if best else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def calibration_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The test split's expected calibration error (percent) and negative log-likelihood of
+    the runs that recorded them (results.json's `calibration`), as Markdown lines; "" when
+    none did. A table of its own under the accuracy table, whose layout stays the published
+    one."""
+    rows = [(label, run["results"]["calibration"]) for run, label in zip(runs, labels(runs))
+            if run["results"].get("calibration")]
+    if not rows:
+        return ""
+    lines = ["| training data / loss | ECE (%) | NLL |", "| --- | ---: | ---: |"]
+    lines += [f"| {label} | {100 * c['ece']:.2f} | {c['nll']:.3f} |" for label, c in rows]
     return "\n".join(lines)
 
 
@@ -190,17 +205,112 @@ def plot_effective_number(path: PathLike, betas: Sequence[float] = (0.9, 0.99, 0
     plt.close(fig)
 
 
-def plot_run(run_dir: PathLike) -> None:
-    """A run's own training curves, written to RUN_DIR/plots/training_curves.png."""
+def _floats(values: Iterable[Any]) -> np.ndarray:
+    """A JSON list of numbers as floats, NaN for null (an empty bin, a class without test
+    examples)."""
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def _save_with_legend(fig: Any, ax: Any, path: PathLike, legend_height: float,
+                      height: float) -> None:
+    """The legend below the panel (a full table's 17 runs would cover the points), saved."""
+    handles, legend_labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, legend_labels, loc="lower center", ncol=2, fontsize=8,
+                   frameon=False)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def plot_reliability(runs: Sequence[Mapping[str, Any]], path: PathLike) -> bool:
+    """Reliability diagram of the test split: per confidence bin, the accuracy of the top
+    label against the bin (a step per run; the diagonal is perfect calibration), and below,
+    the share of test examples per bin; each run's ECE in the legend.
+
+    A curve under the diagonal is over-confidence. Runs without `calibration` in their
+    results.json (older runs) are left out; returns False, drawing nothing, when none has it.
+    """
+    shown = [(run, style, label) for run, style, label
+             in zip(runs, _line_styles(len(runs)), labels(runs))
+             if run.get("results", {}).get("calibration")]
+    if not shown:
+        return False
+    plt = _pyplot()
+    legend_height = 0.22 * -(-len(shown) // 2)
+    height = 6.5 + legend_height
+    fig, (ax, share) = plt.subplots(2, 1, figsize=(6.5, height), sharex=True,
+                                    gridspec_kw={"height_ratios": (3, 1)})
+    ax.plot([0, 1], [0, 100], color="0.5", lw=0.8, linestyle="--")
+    for run, style, label in shown:
+        calibration = run["results"]["calibration"]
+        diagram = calibration["reliability"]
+        edges = np.linspace(0.0, 1.0, int(calibration["bins"]) + 1)
+        count = _floats(diagram["count"])
+        ax.stairs(100 * _floats(diagram["accuracy"]), edges, baseline=None,  # Empty: a gap.
+                  label=f"{label} (ECE {100 * calibration['ece']:.2f}%)", **style)
+        share.stairs(100 * count / max(count.sum(), 1), edges, **style)
+    ax.set(xlim=(0, 1), ylim=(0, 100), ylabel="accuracy (%)",
+           title="Reliability of the top label (test split)")
+    share.set(xlabel="confidence (max probability)", ylabel="examples (%)")
+    for axis in (ax, share):
+        axis.grid(alpha=0.3)
+    _save_with_legend(fig, ax, path, legend_height, height)
+    return True
+
+
+def plot_per_class_accuracy(runs: Sequence[Mapping[str, Any]], path: PathLike) -> bool:
+    """Test accuracy of every class against its training images (log axis), a marker per
+    class and a colour per run: how accuracy follows the tail of the imbalance.
+
+    Runs whose results.json lacks `per_class_accuracy` or `counts` are left out; returns
+    False, drawing nothing, when none has them."""
+    shown = [(run["results"], style, label) for run, style, label
+             in zip(runs, _line_styles(len(runs)), labels(runs))
+             if run.get("results", {}).get("per_class_accuracy") and
+             len(run["results"].get("counts") or ()) == len(run["results"]["per_class_accuracy"])]
+    if not shown:
+        return False
+    plt = _pyplot()
+    legend_height = 0.22 * -(-len(shown) // 2)
+    height = 4.5 + legend_height
+    fig, ax = plt.subplots(figsize=(6.5, height))
+    markers = "os^vD<>pPX"
+    for i, (results, style, label) in enumerate(shown):
+        ax.scatter(_floats(results["counts"]), 100 * _floats(results["per_class_accuracy"]),
+                   color=style["color"], marker=markers[i % len(markers)], s=18, alpha=0.8,
+                   label=label)
+    ax.set(xscale="log", ylim=(-2, 102), xlabel="training images of the class",
+           ylabel="test accuracy (%)", title="Per-class accuracy against training count")
+    ax.grid(alpha=0.3, which="both")
+    _save_with_legend(fig, ax, path, legend_height, height)
+    return True
+
+
+def plot_run(run_dir: PathLike, results: Mapping[str, Any] | None = None) -> None:
+    """A run's own training curves, written to RUN_DIR/plots/training_curves.png, and, from
+    `results` (default: RUN_DIR/results.json when it exists), its reliability diagram and
+    per-class accuracy (`reliability.png`, `per_class_accuracy.png`)."""
     run_dir = pathlib.Path(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
     plot_curves([{"dir": run_dir, "history": load_history(run_dir)}],
                 run_dir / "plots" / "training_curves.png")
+    if results is None and (run_dir / "results.json").exists():
+        try:
+            results = load_run(run_dir)["results"]
+        except ReportError:
+            results = None
+    if results is not None:
+        run = [{"dir": run_dir, "results": results}]
+        plot_reliability(run, run_dir / "plots" / "reliability.png")
+        plot_per_class_accuracy(run, run_dir / "plots" / "per_class_accuracy.png")
 
 
 def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
-    """Print the table for `run_dirs` (folders of runs expand to their runs); write table.md
-    and the plots under `output`.
+    """Print the table for `run_dirs` (folders of runs expand to their runs), and under it
+    the calibration table when a run recorded calibration; write both to table.md and the
+    plots under `output`: training curves, effective number, and where the runs recorded
+    their data, the reliability diagram and per-class accuracy against training count.
 
     Runs whose results.json cannot be read are left out; the others are reported, and then a
     `ReportError` names every file left out."""
@@ -214,10 +324,12 @@ def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
         raise ReportError(" ".join(problems))
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    text = table(runs)
+    text = "\n\n".join(filter(None, (table(runs), calibration_table(runs))))
     (output / "table.md").write_text(text + "\n")
     plot_curves(runs, output / "training_curves.png")
     plot_effective_number(output / "effective_number.png")
+    plot_reliability(runs, output / "reliability.png")
+    plot_per_class_accuracy(runs, output / "per_class_accuracy.png")
     if problems:
         print(text)
         raise ReportError(f"reported {len(runs)} of {len(runs) + len(problems)} runs (table.md "

@@ -52,7 +52,7 @@ from typing import Any, Callable, TypeVar
 import keras
 
 from tfimb import _checks, catalog
-from tfimb._checks import ArrayLike, Normalization, TensorLike
+from tfimb._checks import ArrayLike, Normalization, TensorLike, Weighting
 from tfimb.losses._base import _ImbalanceLoss, _values, _WeightedLoss
 from tfimb.losses.margin import LDAM
 from tfimb.losses.sigmoid import (ClassBalancedSigmoid, ClassBalancedSigmoidFocal,
@@ -179,25 +179,28 @@ def sigmoid_focal(y_true: TensorLike, y_pred: TensorLike, gamma: float = 2.0,
 @_serializable
 def class_balanced_sigmoid(y_true: TensorLike, y_pred: TensorLike, beta: float, counts: ArrayLike,
                            normalization: Normalization = "weighted_mean",
-                           from_logits: bool = True, label_smoothing: float = 0.0) -> TensorLike:
-    """Class-balanced sigmoid cross-entropy `w_y sum_c BCE(z_c, y_c)`. See
-    `ClassBalancedSigmoid`."""
+                           weighting: Weighting = "example", from_logits: bool = True,
+                           label_smoothing: float = 0.0) -> TensorLike:
+    """Class-balanced sigmoid cross-entropy `w_y sum_c BCE(z_c, y_c)` (`weighting="class"`:
+    `sum_c w_c BCE(z_c, y_c)`). See `ClassBalancedSigmoid`."""
     return _values(ClassBalancedSigmoid, y_true, y_pred,
-                   beta=beta, counts=counts, normalization=normalization, from_logits=from_logits,
-                   label_smoothing=label_smoothing)
+                   beta=beta, counts=counts, normalization=normalization, weighting=weighting,
+                   from_logits=from_logits, label_smoothing=label_smoothing)
 
 
 @_serializable
 def class_balanced_sigmoid_focal(y_true: TensorLike, y_pred: TensorLike, beta: float,
                                  counts: ArrayLike, gamma: float = 1.0,
                                  normalization: Normalization = "weighted_mean",
-                                 from_logits: bool = True,
+                                 weighting: Weighting = "example", from_logits: bool = True,
                                  label_smoothing: float = 0.0) -> TensorLike:
-    """Class-balanced sigmoid focal loss `w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c)`. See
+    """Class-balanced sigmoid focal loss `w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c)`
+    (`weighting="class"`: `sum_c w_c (1 - p_t,c)^gamma BCE(z_c, y_c)`). See
     `ClassBalancedSigmoidFocal`."""
     return _values(ClassBalancedSigmoidFocal, y_true, y_pred,
                    beta=beta, counts=counts, gamma=gamma, normalization=normalization,
-                   from_logits=from_logits, label_smoothing=label_smoothing)
+                   weighting=weighting, from_logits=from_logits,
+                   label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------

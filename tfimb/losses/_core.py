@@ -150,8 +150,9 @@ def _per_example(
     num_classes: int | None = None,
     dtype: str | None = None,
     activation: str = "softmax",
+    weighting: str = "example",
 ) -> tuple[TensorLike, TensorLike | None]:
-    """Unweighted per-example losses and per-example class weights (None when unweighted).
+    """Per-example losses and per-example weights (None when unweighted).
 
     softmax:
     logits' = scale * (z - margins * y) + logit_offset
@@ -159,8 +160,11 @@ def _per_example(
     sigmoid (one-vs-all, Cui et al.'s "sigmoid" and "focal"):
     l       = sum_c m_c BCE(z_c, q_c),  BCE = softplus(z) - q z,
               m_c = exp(-gamma (q_c z_c + softplus(-z_c)))   ((1 - p_t)^gamma for q in {0, 1})
-    both:
+    both, weighting "example" (the losses are unweighted):
     w       = sum_c y_c w_c  (= w_y for one-hot y; weights sum to C)
+    sigmoid, weighting "class" (each class's term weighted by its class, in the losses):
+    l       = sum_c w_c m_c BCE(z_c, q_c),  w = 1  (= mean_c w_c: every example's C terms
+              weigh C in all, as unweighted, whatever its labels)
     """
     y_pred = ops.convert_to_tensor(y_pred)
     dtype = dtype or _compute_dtype(
@@ -183,6 +187,11 @@ def _per_example(
         )
     if activation == "sigmoid":
         targets, valid = _targets(y_true, y_pred, width, dtype, multi_label=True)
+        if class_weights is not None and weighting == "class":
+            losses = _sigmoid_losses(targets, y_pred, from_logits, label_smoothing, gamma,
+                                     ops.convert_to_tensor(class_weights, dtype))
+            losses, _ = _weighted(losses, valid, targets, None, dtype)
+            return losses, ops.ones_like(losses)
         losses = _sigmoid_losses(targets, y_pred, from_logits, label_smoothing, gamma)
         return _weighted(losses, valid, targets, class_weights, dtype)
     if width < 2:
@@ -223,8 +232,10 @@ def _weighted(losses: TensorLike, valid: TensorLike | None, targets: TensorLike,
 
 
 def _sigmoid_losses(targets: TensorLike, y_pred: TensorLike, from_logits: bool,
-                    label_smoothing: float, gamma: float) -> TensorLike:
+                    label_smoothing: float, gamma: float,
+                    class_weights: TensorLike | None = None) -> TensorLike:
     """`sum_c m_c (softplus(z_c) - q_c z_c)`, q = smoothed targets: stable for any logit.
+    With `class_weights` w (weighting "class"), `sum_c w_c m_c (softplus(z_c) - q_c z_c)`.
 
     softplus never overflows, so neither the cross-entropy nor the focal modulator (computed in
     log space, as Cui et al.'s code does) needs clipping: both stay finite, and so do their
@@ -241,6 +252,8 @@ def _sigmoid_losses(targets: TensorLike, y_pred: TensorLike, from_logits: bool,
     per_class = ops.softplus(logits) - q * logits
     if gamma:
         per_class = per_class * ops.exp(-gamma * (q * logits + ops.softplus(-logits)))
+    if class_weights is not None:
+        per_class = per_class * class_weights
     return ops.sum(per_class, axis=-1)
 
 
@@ -250,6 +263,7 @@ def _imbalance_loss(y_true: TensorLike, y_pred: TensorLike, *,
 
     value = w_y l                 (normalization "num_classes", weights summing to C)
           = w_y l / mean_batch(w)  (normalization "weighted_mean": the mean is sum w l / sum w)
+    (weighting "class": w = 1 and l already class-weighted, so both give l.)
     """
     losses, weights = _per_example(y_true, y_pred, **kwargs)
     if weights is None:

@@ -4,19 +4,22 @@ The twins of `SoftmaxCrossEntropy`, `Focal`, `ClassBalancedSoftmax` and `ClassBa
 Each subclasses its twin's base (`tfimb.losses._base`), which owns the arguments, their checks
 and the config, and adds only its default name, its docstring and `_activation = "sigmoid"`,
 with which `tfimb.losses._core` sums, over classes, the binary cross-entropies of independent
-sigmoids instead of taking a softmax (labels may then be multi-hot). The rules all losses share
-are in the `tfimb.losses` docstring.
+sigmoids instead of taking a softmax (labels may then be multi-hot). The two class-balanced ones
+also take `weighting` (`_ClassWiseWeighting`): Cui et al.'s per-example weight, or per-class
+weights on the binary terms for multi-label data. The rules all losses share are in the
+`tfimb.losses` docstring.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import keras
 
-from tfimb._checks import ArrayLike, Normalization
+from tfimb import _checks
+from tfimb._checks import ArrayLike, Normalization, Weighting
 from tfimb.losses._base import (_ClassBalancedFocalLoss, _ClassBalancedLoss, _FocalLoss,
-                                _ImbalanceLoss)
+                                _ImbalanceLoss, _WeightedLoss)
 
 # The paragraph on labels of every sigmoid loss's docstring, written once: it replaces the
 # docstring's line "Labels: see _LABELS." (`_with_labels_paragraph`).
@@ -30,14 +33,55 @@ _LABELS = """Labels: sparse class ids, one-hot rows, or multi-hot rows (several 
 _Loss = TypeVar("_Loss", bound=type)
 
 
+# The paragraph on `weighting` of both class-balanced sigmoid losses' docstrings, written once: it
+# replaces their line "Weighting: see _WEIGHTING." (`_with_labels_paragraph`).
+_WEIGHTING = """Weighting (`weighting`, `tfimb.catalog.WEIGHTINGS`):
+
+    * `"example"` (default; Cui et al.'s rule, the single-label protocol): the example's weight
+      `w_y = sum_c y_c w_c`, the sum of its positive classes' weights (the weight of its class
+      for sparse and one-hot labels), scales all its C binary terms. A multi-hot row with no
+      positive class weighs 0 and drops out of training.
+    * `"class"` (multi-label data): each class's binary term is weighted by that class's own
+      weight, `l = sum_c w_c BCE_c`, for positives and negatives alike, so an all-negative
+      example keeps a nonzero loss. Every example's C terms weigh C in all (the weights sum to
+      C), so without sample weights both normalizations give the plain batch mean. Per-class weights
+      on the binary terms are the multi-label practice that Wu et al.'s distribution-balanced
+      loss starts from (ECCV 2020, https://arxiv.org/abs/2007.09654).
+
+    The default never depends on the labels' values: no rule can tell a one-hot row from a
+    multi-hot row with one positive without looking at each batch, and such a rule would weight
+    one batch of a run differently from the next. Pass `weighting="class"` for multi-label
+    data; `counts` are then the positives per class."""
+
+
 def _with_labels_paragraph(cls: _Loss) -> _Loss:
     """Class decorator: put `_LABELS` in place of the line "Labels: see _LABELS." of the class's
-    docstring."""
+    docstring, and `_WEIGHTING` in place of the line "Weighting: see _WEIGHTING." where it has
+    one."""
     marker = "Labels: see _LABELS."
     if cls.__doc__ is None or cls.__doc__.count(marker) != 1:
         raise TypeError(f"{cls.__name__}'s docstring needs the line {marker!r} once")
     cls.__doc__ = cls.__doc__.replace(marker, _LABELS)
+    weighting = "Weighting: see _WEIGHTING."
+    if weighting in cls.__doc__:
+        cls.__doc__ = cls.__doc__.replace(weighting, _WEIGHTING)
     return cls
+
+
+class _ClassWiseWeighting(_WeightedLoss):
+    """Base of the class-balanced sigmoid losses: the `weighting` argument ("example" or
+    "class"), its check and its config entry."""
+
+    weighting: Weighting = "example"
+
+    def _set_weighting(self, weighting: str) -> None:
+        self.weighting = _checks.check_weighting(weighting)
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return {**super()._loss_kwargs(), "weighting": self.weighting}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weighting": self.weighting}
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
@@ -112,67 +156,86 @@ class SigmoidFocal(_FocalLoss):
 
 @keras.saving.register_keras_serializable(package="tfimb")
 @_with_labels_paragraph
-class ClassBalancedSigmoid(_ClassBalancedLoss):
+class ClassBalancedSigmoid(_ClassWiseWeighting, _ClassBalancedLoss):
     """Class-balanced sigmoid cross-entropy (Cui et al., CVPR 2019, loss type "sigmoid").
 
     Per example: `l = w_y sum_c BCE(z_c, y_c)`, `w_c = (1 - beta) / (1 - beta^{n_c})` (float64,
     rescaled to sum to C): the weight of the example's class scales all C binary terms, as in
     the authors' code. For multi-hot labels the example's weight is the sum of its positive
-    classes' weights (their rule; an example with no positive class then weighs 0), and `counts`
-    are the positives per class (`tfimb.class_counts(labels, C, multi_label=True)`).
+    classes' weights (an example with no positive class then weighs 0) unless
+    `weighting="class"`, which gives `l = sum_c w_c BCE(z_c, y_c)`; `counts` are then the
+    positives per class (`tfimb.class_counts(labels, C, multi_label=True)`).
     `normalization="num_classes"` (plain batch mean) is the authors' reduction; the default
     `"weighted_mean"` divides by the batch's total weight instead (module docstring).
 
     Labels: see _LABELS.
 
+    Weighting: see _WEIGHTING.
+
     Args:
         beta: `0 <= beta < 1`.
         counts: training examples (positives) per class over the whole training set.
         normalization: `"weighted_mean"` (default) or `"num_classes"`.
+        weighting: `"example"` (default) or `"class"` (multi-label data), as above.
         from_logits, label_smoothing, reduction, name, dtype: as in `SigmoidCrossEntropy`.
 
-    Reference: Cui, Jia, Lin, Song, Belongie. "Class-Balanced Loss Based on Effective Number
-    of Samples." https://arxiv.org/abs/1901.05555
+    References: Cui, Jia, Lin, Song, Belongie. "Class-Balanced Loss Based on Effective Number
+    of Samples." https://arxiv.org/abs/1901.05555. Wu, Huang, Liu, Wang, Lin.
+    "Distribution-Balanced Loss for Multi-Label Classification in Long-Tailed Datasets."
+    https://arxiv.org/abs/2007.09654
 
     Example:
 
     >>> loss = tfimb.ClassBalancedSigmoid(0.999, [100, 10, 1], normalization="num_classes")
     >>> round(float(loss([0, 1, 2], [[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]])), 6)
     1.625324
+
+    Multi-label, class-wise (the second row has no positive class and still counts):
+
+    >>> multi_hot = [[1, 0, 0], [0, 0, 0], [0, 1, 1]]
+    >>> loss = tfimb.ClassBalancedSigmoid(0.999, [100, 10, 1], weighting="class", reduction=None)
+    >>> [round(float(v), 6) for v in loss(multi_hot, [[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3]])]
+    [2.369985, 3.034251, 0.314566]
     """
 
     _activation = "sigmoid"
 
     def __init__(self, beta: float, counts: ArrayLike,
-                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 normalization: Normalization = "weighted_mean",
+                 weighting: Weighting = "example", from_logits: bool = True,
                  label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
                  name: str = "class_balanced_sigmoid", dtype: str | None = None) -> None:
         super().__init__(beta, counts, normalization, from_logits=from_logits,
                          label_smoothing=label_smoothing, reduction=reduction, name=name,
                          dtype=dtype)
+        self._set_weighting(weighting)
 
 
 @keras.saving.register_keras_serializable(package="tfimb")
 @_with_labels_paragraph
-class ClassBalancedSigmoidFocal(_ClassBalancedFocalLoss):
+class ClassBalancedSigmoidFocal(_ClassWiseWeighting, _ClassBalancedFocalLoss):
     """Class-balanced sigmoid focal loss (Cui et al., CVPR 2019, loss type "focal").
 
     Per example: `l = w_y sum_c (1 - p_t,c)^gamma BCE(z_c, y_c)` with the class-balanced weights
-    of `ClassBalancedSigmoid` and the modulator of `SigmoidFocal`. The authors' best loss on
-    CIFAR-10-LT at imbalance 100 (beta = 0.9999, gamma = 1.0, `normalization="num_classes"`:
-    74.57% top-1, their Table 2). `gamma = 0` gives `ClassBalancedSigmoid`, `beta = 0` gives
-    `SigmoidFocal`.
+    of `ClassBalancedSigmoid` and the modulator of `SigmoidFocal`; with `weighting="class"`,
+    `l = sum_c w_c (1 - p_t,c)^gamma BCE(z_c, y_c)`. The authors' best loss on CIFAR-10-LT at
+    imbalance 100 (beta = 0.9999, gamma = 1.0, `normalization="num_classes"`: 74.57% top-1,
+    their Table 2). `gamma = 0` gives `ClassBalancedSigmoid`, `beta = 0` gives `SigmoidFocal`.
 
     Labels: see _LABELS.
+
+    Weighting: see _WEIGHTING.
 
     Args:
         beta: `0 <= beta < 1`.
         counts: training examples (positives) per class over the whole training set.
         gamma: focusing parameter, `gamma >= 0` (default 1.0).
         normalization: `"weighted_mean"` (default) or `"num_classes"`.
+        weighting: `"example"` (default) or `"class"` (multi-label data), as above.
         from_logits, label_smoothing, reduction, name, dtype: as in `SigmoidCrossEntropy`.
 
-    Reference: Cui et al. https://arxiv.org/abs/1901.05555
+    References: Cui et al. https://arxiv.org/abs/1901.05555; for `weighting="class"`, Wu et
+    al. https://arxiv.org/abs/2007.09654
 
     Example:
 
@@ -185,9 +248,11 @@ class ClassBalancedSigmoidFocal(_ClassBalancedFocalLoss):
     _activation = "sigmoid"
 
     def __init__(self, beta: float, counts: ArrayLike, gamma: float = 1.0,
-                 normalization: Normalization = "weighted_mean", from_logits: bool = True,
+                 normalization: Normalization = "weighted_mean",
+                 weighting: Weighting = "example", from_logits: bool = True,
                  label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size",
                  name: str = "class_balanced_sigmoid_focal", dtype: str | None = None) -> None:
         super().__init__(beta, counts, gamma, normalization, from_logits=from_logits,
                          label_smoothing=label_smoothing, reduction=reduction, name=name,
                          dtype=dtype)
+        self._set_weighting(weighting)
