@@ -327,3 +327,22 @@ def test_a_signal_inside_a_finalizer_is_raised_after_it_not_printed_and_lost(cap
             del finalizer
             time.sleep(2)
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("command, target, error, named", [
+    (["export", "run"], "tfimb.experiments.export.export",
+     lambda: tf.errors.ResourceExhaustedError(None, None, "saved_models/run/.1.tmp-x/model/"
+                                              "variables; No space left on device"),
+     "cannot write in saved_models: No space left on device (errno 28)"),
+    (["report", "run", "--output", "out"], "tfimb.experiments.report.report",
+     lambda: PermissionError(errno.EACCES, os.strerror(errno.EACCES), "out/table.md"),
+     "cannot write out/table.md: Permission denied (errno 13)"),
+])
+def test_export_and_report_write_failures_are_one_line(monkeypatch, capsys, command, target,
+                                                       error, named):
+    def fail(*args, **kwargs):
+        raise error()
+    monkeypatch.setattr(target, fail)
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"tfimb: {named}")
