@@ -233,3 +233,73 @@ def test_a_killed_export_leaves_nothing_the_next_export_cannot_clear(tmp_path):
     assert second.name == "2"
     assert sorted(p.name for p in saved.iterdir()) == ["1", "2"]
     assert (saved / "1" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_logit_adjustment_is_served_and_recorded(tmp_path, capsys):
+    """`--logit-adjustment`: both classifier signatures give the probabilities and class ids
+    of `z - tau log pi` (Menon et al.'s post-hoc adjustment) under their usual names and
+    shapes; tau (`auto`: results.json's) and pi are recorded in the SavedModel; a flow run, a
+    bad tau and `auto` on a run that recorded none are refused in one line."""
+    from tfimb import cli
+
+    model, dataset = _classifier_run(tmp_path / "cls")
+    counts = [2000, 700, 300, 120, 50, 20, 9, 4, 2, 1]  # A long tail: the adjustment bites.
+    (tmp_path / "cls" / "counts.json").write_text(json.dumps(
+        {"class_names": dataset.class_names, "counts": counts}))
+    pi = np.array(counts) / np.sum(counts)
+    results = {"accuracy": {"all": 0.1},
+               "posthoc": {"tau": 0.75, "chosen_on": "validation", "pi": pi.tolist()}}
+    (tmp_path / "cls" / "results.json").write_text(json.dumps(results))
+    path = export.export(tmp_path / "cls", output_dir=tmp_path / "saved",
+                         logit_adjustment="auto")
+    loaded = tf.saved_model.load(str(path))
+    images = dataset.test.images[:16]
+    logits = model.predict(images.astype(np.float32), verbose=0)
+    adjusted = logits - 0.75 * np.log(pi)
+    assert not np.array_equal(adjusted.argmax(1), logits.argmax(1))  # The test can tell.
+    out = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert sorted(out) == ["class_ids", "class_names", "probabilities"]
+    assert out["class_ids"].numpy().tolist() == adjusted.argmax(1).tolist()
+    assert [s.decode() for s in out["class_names"].numpy()] == [
+        dataset.class_names[i] for i in adjusted.argmax(1)]
+    expected = np.exp(adjusted - adjusted.max(1, keepdims=True))
+    np.testing.assert_allclose(out["probabilities"], expected / expected.sum(1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
+    blobs = tf.constant([tf.io.encode_png(image).numpy() for image in images[:4]])
+    by_bytes = loaded.signatures["serving_bytes"](image_bytes=blobs)
+    assert by_bytes["class_ids"].numpy().tolist() == adjusted[:4].argmax(1).tolist()
+    recorded = loaded.signatures["logit_adjustment"]()
+    assert float(recorded["tau"]) == 0.75
+    np.testing.assert_allclose(recorded["pi"], pi, rtol=1e-6)
+    asset = json.loads((path / "assets" / "logit_adjustment.json").read_text())
+    assert (asset["tau"], asset["counts"], asset["chosen_on"]) == (0.75, counts, "validation")
+    np.testing.assert_allclose(asset["pi"], pi, rtol=1e-12)
+
+    # A number from the command line; without the option, nothing changes.
+    assert cli.main(["export", str(tmp_path / "cls"), "--output-dir", str(tmp_path / "saved"),
+                     "--logit-adjustment", "0"]) == 0
+    assert "z - 0 * log(pi)" in capsys.readouterr().out
+    plain = tf.saved_model.load(str(export.export(tmp_path / "cls",
+                                                  output_dir=tmp_path / "saved")))
+    assert "logit_adjustment" not in plain.signatures
+    for version in (plain, tf.saved_model.load(str(tmp_path / "saved" / "cls" / "2"))):
+        served = version.signatures["serving_default"](images=tf.constant(images))
+        assert served["class_ids"].numpy().tolist() == logits.argmax(1).tolist()
+
+    _flow_run(tmp_path / "flow", num_scales=1)
+    old = tmp_path / "old"
+    _classifier_run(old)  # results.json without `posthoc`: a run from an older tfimb.
+    for run, value, needle in ((tmp_path / "flow", "auto", "is a flow run"),
+                               (tmp_path / "cls", "-1", "finite tau >= 0"),
+                               (tmp_path / "cls", "nan", "finite tau >= 0"),
+                               (tmp_path / "cls", "big", "finite tau >= 0"),
+                               (old, "auto", "records no post-hoc tau")):
+        assert cli.main(["export", str(run), "--output-dir", str(tmp_path / "refused"),
+                         "--logit-adjustment", value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tfimb: Invalid value for argument `--logit-adjustment`.")
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(export.ExportArgumentError, match="is a flow run"):
+        export.export(tmp_path / "flow", output_dir=tmp_path / "refused", logit_adjustment=1.0)

@@ -200,3 +200,54 @@ def test_report_tolerates_results_without_calibration_or_per_class_data(tmp_path
     assert report.plot_reliability(loaded, tmp_path / "r.png") is False
     assert report.plot_per_class_accuracy(loaded[:1], tmp_path / "p.png") is False
     assert not (tmp_path / "r.png").exists() and not (tmp_path / "p.png").exists()
+
+
+def _with_posthoc(folder, section):
+    import json
+
+    results = json.loads((folder / "results.json").read_text())
+    results["posthoc"] = section
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    return folder
+
+
+def test_report_prints_the_posthoc_table_under_the_calibration_table(tmp_path, capsys):
+    """Each run that recorded `posthoc` gets its tau, where it was chosen and its test accuracy
+    before and after the adjustment; runs without the section (older ones) get no row and
+    still load; the accuracy table keeps its layout."""
+    import json
+
+    from tfimb import cli
+    from tfimb.experiments import classify
+
+    logits, labels = _test_logits()
+    counts = [500, 200, 80, 30, 10]
+    chosen = classify.posthoc_adjustment(logits, labels, counts, [3, 4], _test_logits(seed=1))
+    default = classify.posthoc_adjustment(logits, labels, counts, [3, 4])
+    json.dumps(chosen, allow_nan=False)
+    assert default["tau"] == 1.0 and default["chosen_on"] is None
+    assert chosen["chosen_on"] == "validation"
+    runs = tmp_path / "runs"
+    _with_posthoc(_finished_run(runs / "ce", calibration=classify.calibration(logits, labels)),
+                  chosen)
+    _with_posthoc(_finished_run(runs / "focal", "focal"), default)
+    _finished_run(runs / "older", "sigmoid_focal")  # No calibration, no posthoc.
+    out = tmp_path / "out"
+    assert cli.main(["report", str(runs), "--output", str(out)]) == 0
+    shown = capsys.readouterr().out
+    table, calibration, posthoc = (out / "table.md").read_text().strip().split("\n\n")
+    assert table.splitlines()[0] == "| training data / loss | majority | minority | all |"
+    assert calibration.splitlines()[0] == "| training data / loss | ECE (%) | NLL |"
+    lines = posthoc.splitlines()
+    assert lines[0] == ("| training data / loss | tau | chosen on | majority | minority | all "
+                        "| adjusted majority | adjusted minority | adjusted all |")
+    after = " | ".join(f"{100 * chosen['accuracy'][g]:.2f}"
+                       for g in ("majority", "minority", "all"))
+    row = f"| imbalanced, CE | {chosen['tau']:g} | validation | 90.00 | 50.00 | 80.00 | {after} |"
+    assert row in lines
+    assert any(line.startswith("| focal | 1 | default | 90.00 |") for line in lines)
+    assert len(lines) == 4 and "sigmoid focal" not in posthoc  # The older run: no row.
+    assert posthoc in shown
+    older = report.load_run(runs / "older")
+    assert report.posthoc_table([older]) == ""
+    assert "adjusted" not in report.report([runs / "older"], tmp_path / "o2")

@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any as _Any
 
-    from tfimb import cli, flows, losses, metrics, models, weights
+    from tfimb import cli, flows, losses, metrics, models, posthoc, weights
     from tfimb.losses import (
         LDAM,
         BalancedSoftmax,
@@ -73,7 +73,7 @@ _LAZY_NAMES = {
     "class_counts": "tfimb.weights",
 }
 _SUBMODULES = ("losses", "metrics", "models", "weights", "flows", "cli", "platform_info",
-               "catalog")
+               "catalog", "posthoc")
 
 __all__ = sorted(_LAZY_NAMES) + list(_SUBMODULES) + ["__version__", "register_all"]
 

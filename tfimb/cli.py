@@ -311,12 +311,20 @@ def _flow_two_moons(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import json
+
     from tfimb.experiments import export
 
     path = export.export(args.run_dir, name=args.name, version=args.version,
-                         output_dir=args.output_dir, overwrite=args.overwrite)
+                         output_dir=args.output_dir, overwrite=args.overwrite,
+                         logit_adjustment=args.logit_adjustment)
     print(f"SavedModel written to {path} ({export.run_kind(args.run_dir)}); signatures: "
           "saved_model_cli show --all --dir " + str(path))
+    record = path / "assets" / "logit_adjustment.json"
+    if args.logit_adjustment is not None and record.exists():
+        tau = json.loads(record.read_text())["tau"]
+        print(f"its serving signatures apply post-hoc logit adjustment, z - {tau:g} * log(pi) "
+              f"(tau and pi: signature logit_adjustment and {record})")
     return 0
 
 
@@ -458,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output-dir", default="saved_models",
                         help="model base path (default: saved_models)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--logit-adjustment", nargs="?", const="auto", metavar="TAU|auto",
+                        help="classifier runs: serve post-hoc adjusted logits z - tau * log(pi) "
+                             "(pi: training priors); `auto` or no value: the tau results.json "
+                             "recorded (chosen on the validation split; 1 without one)")
     export.set_defaults(handler=_export)
 
     report = commands.add_parser("report", help="table and plots from finished runs")

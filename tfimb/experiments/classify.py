@@ -34,6 +34,7 @@ from tfimb import config as config_lib
 from tfimb import data as data_lib
 from tfimb.data import service as data_service
 from tfimb import metrics as metrics_lib
+from tfimb import posthoc as posthoc_lib
 from tfimb import losses, models
 from tfimb.experiments import report
 from tfimb.runtime import devices, rundir
@@ -316,6 +317,51 @@ def calibration(logits: np.ndarray, labels: np.ndarray,
     }
 
 
+def posthoc_adjustment(logits: np.ndarray, labels: np.ndarray, counts: Sequence[int] | np.ndarray,
+                       minority: Sequence[int],
+                       validation: tuple[np.ndarray, np.ndarray] | None = None,
+                       scale: float = 1.0) -> dict[str, Any]:
+    """results.json's `posthoc`: Menon et al.'s post-hoc logit adjustment of the test logits,
+    predictions `argmax(z - tau * log pi)` with `pi = counts / sum(counts)` the training
+    priors, and their group and per-class test accuracies.
+
+    tau is chosen on `validation`, the (logits, labels) of the run's validation split, by
+    `tfimb.posthoc.choose_tau` (best balanced accuracy over 0, 0.25, ..., 3; a tie to the tau
+    closest to 1), never on the test split, whose accuracy it would overstate. A run without
+    a validation split takes Menon et al.'s tau = 1 (the Bayes rule for the balanced error)
+    and records `chosen_on: null`. The logits are the ones the loss trained, LDAM's cosines
+    times `scale`; the sigmoid losses' logits are adjusted the same way (the argmax of
+    `z_c - tau * log pi_c`, which is the argmax of the adjusted one-vs-all sigmoids).
+
+    Reference: Menon et al., "Long-tail learning via logit adjustment", ICLR 2021.
+    """
+    num_classes = len(counts)
+    pi = posthoc_lib.priors(counts)
+    by_tau: dict[str, float] | None = None
+    if validation is not None:
+        tau, accuracies = posthoc_lib.choose_tau(np.asarray(validation[0], np.float64) * scale,
+                                                 validation[1], counts)
+        by_tau = {str(float(t)): accuracy for t, accuracy in accuracies.items()}
+    else:
+        tau = posthoc_lib.DEFAULT_TAU
+    adjusted = keras.ops.convert_to_numpy(posthoc_lib.adjust_logits(
+        np.asarray(logits, np.float64) * scale, counts, tau))
+    matrix = metrics_lib.confusion_matrix(labels, adjusted, num_classes)
+    majority = [c for c in range(num_classes) if c not in minority]
+    return {
+        "tau": float(tau),
+        "chosen_on": "validation" if validation is not None else None,
+        "pi": pi.tolist(),
+        "accuracy": {"majority": group_accuracy(matrix, majority) if minority else None,
+                     "minority": group_accuracy(matrix, minority) if minority else None,
+                     "all": group_accuracy(matrix, range(num_classes))},
+        "per_class_accuracy": [  # null for a class without test examples: strict JSON.
+            None if np.isnan(value) else float(value)
+            for value in metrics_lib.per_class_accuracy(labels, adjusted, num_classes)],
+        "validation_accuracy_by_tau": by_tau,
+    }
+
+
 class ClassifierExperiment(run_lib.Experiment):
     """`tfimb train`'s experiment for the run skeleton: data with its imbalance, the
     normalising ResNet with coupled weight decay, the configured loss and group metrics; after
@@ -399,6 +445,12 @@ class ClassifierExperiment(run_lib.Experiment):
                 loop: loop_lib.TrainingLoop) -> dict[str, Any]:
         dataset, minority = self.dataset, self.minority
         scores = predict(self.model, data_lib.pipeline(dataset.test, 512, training=False))
+        scale = self.loss.scale if isinstance(self.loss, losses.LDAM) else 1.0
+        validation = None  # Post-hoc tau is chosen on the validation split, never the test.
+        if len(dataset.validation):
+            validation = (predict(self.model, data_lib.pipeline(dataset.validation, 512,
+                                                                training=False)),
+                          dataset.validation.labels)
         matrix = metrics_lib.confusion_matrix(dataset.test.labels, scores, dataset.num_classes)
         majority = [c for c in range(dataset.num_classes) if c not in minority]
         self._results = {
@@ -415,8 +467,9 @@ class ClassifierExperiment(run_lib.Experiment):
             "minority_classes": minority,
             "calibration": calibration(
                 scores, dataset.test.labels,
-                "sigmoid" if cfg.loss.name in catalog.SIGMOID else "softmax",
-                self.loss.scale if isinstance(self.loss, losses.LDAM) else 1.0),
+                "sigmoid" if cfg.loss.name in catalog.SIGMOID else "softmax", scale),
+            "posthoc": posthoc_adjustment(scores, dataset.test.labels, dataset.counts, minority,
+                                          validation, scale),
         }
         return self._results
 

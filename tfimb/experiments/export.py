@@ -8,6 +8,11 @@ Classifier signatures (`keras.export.ExportArchive`):
   serving_default(images: uint8 [batch, H, W, C]) and serving_bytes(image_bytes: string [batch],
   encoded JPEG or PNG) -> probabilities float32 [batch, classes], class_ids int64 [batch],
   class_names string [batch]. Outputs are float32 for mixed-precision models too.
+  With `logit_adjustment` (`tfimb export --logit-adjustment [TAU|auto]`) both compute them
+  from the post-hoc adjusted logits `z - tau * log(pi)` (Menon et al., ICLR 2021; pi: the
+  training priors from counts.json), so `class_ids` is the adjusted prediction, and the
+  SavedModel records tau and pi: a `logit_adjustment() -> tau float32 [], pi float32
+  [classes]` signature and `assets/logit_adjustment.json`.
 Flow signatures:
   bits_per_dim / serving_default(images: uint8) -> bits_per_dim float32 [batch];
   log_prob(images: uint8) -> log_prob float32 [batch]: log P(image) in nats of the discrete
@@ -34,13 +39,13 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 import tensorflow as tf
 
 import tfimb
-from tfimb import catalog, losses
+from tfimb import catalog, losses, posthoc
 from tfimb._checks import PathLike
 from tfimb.errors import TfimbError, UsageError
 
@@ -82,12 +87,54 @@ def _checked_images(images, shape: list[int], signature: str):
         return tf.identity(images)
 
 
-def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
+def logit_adjustment_tau(run_dir: PathLike, value: float | str) -> float:
+    """The tau that `--logit-adjustment VALUE` asks for: "auto" reads the tau the run chose
+    (results.json's `posthoc`), a number is that tau (finite, >= 0); else ExportArgumentError,
+    one line in Keras' form."""
+    run_dir = pathlib.Path(run_dir)
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        recorded = json.loads((run_dir / "results.json").read_text()).get("posthoc") or {}
+        if recorded.get("tau") is None:
+            raise ExportArgumentError(
+                "Invalid value for argument `--logit-adjustment`. Expected a tau >= 0: the "
+                f"results.json of {run_dir} records no post-hoc tau (its run finished before "
+                "tfimb chose one), so `auto` has none to read. Received: "
+                f"--logit-adjustment={value!r}")
+        return float(recorded["tau"])
+    try:
+        return posthoc.check_tau(value, "--logit-adjustment")
+    except ValueError:
+        raise ExportArgumentError(
+            "Invalid value for argument `--logit-adjustment`. Expected `auto` (the tau in "
+            "results.json) or a finite tau >= 0. Received: "
+            f"--logit-adjustment={value!r}") from None
+
+
+def _logit_adjustment_record(run_dir: pathlib.Path, value: float | str, tau: float,
+                             counts: list[int], class_names: list[str]) -> dict[str, Any]:
+    """assets/logit_adjustment.json: what the serving signatures subtract, and where tau came
+    from."""
+    recorded = json.loads((run_dir / "results.json").read_text()).get("posthoc") or {}
+    auto = isinstance(value, str) and value.strip().lower() == "auto"
+    return {"formula": "probabilities and class_ids of logits - tau * log(pi)",
+            "tau": tau, "pi": posthoc.priors(counts).tolist(), "counts": counts,
+            "class_names": class_names,
+            "tau_from": "results.json posthoc" if auto else "--logit-adjustment",
+            "chosen_on": recorded.get("chosen_on") if auto else None,
+            "reference": "Menon et al., Long-tail learning via logit adjustment, ICLR 2021"}
+
+
+def _classifier_archive(run_dir: PathLike, tau: float | None = None
+                        ) -> keras.export.ExportArchive:
+    """The classifier's signatures; with `tau`, over the post-hoc adjusted logits
+    `z - tau * log(pi)` (pi from counts.json), plus the `logit_adjustment` signature that
+    returns tau and pi."""
     run_dir = pathlib.Path(run_dir)
     tfimb.register_all()  # model.keras may hold tfimb layers (the cosine head).
     model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
     with open(run_dir / "counts.json") as f:
-        class_names = json.load(f)["class_names"]
+        recorded_counts = json.load(f)
+    class_names, counts = recorded_counts["class_names"], recorded_counts["counts"]
     height, width, channels = model.input_shape[1:]
     names = tf.constant(class_names)
     # Per-class probabilities as the run's loss defines them: one-vs-all sigmoids for the
@@ -106,6 +153,8 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     def predict(images):
         logits = logit_scale * tf.cast(model(tf.cast(images, tf.float32), training=False),
                                        tf.float32)
+        if tau is not None:  # Post-hoc logit adjustment: argmax(z - tau * log pi).
+            logits = posthoc.adjust_logits(logits, counts, tau)
         class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities(logits), "class_ids": class_ids,
                 "class_names": tf.gather(names, class_ids)}
@@ -148,6 +197,14 @@ def _classifier_archive(run_dir: PathLike) -> keras.export.ExportArchive:
         [None, height, width, channels], tf.uint8, name="images")])
     archive.add_endpoint("serving_bytes", predict_bytes,
                          [tf.TensorSpec([None], tf.string, name="image_bytes")])
+    if tau is not None:
+        pi = posthoc.priors(counts)
+
+        def logit_adjustment():
+            """tau and pi of the adjustment the serving signatures apply (no inputs)."""
+            return {"tau": tf.constant(tau, tf.float32), "pi": tf.constant(pi, tf.float32)}
+
+        archive.add_endpoint("logit_adjustment", logit_adjustment, [])
     return archive
 
 
@@ -212,10 +269,26 @@ def next_version(model_dir: PathLike) -> int:
 
 
 def export(run_dir: PathLike, name: str | None = None, version: int | None = None,
-           output_dir: PathLike = "saved_models", overwrite: bool = False) -> pathlib.Path:
-    """Export a finished run to `output_dir/NAME/VERSION/`; return that path."""
+           output_dir: PathLike = "saved_models", overwrite: bool = False,
+           logit_adjustment: float | str | None = None) -> pathlib.Path:
+    """Export a finished run to `output_dir/NAME/VERSION/`; return that path.
+
+    `logit_adjustment` (classifier runs only): "auto" (the tau results.json's `posthoc`
+    recorded, chosen on the run's validation split) or a tau >= 0. The classifier signatures
+    then give the probabilities and `class_ids` of `z - tau * log(pi)`, Menon et al.'s
+    post-hoc adjustment, and the SavedModel records tau and pi (the `logit_adjustment`
+    signature and `assets/logit_adjustment.json`). None (default): the logits as trained.
+    """
     run_dir = pathlib.Path(run_dir)
     kind = run_kind(run_dir)
+    tau = None
+    if logit_adjustment is not None:
+        if kind != "classifier":
+            raise ExportArgumentError(
+                "Invalid value for argument `--logit-adjustment`. Expected a classifier run: "
+                f"{run_dir} is a flow run, which has no class logits to adjust. Received: "
+                f"--logit-adjustment={logit_adjustment!r}")
+        tau = logit_adjustment_tau(run_dir, logit_adjustment)
     name = name or run_dir.resolve().name
     if not name or "/" in name or name.startswith("."):
         raise ExportArgumentError("Invalid value for argument `--name`. Expected a folder "
@@ -232,11 +305,19 @@ def export(run_dir: PathLike, name: str | None = None, version: int | None = Non
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; pass --overwrite to replace it, or another "
                           "--version.")
-    archive = _classifier_archive(run_dir) if kind == "classifier" else _flow_archive(run_dir)
+    archive = (_classifier_archive(run_dir, tau) if kind == "classifier"
+               else _flow_archive(run_dir))
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:
         archive.write_out(str(staging / "model"), verbose=False)
+        if tau is not None:  # Beside the graph: readable without TensorFlow.
+            counts = json.loads((run_dir / "counts.json").read_text())
+            record = _logit_adjustment_record(run_dir, logit_adjustment, tau,
+                                              counts["counts"], counts["class_names"])
+            (staging / "model" / "assets").mkdir(exist_ok=True)
+            (staging / "model" / "assets" / "logit_adjustment.json").write_text(
+                json.dumps(record, indent=1) + "\n")
         if target.exists():  # --overwrite: move the old version aside, then swap.
             old = model_dir / f".{version}.old"
             shutil.rmtree(old, ignore_errors=True)

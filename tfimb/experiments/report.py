@@ -133,6 +133,35 @@ def calibration_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def posthoc_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Post-hoc logit adjustment (results.json's `posthoc`, Menon et al. 2021) of the runs
+    that recorded it, as Markdown lines; "" when none did: each run's tau, the split it was
+    chosen on (`default`: no validation split, Menon et al.'s tau = 1) and the test split's
+    majority / minority / all accuracy (percent) of `argmax(z)` and of the adjusted
+    `argmax(z - tau log pi)`. A table of its own under the calibration table, so that the
+    accuracy table keeps the published layout."""
+    rows = [(label, run["results"]) for run, label in zip(runs, labels(runs))
+            if run["results"].get("posthoc")]
+    if not rows:
+        return ""
+    groups = ("majority", "minority", "all")
+    lines = ["| training data / loss | tau | chosen on | majority | minority | all "
+             "| adjusted majority | adjusted minority | adjusted all |",
+             "| --- | ---: | --- |" + " ---: |" * 6]
+    for label, results in rows:
+        posthoc = results["posthoc"]
+        before, after = results["accuracy"], posthoc.get("accuracy") or {}
+        cells = [f"{posthoc['tau']:g}", posthoc.get("chosen_on") or "default"]
+        cells += [_percent(before.get(g)) for g in groups]
+        cells += [_percent(after.get(g)) for g in groups]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -308,9 +337,10 @@ def plot_run(run_dir: PathLike, results: Mapping[str, Any] | None = None) -> Non
 
 def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
     """Print the table for `run_dirs` (folders of runs expand to their runs), and under it
-    the calibration table when a run recorded calibration; write both to table.md and the
-    plots under `output`: training curves, effective number, and where the runs recorded
-    their data, the reliability diagram and per-class accuracy against training count.
+    the calibration table when a run recorded calibration and the post-hoc logit adjustment
+    table when a run recorded `posthoc`; write them to table.md and the plots under
+    `output`: training curves, effective number, and where the runs recorded their data, the
+    reliability diagram and per-class accuracy against training count.
 
     Runs whose results.json cannot be read are left out; the others are reported, and then a
     `ReportError` names every file left out."""
@@ -324,7 +354,8 @@ def report(run_dirs: Iterable[PathLike], output: PathLike) -> str:
         raise ReportError(" ".join(problems))
     output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    text = "\n\n".join(filter(None, (table(runs), calibration_table(runs))))
+    text = "\n\n".join(filter(None, (table(runs), calibration_table(runs),
+                                      posthoc_table(runs))))
     (output / "table.md").write_text(text + "\n")
     plot_curves(runs, output / "training_curves.png")
     plot_effective_number(output / "effective_number.png")
