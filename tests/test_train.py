@@ -319,8 +319,9 @@ def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(classify, "run", killed_in_the_second_run)
     args = ["train", str(tmp_path / "job.yaml"), "--workdir", str(workdir)]
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(args)
+    assert cli.main(args) == 130  # Ctrl-C: one line with the command that continues.
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip().endswith(" ".join(args) + " --resume")
     monkeypatch.setattr(classify, "run", real_run)
     assert (workdir / "ce" / "results.json").exists()
     assert not (workdir / "focal" / "results.json").exists()

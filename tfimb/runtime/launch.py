@@ -86,9 +86,9 @@ def supervise(commands: Sequence[Command], log_dir: PathLike, console: str | Non
     def failure(name, code, running):
         where = "above" if name == console else f"in {log_dir / (name + '.log')}"
         if code in PREEMPTED:  # tfimb saved a checkpoint at the step all workers agreed on.
-            error = LaunchError(f"{name} stopped on {PREEMPTED[code]} (status {code}) after "
-                                f"the workers saved a checkpoint (its output is {where})."
-                                f"{retry_hint}")
+            error = LaunchError(f"{name} stopped on {PREEMPTED[code]} (status {code}); in "
+                                "training the workers saved a checkpoint at the step they "
+                                f"agreed on first (its output is {where}).{retry_hint}")
             error.exit_code = code
             return error
         stopped = " Stopped the others." if running else ""
