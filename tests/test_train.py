@@ -335,3 +335,15 @@ def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys)
     assert cli.main(args) == 0  # A finished job says so and prints its table.
     out = capsys.readouterr().out
     assert "All 2 runs" in out and "| training data / loss |" in out
+
+    # A kept model loads and evaluates to its recorded results in one call.
+    recorded = json.loads(finished)
+    again = classify.evaluate_run(workdir / "ce")
+    assert again["accuracy"] == recorded["accuracy"]
+    assert again["confusion_matrix"] == recorded["confusion_matrix"]
+    assert again["calibration"]["ece"] == pytest.approx(recorded["calibration"]["ece"])
+    assert cli.main(["evaluate", str(workdir / "ce")]) == 0
+    out = capsys.readouterr().out
+    assert f"all {100 * recorded['accuracy']['all']:.2f}" in out.splitlines()[0]
+    assert cli.main(["evaluate", str(workdir)]) == 1  # Not a run: one line.
+    assert "has no config.yaml" in capsys.readouterr().err

@@ -310,6 +310,24 @@ def _flow_two_moons(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """`tfimb evaluate RUN_DIR`: a finished classifier run's model on its test split again."""
+    import json
+
+    from tfimb.experiments import classify
+
+    recorded_path = pathlib.Path(args.run_dir) / rundir.RESULTS
+    results = classify.evaluate_run(args.run_dir, args.set)
+    accuracy, calibration = results["accuracy"], results["calibration"]
+    groups = ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items() if v is not None)
+    print(f"{args.run_dir}: test accuracy % {groups}; ECE {calibration['ece']:.4f}, NLL "
+          f"{calibration['nll']:.4f}")
+    if recorded_path.is_file():
+        recorded = json.loads(recorded_path.read_text())["accuracy"]["all"]
+        print(f"recorded in {recorded_path}: all {100 * recorded:.2f}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     import json
 
@@ -455,6 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     moons.add_argument("--epochs", type=int, default=60)
     moons.add_argument("--seed", type=int, default=0)
     moons.set_defaults(handler=_flow_two_moons)
+
+    evaluate_run = commands.add_parser(
+        "evaluate", help="a finished classifier run's model on its test split again",
+        description="Load RUN_DIR's config.yaml and model.keras and evaluate the model on the "
+                    "run's test split: group accuracy, ECE and NLL, beside the recorded "
+                    "accuracy. --set data.dir=PATH points at the data where it lives now.")
+    evaluate_run.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                              help="override a key of the run's config (e.g. data.dir)")
+    evaluate_run.set_defaults(handler=_evaluate)
 
     export = commands.add_parser(
         "export", help="a self-contained SavedModel for TF Serving from a finished run",

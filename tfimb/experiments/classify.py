@@ -442,7 +442,7 @@ class ClassifierExperiment(run_lib.Experiment):
         return lambda epoch: cfg.evaluation.evaluates(epoch, cfg.train.epochs)
 
     def results(self, cfg: ExperimentConfig, rows: list[dict[str, Any]],
-                loop: loop_lib.TrainingLoop) -> dict[str, Any]:
+                loop: loop_lib.TrainingLoop | None) -> dict[str, Any]:
         dataset, minority = self.dataset, self.minority
         scores = predict(self.model, data_lib.pipeline(dataset.test, 512, training=False))
         scale = self.loss.scale if isinstance(self.loss, losses.LDAM) else 1.0
@@ -477,6 +477,38 @@ class ClassifierExperiment(run_lib.Experiment):
         save_model(self.model, run_dir / "model.keras")
         # results.json is written after `save`: the figures take the results just computed.
         report.plot_run(run_dir, self._results)
+
+
+def load_run(run_dir: PathLike, overrides: Iterable[str] = ()
+             ) -> tuple[ExperimentConfig, keras.Model]:
+    """A finished run's config (its config.yaml, with `--set`-style `overrides` such as
+    `data.dir=PATH` where the data lives elsewhere now) and its trained model (`model.keras`,
+    which outputs logits): a model to evaluate, export or start a second stage from, in one
+    call."""
+    import yaml
+
+    import tfimb
+
+    run_dir = pathlib.Path(run_dir)
+    for name in ("config.yaml", "model.keras"):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"{run_dir} has no {name}: expected the directory of a finished "
+                              "`tfimb train` run (one run, not a folder of them).")
+    cfg = config_lib.resolve(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
+    tfimb.register_all()  # model.keras may hold tfimb layers (the cosine head).
+    return cfg, keras.saving.load_model(run_dir / "model.keras", compile=False)
+
+
+def evaluate_run(run_dir: PathLike, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The results of a finished run's model recomputed from its data (`results.json`'s keys:
+    group and per-class accuracy, the confusion matrix, calibration, post-hoc adjustment);
+    they equal the recorded ones when the data is the run's."""
+    cfg, model = load_run(run_dir, overrides)
+    experiment = ClassifierExperiment()
+    experiment.prepare(cfg)
+    experiment.model, experiment.loss = model, make_loss(cfg, experiment.dataset.counts)
+    rows = loop_lib.History(pathlib.Path(run_dir) / loop_lib.HISTORY, writable=False).rows
+    return experiment.results(cfg, rows, None)
 
 
 def run(cfg: ExperimentConfig, run_dir: PathLike, resume: bool = False,
