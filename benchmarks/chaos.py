@@ -19,7 +19,7 @@ and the verdict; exits 1 if anything was lost.
 
     python benchmarks/chaos.py --interruptions 30 --seed 0     # about 15-25 min on 2 cores
 
-tests/test_chaos.py runs a short version (3 interruptions, one of each signal).
+tests/test_chaos.py runs a short version (one SIGTERM, one SIGKILL).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def run_interrupted(root: pathlib.Path, config: pathlib.Path, interruptions: int
             else:
                 hint = lines[-1]
                 if "Continue with: tfimb " in hint:
-                    command = hint.split("Continue with: tfimb ", 1)[1].split()
+                    command = shlex.split(hint.split("Continue with: tfimb ", 1)[1])
                 else:
                     command = list(base)  # "No unfinished run": start it.
         tally["resumes"] += 1

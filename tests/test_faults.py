@@ -336,7 +336,7 @@ def test_a_signal_inside_a_finalizer_is_raised_after_it_not_printed_and_lost(cap
      "cannot write in saved_models: No space left on device (errno 28)"),
     (["report", "run", "--output", "out"], "tfimb.experiments.report.report",
      lambda: PermissionError(errno.EACCES, os.strerror(errno.EACCES), "out/table.md"),
-     "cannot write out/table.md: Permission denied (errno 13)"),
+     "cannot access out/table.md: Permission denied (errno 13)"),
 ])
 def test_export_and_report_write_failures_are_one_line(monkeypatch, capsys, command, target,
                                                        error, named):

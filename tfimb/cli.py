@@ -91,8 +91,9 @@ def _train(args: argparse.Namespace) -> int:
                 for name, cfg in config_lib.resolve_variants(raw, args.set)]
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
-    for _, run_dir in jobs:  # One writer per run directory: refused before TensorFlow loads.
-        rundir.RunLock(run_dir).check_free()
+    if not _non_chief_worker():  # One writer per directory: refused before TensorFlow loads.
+        for _, run_dir in jobs:
+            rundir.RunLock(run_dir).check_free()
     if args.local_workers is not None:
         return _launch_local_workers(args, ["train"], workdir)
     _load_tensorflow(args)
@@ -155,7 +156,8 @@ def _flow_train(args: argparse.Namespace) -> int:
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{path}: {error}") from None
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / "flows" / path.stem)
-    rundir.RunLock(workdir).check_free()
+    if not _non_chief_worker():
+        rundir.RunLock(workdir).check_free()
     if args.local_workers is not None:
         return _launch_local_workers(args, ["flow", "train"], workdir)
     _load_tensorflow(args)
@@ -167,6 +169,21 @@ def _flow_train(args: argparse.Namespace) -> int:
           f"{bpd['test']:.4f} after {results['epochs_completed']} epochs; samples: "
           f"{workdir / 'samples.png'}")
     return 0
+
+
+def _non_chief_worker() -> bool:
+    """Whether TF_CONFIG makes this process a worker other than the chief: it shares the
+    chief's run directory and never takes its lock (a dead worker restarts alone)."""
+    import json
+
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
+        if task.get("type") == "chief" or not task:
+            return False
+        return "chief" in cluster or int(task.get("index") or 0) > 0
+    except (ValueError, TypeError, AttributeError):
+        return False  # A malformed TF_CONFIG: the strategy says so later.
 
 
 @contextlib.contextmanager
@@ -603,7 +620,9 @@ def _write_failure(error: BaseException, args: argparse.Namespace) -> str | None
     where = f" {where}" if where else ""
     if not getattr(error, "filename", None) and where:
         where = f" in{where}"
-    return (f"cannot write{where}: {cause}. Free space (or fix the permission) and run the "
+    # A missing permission may be a file read (a config, the data), not only a write.
+    verb = "access" if cause.startswith(("Permission", "Operation not")) else "write"
+    return (f"cannot {verb}{where}: {cause}. Free space (or fix the permission) and run the "
             "command again; an interrupted run continues with --resume from its last complete "
             "checkpoint.")
 

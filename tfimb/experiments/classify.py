@@ -82,8 +82,12 @@ def save_model(model: keras.Model, path: PathLike) -> None:
     """`model.keras` with Keras' own batch-norm layers (loads without tfimb), atomically."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    fused_batch_norm.unfuse_batch_norms(model).save(tmp)
-    os.replace(tmp, path)
+    try:
+        fused_batch_norm.unfuse_batch_norms(model).save(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # A full disk, an interruption: no partial file left behind.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class WeightDecayModel(keras.Model):

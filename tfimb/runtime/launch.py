@@ -57,18 +57,32 @@ def multi_worker_environments(workers: int) -> list[str]:
                         "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 
+# Seconds the workers get to checkpoint and exit after the launcher is interrupted (Ctrl-C,
+# a scheduler's SIGTERM): they finish the step or evaluation under way first. A second
+# interruption kills them at once.
+PREEMPTION_GRACE = 300.0
+
+
 def stop(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
-    """Terminate the running processes; kill those still alive after `grace` seconds."""
+    """Terminate the running processes; kill those still alive after `grace` seconds, or at
+    once on an interruption while waiting (which is raised again)."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
     deadline = time.monotonic() + grace
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    try:
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        raise
 
 
 def supervise(commands: Sequence[Command], log_dir: PathLike, console: str | None = None,
@@ -116,6 +130,9 @@ def supervise(commands: Sequence[Command], log_dir: PathLike, console: str | Non
         for (name, _, _), process in zip(commands, processes):
             if process.returncode != 0:
                 raise failure(name, process.returncode, False)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: the workers checkpoint first.
+        stop(processes, PREEMPTION_GRACE)
+        raise
     finally:
         stop(processes)
         for out in logs:

@@ -170,7 +170,9 @@ class TrainingLoop:
         reasons = []
         for i, path in enumerate(paths):
             try:
-                self.checkpoint.read(path).assert_existing_objects_matched()
+                # expect_partial: a mid-epoch checkpoint also holds the metrics' state, which
+                # `_restore_metrics` reads (TensorFlow would warn about it at exit).
+                self.checkpoint.read(path).assert_existing_objects_matched().expect_partial()
                 self._restored = path
             except Exception as error:  # Unreadable in any way (truncated, garbled, stale).
                 text = str(error).strip()
@@ -335,21 +337,28 @@ class TrainingLoop:
                 if self.model.stop_training:
                     break
             callback_list.on_train_end()
+            if self._stop.requested:  # A signal after the last check: stop before results.
+                self._preempted(self._stop.signum, checkpoint_paths(self.directory)[0],
+                                *self._restored_position())
         self._handler = None
         return history.rows
+
+    def _restored_position(self) -> tuple[int, int]:
+        return int(self.epoch.numpy()), int(self.step.numpy())
 
     def _preempted(self, signum: int, path: str, epoch: int | None = None,
                    step: int | None = None) -> None:
         epoch, step = (epoch, step) if epoch is not None else self._position
         raise preemption.Preempted(signum, path, epoch, step or 0, self.steps_per_epoch)
 
-    def _after_steps(self, epoch: int, step: int) -> None:
-        """At a step boundary: checkpoint and stop if a signal asked for it."""
+    def _after_steps(self, epoch: int, step: int, saved: str | None = None) -> None:
+        """At a step boundary: checkpoint (unless `saved` already holds this step) and stop if
+        a signal asked for it."""
         self._position = (epoch, step)
         if self._handler is not None:
             self._handler()  # Saves and raises at the step the workers agree on.
         elif self._stop.requested:
-            self._preempted(self._stop.signum, self.save(epoch, step), epoch, step)
+            self._preempted(self._stop.signum, saved or self.save(epoch, step), epoch, step)
 
     def _check_finite(self, logs, epoch):
         """Raise before a checkpoint of non-finite weights could be written."""
@@ -384,14 +393,15 @@ class TrainingLoop:
             step += n
             callbacks.on_train_batch_end(step - 1, _floats(self.model.get_metrics_result())
                                          if verbose == 1 else None)
+            saved = None
             if self.checkpoint_every and step % self.checkpoint_every == 0 and step < steps:
                 if stop_on_nan:
                     self._check_finite(_floats(self.model.get_metrics_result()), epoch)
-                self.save(epoch, step)
+                saved = self.save(epoch, step)
             if step < steps:
                 if stop_on_nan and self._stop.requested:
                     self._check_finite(_floats(self.model.get_metrics_result()), epoch)
-                self._after_steps(epoch, step)
+                self._after_steps(epoch, step, saved)
         logs = _floats(self.model.get_metrics_result())
         if stop_on_nan:
             self._check_finite(logs, epoch)

@@ -24,8 +24,10 @@ This module imports no TensorFlow at import time (the command line installs it f
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import threading
 
@@ -142,25 +144,37 @@ def deferred(multi_worker: bool = False) -> Iterator[StopRequests]:
             signal.signal(signum, handler)
 
 
+# The process's PreemptionCheckpointHandler: one per process, since its watcher threads wait on
+# cluster-wide keys that a second handler would race for (a job of several runs trains several
+# loops in one process); each loop points it at its own save and stop.
+_HANDLER: dict[str, Any] = {}
+
+
 def multi_worker_handler(strategy: Any, save: Callable[[], str],
                          stopped: Callable[[int, str], None]) -> Callable[[], None]:
     """TensorFlow's `PreemptionCheckpointHandler` for `strategy` (several workers), as a
     function to call after every step on every worker: on SIGTERM at any worker, every worker
     calls `save()` (tfimb's checkpoint at the current step, its path returned) at the same step,
-    then `stopped(signum, path)`, which raises `Preempted`."""
+    then `stopped(signum, path)`, which raises `Preempted`. Later calls (the next run of a job)
+    reuse the process's handler with their own `save` and `stopped`."""
     import tempfile
 
     import tensorflow as tf
 
+    _HANDLER.update(save=save, stopped=stopped)
+    if "check" in _HANDLER:
+        return _HANDLER["check"]
     saved: list[str] = []
     config = tf.distribute.experimental.TerminationConfig(
-        exit_fn=lambda: stopped(signal.SIGTERM, saved[-1] if saved else ""),
-        save_fn=lambda: saved.append(save()))
+        exit_fn=lambda: _HANDLER["stopped"](signal.SIGTERM, saved[-1] if saved else ""),
+        save_fn=lambda: saved.append(_HANDLER["save"]()))
     # The handler restores from and counts steps in a checkpoint of its own, which tfimb
-    # never writes (save_fn writes tfimb's): an empty one in a scratch folder.
+    # never writes (save_fn writes tfimb's): an empty one in a scratch folder, removed at exit
+    # (a non-chief handler deletes it itself when it stops).
+    scratch = tempfile.mkdtemp(prefix="tfimb-preemption-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-        strategy.cluster_resolver, tf.train.Checkpoint(),
-        tempfile.mkdtemp(prefix="tfimb-preemption-"), config)
+        strategy.cluster_resolver, tf.train.Checkpoint(), scratch, config)
 
     def check() -> None:
         # When it saves, the handler reads its own deprecated step counter, and TensorFlow
@@ -173,4 +187,5 @@ def multi_worker_handler(strategy: Any, save: Callable[[], str],
         finally:
             logger.setLevel(level)
 
+    _HANDLER.update(check=check, handler=handler)
     return check

@@ -156,14 +156,14 @@ class RunLock:
         it holds nothing else (a run refused before it started leaves nothing behind)."""
         if self._file is None:
             return
-        self._file.close()
-        self._file = None
-        if remove_created and self.created:
+        if remove_created and self.created:  # Unlinked while still held: no other holder.
             (self.run_dir / LOCK).unlink(missing_ok=True)
             try:
                 self.run_dir.rmdir()
             except OSError:
                 pass
+        self._file.close()
+        self._file = None
 
 
 def prepare_run_dir(run_dir: PathLike, config_text: str, resume: bool | Literal["auto"],
