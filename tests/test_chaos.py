@@ -21,7 +21,7 @@ def _chaos():
 
 
 @pytest.mark.slow
-def test_three_interruptions_lose_nothing(tmp_path):
+def test_a_sigterm_and_a_sigkill_lose_nothing(tmp_path):
     chaos = _chaos()
     config = tmp_path / "job.yaml"
     config.write_text(chaos.JOB_YAML.format(epochs=1))
