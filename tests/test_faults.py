@@ -346,3 +346,20 @@ def test_export_and_report_write_failures_are_one_line(monkeypatch, capsys, comm
     assert cli.main(command) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"tfimb: {named}")
+
+
+def test_a_signal_inside_an_import_is_raised_after_it(tmp_path, monkeypatch):
+    """An import interrupted halfway (a C extension in its initialisation) can crash the
+    interpreter at exit: the signal is raised once the import has finished."""
+    (tmp_path / "slow_module_for_tfimb_test.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.01)  # The handler runs here, inside the import.\n"
+        "LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with preemption.installed():
+        with pytest.raises(KeyboardInterrupt):
+            import slow_module_for_tfimb_test
+            assert slow_module_for_tfimb_test.LOADED  # The import completed first.
+            time.sleep(2)
+    assert not preemption._PENDING

@@ -63,21 +63,31 @@ def exit_status(interrupt: BaseException) -> int:
     return 128 + int(getattr(interrupt, "signum", signal.SIGINT))
 
 
-def _in_finalizer(frame: Any) -> bool:
-    """Whether `frame` runs inside a `__del__` (directly or below it): an exception raised
-    there is printed by Python as "Exception ignored in ..." with a traceback, and lost."""
+def _unsafe_to_raise(frame: Any) -> bool:
+    """Whether `frame` runs where an exception would not end the command cleanly: inside a
+    `__del__` (Python prints it as "Exception ignored in ..." and drops it) or inside an import
+    (a C extension interrupted in its initialisation can crash the interpreter at exit)."""
     while frame is not None:
-        if frame.f_code.co_name == "__del__":
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.startswith("<frozen importlib"):
             return True
         frame = frame.f_back
     return False
 
 
+# Signals sent again after a finalizer or an import (`_stop_now`); cancelled when `tfimb`
+# returns, so that none arrives while the interpreter shuts down.
+_PENDING: list[threading.Timer] = []
+
+
 def _stop_now(signum: int, frame: Any) -> None:
-    """Raise `KeyboardInterrupt` (SIGINT) or `Terminated`, or, inside a finalizer, send the
-    signal again a moment later, when the finalizer has returned."""
-    if _in_finalizer(frame):
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    """Raise `KeyboardInterrupt` (SIGINT) or `Terminated`, or, inside a finalizer or an import,
+    send the signal again a moment later, when it has returned."""
+    if _unsafe_to_raise(frame):
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        _PENDING.append(timer)
+        timer.start()
         return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -88,9 +98,9 @@ def _stop_now(signum: int, frame: Any) -> None:
 def installed() -> Iterator[None]:
     """Within: SIGTERM raises `Terminated`, and SIGINT `KeyboardInterrupt` even where the
     process was started with SIGINT ignored (a background job), so that no signal ends `tfimb`
-    without its line; never inside a finalizer, where Python would print the exception and
-    drop it (`_stop_now`). Main thread only (where Python runs signal handlers); the previous
-    handlers come back after."""
+    without its line; never inside a finalizer or an import (`_stop_now`). Main thread only
+    (where Python runs signal handlers); the previous handlers come back after, and signals
+    still to be sent again are cancelled."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -100,6 +110,8 @@ def installed() -> Iterator[None]:
     try:
         yield
     finally:
+        while _PENDING:
+            _PENDING.pop().cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
