@@ -154,14 +154,20 @@ def test_write_failure_reads_tensorflow_errors_too():
     assert rundir.write_failure(ValueError("bad value")) is None
 
 
-def test_one_writer_per_run_directory_and_a_killed_holder_does_not_block(tmp_path):
-    run_dir = tmp_path / "run"
+def _hold_lock(run_dir):
+    """Another process holding `run_dir`'s lock (until killed)."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from tfimb.runtime import rundir; "
+        "import time; from tfimb.runtime import rundir; "
         f"lock = rundir.RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); "
         "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_writer_per_run_directory_and_a_killed_holder_does_not_block(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = _hold_lock(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(rundir.RunDirError) as refused:
             rundir.RunLock(run_dir).acquire()
         assert f"in use by process {holder.pid}" in str(refused.value)
@@ -203,12 +209,8 @@ def test_a_second_command_on_a_directory_in_use_is_refused_before_tensorflow_loa
     1, before TensorFlow loads. (SIGTERM through the command line, with the printed command
     finishing the run, is tests/test_chaos.py.)"""
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from tfimb.runtime import rundir; "
-        f"lock = rundir.RunLock({str(tmp_path / 'w')!r}).acquire(); print('held', flush=True); "
-        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    holder = _hold_lock(tmp_path / "w")
     try:
-        assert holder.stdout.readline().strip() == "held"
         from tfimb.experiments import classify
 
         monkeypatch.setattr(classify, "run_job", None)  # Never reached.

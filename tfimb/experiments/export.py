@@ -87,13 +87,22 @@ def _checked_images(images, shape: list[int], signature: str):
         return tf.identity(images)
 
 
+def _asks_auto(value: float | str) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def _recorded_posthoc(run_dir: pathlib.Path) -> dict[str, Any]:
+    """results.json's `posthoc` section ({} for a run that finished before it existed)."""
+    return json.loads((run_dir / "results.json").read_text()).get("posthoc") or {}
+
+
 def logit_adjustment_tau(run_dir: PathLike, value: float | str) -> float:
     """The tau that `--logit-adjustment VALUE` asks for: "auto" reads the tau the run chose
     (results.json's `posthoc`), a number is that tau (finite, >= 0); else ExportArgumentError,
     one line in Keras' form."""
     run_dir = pathlib.Path(run_dir)
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        recorded = json.loads((run_dir / "results.json").read_text()).get("posthoc") or {}
+    if _asks_auto(value):
+        recorded = _recorded_posthoc(run_dir)
         if recorded.get("tau") is None:
             raise ExportArgumentError(
                 "Invalid value for argument `--logit-adjustment`. Expected a tau >= 0: the "
@@ -114,13 +123,12 @@ def _logit_adjustment_record(run_dir: pathlib.Path, value: float | str, tau: flo
                              counts: list[int], class_names: list[str]) -> dict[str, Any]:
     """assets/logit_adjustment.json: what the serving signatures subtract, and where tau came
     from."""
-    recorded = json.loads((run_dir / "results.json").read_text()).get("posthoc") or {}
-    auto = isinstance(value, str) and value.strip().lower() == "auto"
+    auto = _asks_auto(value)
     return {"formula": "probabilities and class_ids of logits - tau * log(pi)",
             "tau": tau, "pi": posthoc.priors(counts).tolist(), "counts": counts,
             "class_names": class_names,
             "tau_from": "results.json posthoc" if auto else "--logit-adjustment",
-            "chosen_on": recorded.get("chosen_on") if auto else None,
+            "chosen_on": _recorded_posthoc(run_dir).get("chosen_on") if auto else None,
             "reference": "Menon et al., Long-tail learning via logit adjustment, ICLR 2021"}
 
 
