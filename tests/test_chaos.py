@@ -24,9 +24,9 @@ def _chaos():
 def test_a_sigterm_and_a_sigkill_lose_nothing(tmp_path):
     chaos = _chaos()
     config = tmp_path / "job.yaml"
-    config.write_text(chaos.JOB_YAML.format(epochs=1))
+    config.write_text(chaos.JOB_YAML.format(epochs=4))  # Longer than the 7 s, however fast.
     reference = chaos.run_uninterrupted(tmp_path, config)
-    # Signals 4.5-7 s after each start: past TensorFlow's start-up, inside the job (about 15 s
+    # Signals 4.5-7 s after each start: past TensorFlow's start-up, inside the job (about 20 s
     # of training in all), so each lands at another moment: start-up, training or saving.
     tally = chaos.run_interrupted(tmp_path, config, 2, random.Random(0), (4.5, 7.0),
                                   log=lambda line: None,
