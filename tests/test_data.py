@@ -176,3 +176,23 @@ def test_channel_statistics_match_numpy_in_chunks():
         mean, variance = data.channel_statistics(images, chunk=chunk)
         np.testing.assert_array_equal(mean, reference.mean(0))
         np.testing.assert_allclose(variance, reference.var(0), rtol=1e-12)
+
+
+def test_a_left_out_validation_split_changes_no_training_example():
+    """CIFAR-10-LT's profile on CIFAR-10's 5,000 per class: the validation split comes from the
+    images the long tail leaves out, and the training set is the one without validation."""
+    from tfimb.data.imbalance import subsample
+
+    labels = np.repeat(np.arange(10), 5000)
+    imbalance = config.resolve({"imbalance": {"long_tail_factor": 100}}).imbalance
+    plain, none = subsample(labels, 0, imbalance, 3, 10)
+    train, validation = subsample(labels, 20, imbalance, 3, 10, "left_out")
+    assert none.size == 0
+    np.testing.assert_array_equal(train, plain)
+    assert not set(train) & set(validation)
+    # The head class keeps all 5,000: none is left out for it.
+    assert np.bincount(labels[validation], minlength=10).tolist() == [0] + [20] * 9
+    carved, _ = subsample(labels, 20, imbalance, 3, 10)  # The default carves first.
+    assert np.bincount(labels[carved])[0] == 4980
+    with pytest.raises(config.ConfigError, match="`data.validation_from`"):
+        config.resolve({"data": {"validation_from": "test"}})

@@ -65,12 +65,15 @@ def test_docstring_examples_run():
     import keras
     import numpy as np
 
+    import tfimb.data.imbalance
+    import tfimb.data.sampling
     import tfimb.losses
     import tfimb.metrics
     import tfimb.models.heads
     import tfimb.weights
 
-    for module in (tfimb.losses, tfimb.metrics, tfimb.models.heads, tfimb.weights):
+    for module in (tfimb.losses, tfimb.metrics, tfimb.models.heads, tfimb.weights,
+                   tfimb.data.sampling, tfimb.data.imbalance):
         result = doctest.testmod(module, extraglobs={"tfimb": tfimb, "np": np, "keras": keras},
                                  optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__

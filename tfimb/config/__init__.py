@@ -8,7 +8,8 @@ valid ones; `--set` takes a dotted key and a YAML value: `--set train.epochs=10 
 loss.beta=0.999 --set imbalance=null`. Loss names and arguments come from the loss registry
 (`tfimb.catalog`); values are checked with the library's own checks (`tfimb._checks`).
 
-    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
+    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0,
+               sampling: instance | class_balanced | square_root | progressive}
     imbalance: {minority: [1, 4, 6], minority_count: 250, majority_count: null} | {long_tail_factor: 100} | null
     model:     {name: resnet18_cifar | resnet8 | resnet20 | resnet32, head: dense | cosine}
     loss:      {name: class_balanced_focal, beta: 0.99, gamma: 1.0, ...}   # counts filled in

@@ -2,7 +2,8 @@
 
 Every key is optional and defaults to the imbalanced CIFAR-10 protocol:
 
-    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0}
+    data:      {source: tfds | folder | digits | auto, name: cifar10, dir: PATH, validation_per_class: 0, seed: 0,
+               sampling: instance | class_balanced | square_root | progressive}
                # auto: the folder data.dir or $TFIMB_DATA_DIR if set, else tfds
     imbalance: {minority: [1, 4, 6], minority_count: 250, majority_count: null}
                # or {long_tail_factor: 100}, or null for the data as it is

@@ -11,6 +11,8 @@ from tfimb.config import engine
 from tfimb.config.engine import ConfigError
 
 DATA_DIR_VARIABLE = "TFIMB_DATA_DIR"
+# Class-aware samplers (tfimb.data.sampling), declared here for the config's check.
+SAMPLINGS = ("instance", "class_balanced", "square_root", "progressive")
 SERVICE_ADDRESS = re.compile(r"^grpc://[^:/\s]+:\d{1,5}$")
 
 
@@ -32,6 +34,9 @@ class DataConfig:
     name: str = "cifar10"            # tfds data set name
     dir: typing.Optional[str] = None  # folder root (`root/<split>/<class>/*.jpg`) or tfds data_dir
     validation_per_class: int = 0    # carved from training data, before the imbalance
+    # training: carved before the imbalance | left_out: from the images the imbalance leaves
+    # out, so that the training set stays the one without validation (tfimb.data.imbalance)
+    validation_from: str = "training"
     seed: int = 0
     train_split: str = "train"
     test_split: str = "test"
@@ -43,6 +48,9 @@ class DataConfig:
     # grpc://HOST:PORT of a tf.data service dispatcher that builds the training batches (image
     # folders; the same batches as without it). Where the input runs, so --resume ignores it.
     service: typing.Optional[str] = None
+    # instance | class_balanced | square_root | progressive: how often an epoch draws each
+    # class (tfimb.data.sampling; classifiers); instance draws every example once.
+    sampling: str = "instance"
 
     def concrete(self) -> DataConfig:
         """`auto` resolved to `folder` (data.dir, else $TFIMB_DATA_DIR) or `tfds`."""
@@ -68,6 +76,8 @@ class DataConfig:
             raise ConfigError("Invalid value for key `data.dir`. Expected the folder root "
                               "when data.source is 'folder'. Received: data.dir=None")
         engine.at_least("data.validation_per_class", self.validation_per_class, 0)
+        engine.one_of("data.sampling", self.sampling, SAMPLINGS)
+        engine.one_of("data.validation_from", self.validation_from, ("training", "left_out"))
         if self.stream not in ("auto", True, False) or isinstance(self.stream, int) and \
                 not isinstance(self.stream, bool):
             raise ConfigError("Invalid value for key `data.stream`. Expected auto, true or "

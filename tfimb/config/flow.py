@@ -82,6 +82,11 @@ class FlowConfig:
             raise ConfigError("Invalid value for key `data.service`. Expected null: flows "
                               "train from images held in memory. Received: "
                               f"data.service={self.data.service!r}")
+        if self.data.sampling != "instance":
+            raise ConfigError("Invalid value for key `data.sampling`. Expected 'instance': "
+                              "flows draw every image once per epoch (class-aware sampling is "
+                              "for classifiers). Received: "
+                              f"data.sampling={self.data.sampling!r}")
         return self
 
     def resolved(self) -> FlowConfig:

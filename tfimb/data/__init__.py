@@ -35,6 +35,8 @@ from tfimb.data import sources
 from tfimb.data.imbalance import long_tail_counts, subsample, target_counts
 from tfimb.data.pipeline import (IndexedEpoch, augmentation_padding, channel_statistics, examples,
                                  indexed_epoch, pipeline, shuffled_with_seeds, split_statistics)
+from tfimb.data.sampling import (SAMPLINGS, class_probabilities, epoch_indices, resample,
+                                 sampled_dataset)
 from tfimb.data.sources import IMAGE_EXTENSIONS
 from tfimb.data.splits import DataError, Dataset, FileImages, Split, TfdsImages, is_large
 
@@ -42,10 +44,11 @@ if TYPE_CHECKING:
     from tfimb.config import DataConfig, ImbalanceConfig
 
 __all__ = ["DataError", "Dataset", "FileImages", "IMAGE_EXTENSIONS", "IndexedEpoch", "Split",
-           "TfdsImages", "augmentation_padding", "channel_statistics", "examples",
-           "folder_from_environment", "indexed_epoch",
-           "load", "long_tail_counts", "pipeline", "shuffled_with_seeds", "split_statistics",
-           "subsample", "target_counts", "STREAM_AUTO_BYTES"]
+           "TfdsImages", "augmentation_padding", "channel_statistics", "class_probabilities",
+           "epoch_indices", "examples", "folder_from_environment", "indexed_epoch",
+           "load", "long_tail_counts", "pipeline", "resample", "sampled_dataset",
+           "shuffled_with_seeds", "split_statistics", "subsample", "target_counts",
+           "SAMPLINGS", "STREAM_AUTO_BYTES"]
 
 STREAM_AUTO_BYTES = 2 << 30  # `stream: auto` streams a training split larger than this decoded.
 
@@ -102,7 +105,8 @@ def load(config: DataConfig, imbalance: ImbalanceConfig | None = None,
         raise _checks.invalid_value("data.source", "'tfds', 'folder' or 'digits'", config.source)
     num_classes = len(names)
     train_index, validation_index = subsample(train.labels, config.validation_per_class,
-                                              imbalance, config.seed, num_classes)
+                                              imbalance, config.seed, num_classes,
+                                              config.validation_from)
     splits = [train.take(train_index), train.take(validation_index), test]
     if not streams and config.source == "folder":
         splits = [sources.materialize(s) for s in splits]  # Only the examples kept.

@@ -3,6 +3,8 @@
 Subsampling is deterministic by `seed`: each class's examples are shuffled by a NumPy generator
 seeded with `seed`, the first `validation_per_class` go to the validation split (balanced, like
 the test split, and never taken from it), and the imbalanced training set takes the next ones.
+With `data.validation_from: left_out` the training set takes the first ones, as without a
+validation split, and the validation split the next `validation_per_class` that it leaves out.
 """
 
 from __future__ import annotations
@@ -52,11 +54,24 @@ def target_counts(available: ArrayLike, imbalance: ImbalanceConfig | None) -> np
 
 
 def subsample(labels: np.ndarray, validation_per_class: int, imbalance: ImbalanceConfig | None,
-              seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+              seed: int, num_classes: int, validation_from: str = "training"
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) index arrays into a split with `labels`, deterministic by seed:
-    labels alone decide, so a streamed split is subsampled without reading an image."""
+    labels alone decide, so a streamed split is subsampled without reading an image.
+
+    `validation_from="training"` carves `validation_per_class` images of every class before
+    the imbalance (the imbalance is then computed from what is left); `"left_out"` takes them
+    from the images the imbalance leaves out, so the training set is exactly the one without a
+    validation split (a class the imbalance keeps whole, like CIFAR-10-LT's head class, gives
+    fewer, or none: the split is balanced where the data allows)."""
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    if validation_from == "left_out":
+        train, _ = subsample(labels, 0, imbalance, seed, num_classes)
+        wanted = np.bincount(labels[train], minlength=num_classes)
+        validation = np.concatenate([p[n:n + validation_per_class]
+                                     for p, n in zip(per_class, wanted)])
+        return train, np.sort(validation).astype(train.dtype)
     available = np.array([len(p) for p in per_class]) - validation_per_class
     short = np.flatnonzero(available < 1)
     if validation_per_class and short.size:  # (A class with no image at all: the caller's.)

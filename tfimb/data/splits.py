@@ -106,7 +106,7 @@ class TfdsImages:
     split: str
     data_dir: str | None
     image_key: str
-    positions: np.ndarray          # int64, sorted
+    positions: np.ndarray          # int64, sorted (repeated where an epoch re-samples)
     total: int                     # examples in the whole tfds split
     channels: int
     image_size: int | None
@@ -116,17 +116,20 @@ class TfdsImages:
         return dataclasses.replace(self, positions=self.positions[index])
 
     def keys(self, labels: np.ndarray) -> tf.data.Dataset:
-        """(encoded image, label) of the selected examples, in record order."""
+        """(encoded image, label) of the selected examples, in record order; a position
+        selected k times (a re-sampled epoch, `tfimb.data.sampling`) comes k times."""
         import tensorflow as tf
         import tensorflow_datasets as tfds
 
         ds = tfds.load(self.name, split=self.split, data_dir=self.data_dir, as_supervised=True,
                        decoders={self.image_key: tfds.decode.SkipDecoding()})
-        selected = np.zeros(self.total, bool)
-        selected[self.positions] = True
-        selected_t = tf.constant(selected)
-        return (ds.enumerate().filter(lambda i, example: tf.gather(selected_t, i))
-                .map(lambda i, example: (example[0], tf.cast(example[1], tf.int32))))
+        times = np.bincount(self.positions, minlength=self.total)
+        times_t = tf.constant(times.astype(np.int64))
+        ds = ds.enumerate().filter(lambda i, example: tf.gather(times_t, i) > 0)
+        if times.max(initial=0) > 1:
+            ds = ds.flat_map(lambda i, example: tf.data.Dataset.from_tensors(
+                (i, example)).repeat(tf.gather(times_t, i)))
+        return ds.map(lambda i, example: (example[0], tf.cast(example[1], tf.int32)))
 
     def shuffle_buffer(self, n: int) -> int:
         return min(n, RECORD_SHUFFLE_BUFFER)

@@ -413,9 +413,13 @@ class ClassifierExperiment(run_lib.Experiment):
     def train_data(self, cfg: ExperimentConfig, epoch: int, replicas: int
                    ) -> tf.data.Dataset | loop_lib.PerWorkerData:
         """The epoch's global batches from memory; streamed, each worker reads its own share
-        of every global batch (per-replica batches, in the same order)."""
+        of every global batch (per-replica batches, in the same order). Under class-aware
+        `data.sampling` the epoch's examples are drawn first (`tfimb.data.sampling`), by
+        (seed, epoch), the same in every process."""
+        train = data_lib.resample(self.dataset.train, cfg.data.sampling, cfg.data.seed, epoch,
+                                  cfg.train.epochs, self.dataset.num_classes)
         if not self.dataset.streamed:
-            return data_lib.pipeline(self.dataset.train, cfg.train.batch_size, training=True,
+            return data_lib.pipeline(train, cfg.train.batch_size, training=True,
                                      seed=cfg.data.seed, augment=cfg.data.augment,
                                      drop_remainder=replicas > 1, epoch=epoch)
 
@@ -424,10 +428,10 @@ class ClassifierExperiment(run_lib.Experiment):
             shards, shard = context.num_input_pipelines, context.input_pipeline_id
             if cfg.data.service:  # The same batches, built by the service's workers.
                 return data_service.in_order(data_lib.indexed_epoch(
-                    self.dataset.train, batch, cfg.data.seed, epoch, cfg.data.augment,
+                    train, batch, cfg.data.seed, epoch, cfg.data.augment,
                     replicas > 1, shards, shard), cfg.data.service, first)
             return data_lib.pipeline(
-                self.dataset.train, batch, training=True, seed=cfg.data.seed,
+                train, batch, training=True, seed=cfg.data.seed,
                 augment=cfg.data.augment, drop_remainder=replicas > 1, epoch=epoch,
                 num_shards=shards, shard_index=shard).skip(first)
 
