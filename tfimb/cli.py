@@ -345,6 +345,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decouple(args: argparse.Namespace) -> int:
+    """`tfimb decouple RUN_DIR --method M`: the second stage on a finished run's model."""
+    from tfimb import config as config_lib
+
+    cfg = config_lib.stage_config(args.run_dir, args.method, args.set)
+    source = pathlib.Path(args.run_dir)
+    workdir = pathlib.Path(args.workdir or source.parent / f"{source.name}_{args.method}")
+    rundir.RunLock(workdir).check_free()
+    _load_tensorflow(args)
+    from tfimb.experiments import decouple, report
+
+    results = decouple.run(cfg, workdir, resume=args.resume)
+    stage = results["stage"]
+    where = stage.get("chosen_on") or "nothing: no validation split"
+    chosen = f"; tau {stage['tau']} (chosen on {where})" if "tau" in stage else ""
+    print(report.table([{"dir": workdir, "results": results}]))
+    print(f"{workdir}: {args.method} on {source}{chosen}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     import json
 
@@ -500,6 +520,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                               help="override a key of the run's config (e.g. data.dir)")
     evaluate_run.set_defaults(handler=_evaluate)
+
+    decouple = commands.add_parser(
+        "decouple", help="the decoupled second stage (cRT, LWS, tau-norm, NCM) on a finished run",
+        description="Kang et al.'s second stage on RUN_DIR's model, written as a new run "
+                    "directory with the results schema of `tfimb train`: crt retrains a fresh "
+                    "classifier and lws per-class scales (backbone frozen, class-balanced "
+                    "sampling, 30 epochs), tau_norm divides each class's weights by their "
+                    "norm^tau, ncm classifies by the nearest class mean of normalised features. "
+                    "Tau and epochs are judged on a validation split (the run's own, else 100 "
+                    "images per class the imbalance left out), never on the test split.")
+    decouple.add_argument("run_dir", metavar="RUN_DIR")
+    decouple.add_argument("--method", required=True, metavar="METHOD",
+                          help="crt | lws | tau_norm | ncm")
+    decouple.add_argument("--workdir", help="run directory (default: RUN_DIR_<method>)")
+    decouple.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a key of the stage's config, e.g. --set "
+                               "train.epochs=10 or --set stage.taus=[0,0.5,1]")
+    decouple.add_argument("--resume", action="store_true",
+                          help="continue an interrupted cRT / LWS stage from its checkpoint")
+    decouple.set_defaults(handler=_decouple)
 
     export = commands.add_parser(
         "export", help="a self-contained SavedModel for TF Serving from a finished run",

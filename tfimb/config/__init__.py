@@ -24,8 +24,9 @@ from tfimb.config.engine import (ConfigError, build, dump, expand_variants, merg
 from tfimb.config.common import (DATA_DIR_VARIABLE, STRATEGIES, DataConfig,
                                  DistributeConfig)
 from tfimb.config.classify import (PRECISIONS, EvaluationConfig, ExperimentConfig,
-                                   ImbalanceConfig, LossConfig, ModelConfig, TrainConfig,
-                                   from_dict, load, resolve, resolve_variants)
+                                   ImbalanceConfig, LossConfig, ModelConfig, StageConfig,
+                                   TrainConfig, from_dict, load, resolve, resolve_variants,
+                                   stage_config)
 from tfimb.config.flow import (FlowConfig, FlowModelConfig, FlowTrainConfig, dump_flow,
                                resolve_flow)
 from tfimb.config.search import (SEARCH_ALGORITHMS, SearchConfig, SearchSpaceConfig,
@@ -35,7 +36,8 @@ __all__ = [
     "ConfigError", "DATA_DIR_VARIABLE", "DataConfig", "DistributeConfig", "EvaluationConfig",
     "ExperimentConfig", "FlowConfig", "FlowModelConfig", "FlowTrainConfig", "ImbalanceConfig",
     "LossConfig", "ModelConfig", "PRECISIONS", "SEARCH_ALGORITHMS", "STRATEGIES",
-    "SearchConfig", "SearchSpaceConfig", "TrainConfig", "beta_losses", "build", "dump",
+    "SearchConfig", "SearchSpaceConfig", "StageConfig", "TrainConfig", "beta_losses", "build", "dump",
     "dump_flow", "expand_variants", "from_dict", "gamma_losses", "load", "losses_taking",
     "merge", "parse_override", "resolve", "resolve_flow", "resolve_search", "resolve_variants",
+    "stage_config",
 ]

@@ -15,6 +15,7 @@ Every key is optional and defaults to the imbalanced CIFAR-10 protocol:
     distribute: {strategy: default | mirrored | multi_worker, num_cpu_devices: 2,
                  sync_batch_norm: false}
     evaluation: {minority: null, interval: 1, every_epoch_from: null}
+    stage:     null | {method: crt | lws | tau_norm | ncm, from_run: RUN_DIR, taus: [0, 0.1, ..., 2]}
 """
 
 from __future__ import annotations
@@ -245,6 +246,41 @@ class EvaluationConfig:
                 or (self.every_epoch_from is not None and epoch >= self.every_epoch_from))
 
 
+STAGE_METHODS = ("crt", "lws", "tau_norm", "ncm")
+TRAINED_STAGES = ("crt", "lws")
+# Validation images per class drawn from the left-out images when the first run has none.
+DEFAULT_VALIDATION = 100
+# cRT / LWS on CIFAR (BagofTricks-LT configs/cao_cifar/two_stage/classifier_balance): 30
+# epochs of batch 128, SGD lr 0.1 with momentum 0.9 and weight decay 5e-4, a 5-epoch warm-up,
+# lr x 0.1 at epochs 10 and 20. (Their SGD is Nesterov's; tfimb's trainer is plain momentum.)
+STAGE_TRAIN = {"epochs": 30, "batch_size": 128, "momentum": 0.9, "weight_decay": 5.0e-4,
+               "lr_values": [0.1, 0.01, 0.001], "lr_boundaries": [10, 20], "warmup_epochs": 5,
+               "lr_schedule": "step", "checkpoint_every": None}
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """The decoupled second stage (Kang et al., ICLR 2020) on a finished run's model
+    (`tfimb decouple`, `tfimb.experiments.decouple`): the other sections then describe the
+    stage (its data, sampling, schedule); `model` and `imbalance` stay the first run's."""
+    method: str = "crt"              # crt | lws | tau_norm | ncm
+    from_run: str = ""               # the finished run directory (config.yaml, model.keras)
+    # tau_norm's candidates, the one with the best validation accuracy kept (Kang et al.'s
+    # 0..2 sweep); without a validation split, tau = 1.
+    taus: typing.List[float] = dataclasses.field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])
+
+    def validate(self) -> None:
+        engine.one_of("stage.method", self.method, STAGE_METHODS)
+        if not self.from_run:
+            raise ConfigError("Invalid value for key `stage.from_run`. Expected the directory "
+                              "of a finished `tfimb train` run. Received: stage.from_run=''")
+        if not self.taus or any(not isinstance(t, (int, float)) or isinstance(t, bool)
+                                or not 0 <= t < float("inf") for t in self.taus):
+            raise ConfigError("Invalid value for key `stage.taus`. Expected a non-empty list "
+                              f"of finite numbers >= 0. Received: stage.taus={self.taus!r}")
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -256,10 +292,11 @@ class ExperimentConfig:
     mixed_precision: str = "auto"
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    stage: typing.Optional[StageConfig] = None  # a decoupled second stage (tfimb decouple)
 
     def validate(self) -> ExperimentConfig:
         for section in (self.data, self.imbalance, self.model, self.loss, self.train,
-                        self.distribute, self.evaluation):
+                        self.distribute, self.evaluation, self.stage):
             if section is not None:
                 section.validate()
         engine.one_of("mixed_precision", self.mixed_precision, PRECISIONS)
@@ -288,8 +325,9 @@ class ExperimentConfig:
         out["loss"] = {"name": loss["name"], **loss["options"]}
         if loss["drw_epoch"] is not None:
             out["loss"].update(drw_epoch=loss["drw_epoch"], drw_beta=loss["drw_beta"])
-        return {key: out[key] for key in ("data", "imbalance", "model", "loss", "train",
-                                          "mixed_precision", "distribute", "evaluation")}
+        keys = ("data", "imbalance", "model", "loss", "train", "mixed_precision", "distribute",
+                "evaluation") + (("stage",) if self.stage is not None else ())
+        return {key: out[key] for key in keys}
 
 
 def resolve(raw: Any, overrides: Iterable[str] = ()) -> ExperimentConfig:
@@ -303,6 +341,39 @@ def resolve_variants(raw: Any, overrides: Iterable[str] = ()
     `variants` list (shared keys, then the variant's, then `--set`), or the config itself."""
     return [(name, resolve(variant, overrides))
             for name, variant in engine.expand_variants(raw, ExperimentConfig)]
+
+
+def stage_config(run_dir: PathLike, method: str, overrides: Iterable[str] = ()
+                 ) -> ExperimentConfig:
+    """The second stage's config: the first run's config.yaml, its training keys replaced by
+    the stage's (`STAGE_TRAIN` and class-balanced sampling for cRT and LWS, cross-entropy),
+    a validation split where the first run had none, a `stage` section, then `overrides`."""
+    import copy
+    import pathlib
+
+    run_dir = pathlib.Path(run_dir)
+    if method not in STAGE_METHODS:
+        raise ConfigError(f"Invalid value for argument `--method`. Expected one of "
+                          f"{list(STAGE_METHODS)}. Received: --method={method!r}")
+    for name in ("config.yaml", "model.keras"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir} has no {name}: expected the directory of a finished "
+                              "`tfimb train` run (one run, not a folder of them).")
+    raw = files.read(run_dir / "config.yaml") or {}
+    if raw.get("stage"):
+        raise ConfigError(f"{run_dir} is a second-stage run ({raw['stage'].get('method')}); "
+                          f"give the first run's directory, {raw['stage'].get('from_run')}.")
+    raw = copy.deepcopy(raw)
+    data = raw.setdefault("data", {})
+    if not data.get("validation_per_class"):
+        data.update(validation_per_class=DEFAULT_VALIDATION, validation_from="left_out")
+    data["sampling"] = "class_balanced" if method in TRAINED_STAGES else "instance"
+    raw["loss"] = {"name": "softmax_cross_entropy"}
+    if method in TRAINED_STAGES:
+        raw["train"] = {**raw.get("train", {}), **STAGE_TRAIN}
+        raw.setdefault("evaluation", {}).update(interval=1, every_epoch_from=None)
+    raw["stage"] = {"method": method, "from_run": str(run_dir.resolve())}
+    return resolve(raw, overrides)
 
 
 def from_dict(raw: Any) -> ExperimentConfig:

@@ -467,6 +467,10 @@ class ClassifierExperiment(run_lib.Experiment):
                          "all": group_accuracy(matrix, range(dataset.num_classes))},
             "best_evaluated_epoch": best_evaluated_epoch(
                 rows, "validation" if len(dataset.validation) else "test"),
+            # Many- (> 100 training images), medium- (20-100) and few-shot (< 20) classes.
+            "shot_accuracy": {shot: group_accuracy(matrix, classes) if classes else None
+                              for shot, classes in metrics_lib.shot_groups(
+                                  dataset.counts).items()},
             "per_class_accuracy": metrics_lib.per_class_accuracy(
                 dataset.test.labels, scores, dataset.num_classes).tolist(),
             "confusion_matrix": matrix.tolist(),

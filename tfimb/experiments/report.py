@@ -73,6 +73,9 @@ def load_run(run_dir: PathLike) -> dict[str, Any]:
     return {"dir": run_dir, "results": results, "history": load_history(run_dir)}
 
 
+STAGE_TITLES = {"crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm", "ncm": "NCM"}
+
+
 def describe(config: Mapping[str, Any]) -> str:
     """Row label in the published layout: training data, loss and its hyper-parameters."""
     loss = dict(config["loss"])
@@ -83,6 +86,10 @@ def describe(config: Mapping[str, Any]) -> str:
         params.append(f"DRW from epoch {loss['drw_epoch'] + 1}")
     label = " ".join([LOSS_TITLES.get(name, name)] + params)
     data = "balanced data" if config.get("imbalance") is None else "imbalanced"
+    stage = config.get("stage")
+    if stage:  # A decoupled second stage: named by its method and the run it started from.
+        return f"{STAGE_TITLES.get(stage['method'], stage['method'])} on " \
+               f"{pathlib.Path(stage['from_run']).name}"
     return f"{data}, {label}" if name == "softmax_cross_entropy" else label
 
 

@@ -6,6 +6,8 @@
 * `resnet50`, and any `keras.applications` class by the name `keras.applications.<Class>`:
   backbones for larger images, without pretrained weights unless a weights file is given.
 * `CosineClassifier`: a normalised linear head giving cosine logits, for `tfimb.LDAM`.
+* `ClassScales`, `NearestClassMean`: the second-stage heads of Kang et al. (LWS, NCM;
+  `tfimb.decouple`).
 
 `get(name, num_classes=..., input_shape=..., head=..., weights=..., shortcut=..., padding=...)`
 builds any of them by its config name (`model.name`).
@@ -19,11 +21,11 @@ import keras
 
 from tfimb import _checks, catalog
 from tfimb.models.backbones import APPLICATIONS, application, resnet50
-from tfimb.models.heads import CosineClassifier
+from tfimb.models.heads import ClassScales, CosineClassifier, NearestClassMean
 from tfimb.models.resnet import resnet8, resnet18_cifar, resnet20, resnet32
 
-__all__ = ["APPLICATIONS", "CIFAR_RESNETS", "CosineClassifier", "MODELS", "application", "get",
-           "is_model_name",
+__all__ = ["APPLICATIONS", "CIFAR_RESNETS", "ClassScales", "CosineClassifier", "MODELS",
+           "NearestClassMean", "application", "get", "is_model_name",
            "resnet8", "resnet18_cifar", "resnet20", "resnet32", "resnet50"]
 
 #: The models built by name; `keras.applications.<Class>` names build that class too.
