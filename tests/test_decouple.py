@@ -183,3 +183,7 @@ def test_refusals_are_one_line(first_run, tmp_path):
     cosine = keras.Sequential([keras.Input((3,)), models.CosineClassifier(2, name="logits")])
     with pytest.raises(ValueError, match="Expected a classifier whose `logits` layer is Dense"):
         decouple.tau_normalized(cosine, 1.0)
+    x = _x(6)[:, :3]
+    ncm = decouple.ncm_model(cosine, tf.data.Dataset.from_tensor_slices(
+        (x, np.arange(6) % 2)).batch(3), np.arange(6) % 2, 2)  # NCM takes any head.
+    assert ncm(x).shape == (6, 2)

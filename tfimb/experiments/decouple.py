@@ -23,7 +23,8 @@ The stage writes a new run directory with `tfimb train`'s results schema (group,
 per-class accuracy, calibration, post-hoc adjustment) plus a `stage` section, its
 `model.keras` (image to logits, loadable alone) and, for cRT and LWS, checkpoints and
 `--resume`. The functions (`crt_model`, `lws_model`, `tau_normalized`, `ncm_model`) work on any
-Keras classifier whose last layer is a dense layer named `logits` (tfimb's models).
+Keras classifier whose last layer is named `logits` (tfimb's models); LWS and tau-norm need it
+dense.
 """
 
 from __future__ import annotations
@@ -60,17 +61,19 @@ stage_config = config_lib.stage_config
 # The methods, on a Keras model.
 
 
-def _logits_layer(model: keras.Model) -> tuple[keras.Model, keras.layers.Layer]:
-    """(the functional model holding the `logits` layer, that layer)."""
+def _logits_layer(model: keras.Model, dense: bool = True
+                  ) -> tuple[keras.Model, keras.layers.Layer]:
+    """(the functional model holding the `logits` layer, that layer), which must be Dense
+    unless `dense` is False."""
     for owner in [model] + [layer for layer in model.layers if isinstance(layer, keras.Model)]:
         try:
             layer = owner.get_layer("logits")
         except ValueError:
             continue
-        if type(layer) is not keras.layers.Dense:
+        if dense and type(layer) is not keras.layers.Dense:
             raise ValueError(f"Invalid value for argument `model`. Expected a classifier whose "
-                             f"`logits` layer is Dense (cRT, LWS and tau-norm act on a linear "
-                             f"classifier; NCM works on any). Received: a "
+                             f"`logits` layer is Dense (LWS and tau-norm act on a linear "
+                             f"classifier; cRT and NCM take any). Received: a "
                              f"{type(layer).__name__} `logits` layer")
         return owner, layer
     raise ValueError("Invalid value for argument `model`. Expected a classifier with a layer "
@@ -81,7 +84,7 @@ def feature_model(model: keras.Model) -> keras.Model:
     """Image -> the features the `logits` layer reads (the model's backbone), sharing the
     model's layers. The classifier models of `tfimb train` nest the backbone in the outer
     model (normalisation, then backbone); both layouts are handled."""
-    owner, layer = _logits_layer(model)
+    owner, layer = _logits_layer(model, dense=False)
     inner = keras.Model(owner.inputs, layer.input, name="features")
     if owner is model:
         return inner
