@@ -178,8 +178,13 @@ def test_refusals_are_one_line(first_run, tmp_path):
         "finished `tfimb train` run" in empty.stderr
     for result in (bad, empty):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    with pytest.raises(config.ConfigError, match="is a second-stage run"):
-        config.stage_config(first_run.parent / "first_tau_norm", "crt")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "config.yaml").write_text("stage: {method: crt, from_run: /runs/first}\n")
+    (staged / "model.keras").write_bytes(b"")
+    with pytest.raises(config.ConfigError, match="is a second-stage run .crt.; give the first "
+                                                 "run's directory, /runs/first"):
+        config.stage_config(staged, "crt")
     cosine = keras.Sequential([keras.Input((3,)), models.CosineClassifier(2, name="logits")])
     with pytest.raises(ValueError, match="Expected a classifier whose `logits` layer is Dense"):
         decouple.tau_normalized(cosine, 1.0)
