@@ -2,7 +2,6 @@
 unwritable places, two runs on one directory. Each ends in one line and nothing is lost."""
 
 import errno
-import json
 import os
 import pathlib
 import signal
@@ -189,20 +188,6 @@ def test_a_refused_lock_leaves_no_directory_behind(tmp_path):
 # -- the command line, as a user meets it -------------------------------------------------------
 
 
-def _start(tmp_path, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-m", "tfimb", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate, process, timeout=300):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_a_second_command_on_a_directory_in_use_is_refused_before_tensorflow_loads(
         tmp_path, monkeypatch, capsys):
     """`tfimb train` on a directory another process holds: one line naming the holder, status
@@ -286,33 +271,6 @@ def test_a_run_on_a_full_tmpfs_is_one_line_and_resumes_once_space_is_freed(tmp_p
         assert (disk / "run" / "results.json").exists()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_of_two_workers_saves_one_step_on_all_and_the_same_command_finishes(
-        tmp_path):
-    """Several workers: TensorFlow's PreemptionCheckpointHandler agrees on the step, every
-    worker saves there (collectives), the launcher ends with 143 and one line; the same command
-    finishes the run from that step."""
-    (tmp_path / "tiny.yaml").write_text(TINY_YAML.replace("epochs: 3", "epochs: 4"))
-    run_dir = tmp_path / "two"
-    command = ["train", "tiny.yaml", "--workdir", "two", "--local-workers", "2"]
-    launcher = _start(tmp_path, *command)
-    _wait_for(lambda: loop.checkpoint_paths(run_dir / "checkpoints"), launcher)
-    time.sleep(0.5)  # Into epoch 2's steps.
-    os.kill(int((run_dir / "workers" / "worker1.pid").read_text()), signal.SIGTERM)
-    _, err = launcher.communicate(timeout=120)
-    assert launcher.returncode == 143, err[-3000:]
-    assert "Traceback" not in err
-    assert "stopped on SIGTERM (status 143); in training the workers saved a checkpoint" in err
-    assert "deprecated" not in err
-    # Both workers saved at the same step: the chief's checkpoint, and the worker's log line.
-    worker_log = (run_dir / "workers" / "worker1.log").read_text()
-    assert "tfimb: stopped by SIGTERM" in worker_log
-    resumed = run_tfimb(*command, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((run_dir / "results.json").read_text())["epochs_completed"] == 4
-    assert len(loop.History(run_dir / "history.csv", writable=False).rows) == 4
 
 
 def test_a_signal_inside_a_finalizer_is_raised_after_it_not_printed_and_lost(capfd):

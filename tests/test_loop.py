@@ -187,25 +187,54 @@ def _load_weights(run_dir):
     return keras.saving.load_model(run_dir / "model.keras").get_weights()
 
 
+def _start(cwd, command):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run_dir, launcher, after=None):
+    """Until the chief has written a checkpoint other than `after`; returns the newest."""
+    deadline = time.monotonic() + 300
+    while True:
+        paths = loop.checkpoint_paths(run_dir / "checkpoints")
+        if paths and paths[-1] != after:
+            return paths[-1]
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
-    """2 local workers, one SIGKILLed after the first epoch; the same command again completes
-    the run, with the weights and history one process trains with the same global batch."""
-    (tmp_path / "tiny.yaml").write_text(TINY_YAML)  # 196 images: 7 global batches of 28.
-    one = classify.run(config.resolve(yaml.safe_load(TINY_YAML)), tmp_path / "one", verbose=0)
+def test_two_workers_preempted_then_killed_resume_to_the_weights_of_one_worker(tmp_path):
+    """2 local workers. SIGTERM to worker 1 in epoch 2: TensorFlow's PreemptionCheckpointHandler
+    agrees on a step, both save there, the launcher ends with 143 and one line. The same
+    command resumes; worker 1 SIGKILLed after the next checkpoint ends it in one line too; the
+    same command again completes the run, with the weights and history one process trains
+    with the same global batch."""
+    text = TINY_YAML.replace("epochs: 2", "epochs: 3")
+    (tmp_path / "tiny.yaml").write_text(text)  # 196 images: 7 global batches of 28.
+    one = classify.run(config.resolve(yaml.safe_load(text)), tmp_path / "one", verbose=0)
 
     run_dir = tmp_path / "two"
     command = [sys.executable, "-m", "tfimb", "train", "tiny.yaml", "--workdir", "two",
                "--local-workers", "2"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not loop.checkpoint_paths(run_dir / "checkpoints"):  # Epoch 0 is done.
-        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    os.kill(int((run_dir / "workers" / "worker1.pid").read_text()), signal.SIGKILL)
+    worker1 = run_dir / "workers" / "worker1.pid"
+    launcher = _start(tmp_path, command)
+    _wait_for_checkpoint(run_dir, launcher)  # Epoch 1 is done.
+    time.sleep(0.5)  # Into epoch 2's steps.
+    os.kill(int(worker1.read_text()), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "deprecated" not in err
+    assert "stopped on SIGTERM (status 143); in training the workers saved a checkpoint" in err
+    assert "tfimb: stopped by SIGTERM" in (run_dir / "workers" / "worker1.log").read_text()
+
+    launcher = _start(tmp_path, command)  # The same command, as the line says.
+    # (Saved at the step the workers agreed on: a new checkpoint unless that was epoch 1's end.)
+    preempted = loop.checkpoint_paths(run_dir / "checkpoints")[-1]
+    _wait_for_checkpoint(run_dir, launcher, after=preempted)
+    os.kill(int(worker1.read_text()), signal.SIGKILL)
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode != 0
     assert "worker1 exited" in err and "same command resumes" in err
@@ -215,7 +244,7 @@ def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     results = [one, json.loads((run_dir / "results.json").read_text())]
     assert [r["replicas"] for r in results] == [1, 2]
-    assert [r["epochs_completed"] for r in results] == [2, 2]
+    assert [r["epochs_completed"] for r in results] == [3, 3]
     histories = [loop.History(tmp_path / w / "history.csv", writable=False).rows
                  for w in ("one", "two")]
     # Every logged metric matches; epoch_seconds is each run's own wall time.
@@ -224,7 +253,7 @@ def test_two_workers_one_killed_resume_to_the_weights_of_one_worker(tmp_path):
         for key in sorted(set(row_one) - {"epoch_seconds"}):
             np.testing.assert_allclose(float(row_one[key]), float(row_two[key]), rtol=1e-4,
                                        err_msg=key)
-    assert len(histories[0]) == len(histories[1]) == 2
+    assert len(histories[0]) == len(histories[1]) == 3
     for a, b in zip(_load_weights(tmp_path / "one"), _load_weights(run_dir)):
         assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a) + 1e-6
     # Only the chief wrote: one set of checkpoints, no worker scratch folders left.
