@@ -167,6 +167,17 @@ def test_the_command_writes_a_run_on_the_first_runs_training_set(first_run, meth
     # The stage's model.keras evaluates to its recorded results, in one call.
     again = classify.evaluate_run(out)
     assert again["accuracy"] == results["accuracy"]
+    if method in ("lws", "ncm"):  # tfimb's own heads: the SavedModel serves them.
+        from tfimb.experiments import export
+
+        path = export.export(out, output_dir=first_run.parent / "saved")
+        _, model = classify.load_run(out)
+        images = np.random.default_rng(0).integers(0, 17, (3, 8, 8, 1)).astype(np.uint8)
+        served = tf.saved_model.load(str(path)).signatures["serving_default"](
+            images=tf.constant(images))
+        logits = model(images.astype(np.float32)).numpy()
+        np.testing.assert_allclose(served["probabilities"].numpy(),
+                                   tf.nn.softmax(logits).numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_refusals_are_one_line(first_run, tmp_path):
