@@ -345,5 +345,10 @@ def test_a_job_of_several_runs_resumes_as_a_whole(tmp_path, monkeypatch, capsys)
     assert cli.main(["evaluate", str(workdir / "ce")]) == 0
     out = capsys.readouterr().out
     assert f"all {100 * recorded['accuracy']['all']:.2f}" in out.splitlines()[0]
+    posthoc = recorded["posthoc"]
+    line = [l for l in out.splitlines() if l.startswith("post-hoc logit adjustment")][0]
+    assert line.startswith(f"post-hoc logit adjustment, tau {posthoc['tau']:g} (chosen on "
+                           "nothing: no validation split, tau = 1): majority ")
+    assert line.endswith(f"all {100 * posthoc['accuracy']['all']:.2f}")
     assert cli.main(["evaluate", str(workdir)]) == 1  # Not a run: one line.
     assert "has no config.yaml" in capsys.readouterr().err

@@ -339,6 +339,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     groups = ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items() if v is not None)
     print(f"{args.run_dir}: test accuracy % {groups}; ECE {calibration['ece']:.4f}, NLL "
           f"{calibration['nll']:.4f}")
+    posthoc = results["posthoc"]
+    adjusted = ", ".join(f"{k} {100 * v:.2f}" for k, v in posthoc["accuracy"].items()
+                         if v is not None)
+    print(f"post-hoc logit adjustment, tau {posthoc['tau']:g} (chosen on "
+          f"{posthoc['chosen_on'] or 'nothing: no validation split, tau = 1'}): {adjusted}")
     if recorded_path.is_file():
         recorded = json.loads(recorded_path.read_text())["accuracy"]["all"]
         print(f"recorded in {recorded_path}: all {100 * recorded:.2f}")
