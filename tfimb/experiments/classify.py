@@ -129,17 +129,26 @@ def build_trainer(cfg: ExperimentConfig, dataset: data_lib.Dataset, minority: Se
     scope."""
     model = build_model(cfg, dataset)
     loss = make_loss(cfg, dataset.counts)
+    # Cui et al. leave the sigmoid classifier's last bias (started at -log(C - 1)) undecayed.
+    exclude = ("logits/bias",) if cfg.loss.name in catalog.SIGMOID else ()
+    return model, compiled_trainer(cfg, model, loss, dataset, minority, exclude), loss
+
+
+def compiled_trainer(cfg: ExperimentConfig, model: keras.Model, loss: keras.losses.Loss,
+                     dataset: data_lib.Dataset, minority: Sequence[int],
+                     exclude: Iterable[str] = ()) -> WeightDecayModel:
+    """`model` in its weight-decay wrapper (coupled L2 on its trainable weights but those
+    whose path ends with one of `exclude`), built and compiled with SGD, `loss` and the group
+    metrics (all-class accuracy; majority and minority when there is a minority)."""
     metrics = [metrics_lib.GroupAccuracy(list(range(dataset.num_classes)), name="all_accuracy")]
     if minority:
         metrics = metrics_lib.group_accuracies(minority, dataset.num_classes)
-    # Cui et al. leave the sigmoid classifier's last bias (started at -log(C - 1)) undecayed.
-    exclude = ("logits/bias",) if cfg.loss.name in catalog.SIGMOID else ()
     trainer = regularized(model, cfg.train.weight_decay, exclude)
     trainer(np.zeros((1,) + tuple(dataset.image_shape or ()), np.float32))  # Build.
     trainer.compile(
         optimizer=keras.optimizers.SGD(learning_rate(0, cfg), momentum=cfg.train.momentum),
         loss=loss, metrics=metrics, steps_per_execution=cfg.train.steps_per_execution)
-    return model, trainer, loss
+    return trainer
 
 
 def schedule_callbacks(cfg: ExperimentConfig, loss: keras.losses.Loss,

@@ -30,7 +30,7 @@ dense.
 from __future__ import annotations
 
 import pathlib
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -38,7 +38,6 @@ import keras
 
 from tfimb import _checks
 from tfimb import data as data_lib
-from tfimb import metrics as metrics_lib
 from tfimb import models
 from tfimb._checks import PathLike
 from tfimb.config import classify as config_lib
@@ -201,14 +200,9 @@ class DecoupleExperiment(classify.ClassifierExperiment):
         self.model = stage_model(first, cfg.stage.method, self.dataset.num_classes,
                                  cfg.train.seed)
         self.loss = classify.make_loss(cfg, self.dataset.counts)
-        trainer = classify.regularized(self.model, cfg.train.weight_decay)
-        trainer(np.zeros((1,) + tuple(self.dataset.image_shape or ()), np.float32))
-        trainer.compile(
-            optimizer=keras.optimizers.SGD(classify.learning_rate(0, cfg),
-                                           momentum=cfg.train.momentum),
-            loss=self.loss, metrics=_metrics(self.dataset.num_classes, self.minority),
-            steps_per_execution=cfg.train.steps_per_execution)
-        return trainer
+        # Weight decay reaches only the stage's trainable weights (the frozen ones are not).
+        return classify.compiled_trainer(cfg, self.model, self.loss, self.dataset,
+                                         self.minority)
 
     def results(self, cfg: ExperimentConfig, rows: list[dict[str, Any]],
                 loop: loop_lib.TrainingLoop | None) -> dict[str, Any]:
@@ -216,12 +210,6 @@ class DecoupleExperiment(classify.ClassifierExperiment):
         results["stage"] = {"method": cfg.stage.method, "from_run": cfg.stage.from_run,
                             **_validation_record(self.dataset)}
         return results
-
-
-def _metrics(num_classes: int, minority: Sequence[int]) -> list:
-    if minority:
-        return metrics_lib.group_accuracies(minority, num_classes)
-    return [metrics_lib.GroupAccuracy(list(range(num_classes)), name="all_accuracy")]
 
 
 def _validation_record(dataset: data_lib.Dataset) -> dict[str, Any]:
