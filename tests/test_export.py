@@ -64,18 +64,20 @@ def _classifier_run(root, *overrides):
     return model, dataset
 
 
-def _flow_run(root, num_scales=2):
+def _flow_run(root, num_scales=2, conditional=False):
     cfg = config.resolve_flow({}, ["data.source=digits", f"model.num_scales={num_scales}",
-                                   "model.num_blocks=1", "model.num_filters=4"])
+                                   "model.num_blocks=1", "model.num_filters=4",
+                                   f"model.class_conditional={str(conditional).lower()}"])
     root.mkdir()
     (root / "config.yaml").write_text(config.dump_flow(cfg))
-    model = density.build_model(cfg, (8, 8, 1))
+    model = density.build_model(cfg, (8, 8, 1), 10)
     rng = np.random.default_rng(0)
     for w in model.weights:
-        if w.path.endswith("/scale"):
+        if w.path.endswith("/scale") or "class_prior" in w.path:
             w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
     model.save_weights(root / "model.weights.h5")
-    (root / "results.json").write_text(json.dumps({"bits_per_dim": {"test": 5.0}}))
+    results = {"bits_per_dim": {"test": 5.0}, "image_shape": [8, 8, 1], "num_classes": 10}
+    (root / "results.json").write_text(json.dumps(results))
     return model
 
 
@@ -219,6 +221,51 @@ def test_signatures_check_their_inputs_and_name_the_bad_item(tmp_path):
         message = error(sample, n=np.int32(n), temperature=np.float32(temperature))
         assert what in message
     assert sample(n=tf.constant(3), temperature=tf.constant(0.5))["images"].shape == [3, 8, 8, 1]
+
+
+def test_a_class_conditional_flow_exports_signatures_that_take_the_class(tmp_path):
+    """bits_per_dim / serving_default / log_prob(images, labels) score p(x | y) as the model
+    does; sample(labels, temperature) draws one image per class id; bad labels are refused
+    in Keras' form."""
+    flow = _flow_run(tmp_path / "cflow", num_scales=1, conditional=True)
+    assert flow.num_classes == 10
+    loaded = tf.saved_model.load(str(export.export(tmp_path / "cflow",
+                                                   output_dir=tmp_path / "s")))
+    images = data.load(config.resolve_flow({}, ["data.source=digits"]).data).test
+    x, y = tf.constant(images.images[:6]), tf.constant(images.labels[:6])
+    bpd = flow.bits_per_dim(x, noise="mid", labels=y).numpy()
+    assert not np.allclose(bpd, flow.bits_per_dim(x, noise="mid", labels=(y + 1) % 10))
+    for name in ("bits_per_dim", "serving_default"):
+        np.testing.assert_allclose(loaded.signatures[name](images=x, labels=y)["bits_per_dim"],
+                                   bpd, rtol=1e-5)
+    np.testing.assert_allclose(loaded.signatures["log_prob"](images=x, labels=y)["log_prob"],
+                               -bpd * 64 * np.log(2.0), rtol=1e-5)
+    sample = loaded.signatures["sample"]
+    drawn = sample(labels=tf.constant([0, 3, 9], tf.int64), temperature=tf.constant(0.5))
+    assert drawn["images"].shape == [3, 8, 8, 1] and drawn["images"].dtype == tf.uint8
+    # Temperature -> 0: the class means, decoded (a bin edge may move one level).
+    cold = sample(labels=tf.constant([2, 7], tf.int64), temperature=tf.constant(1e-6))
+    means = flow.decode(flow.class_prior.mean.numpy()[[2, 7]]).numpy().astype(int)
+    assert np.abs(cold["images"].numpy().astype(int) - means).max() <= 1
+
+    def error(signature, **inputs):
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            signature(**{k: tf.constant(v) for k, v in inputs.items()})
+        return str(caught.value)
+
+    for name in ("bits_per_dim", "log_prob"):
+        message = error(loaded.signatures[name], images=images.images[:2],
+                        labels=np.array([1, 10], np.int64))
+        assert f"input `labels` of signature `{name}`" in message and "0 <= id < 10" in message
+        message = error(loaded.signatures[name], images=images.images[:2],
+                        labels=np.array([1], np.int64))
+        assert "one class id per image" in message
+    assert "0 <= id < 10" in error(sample, labels=np.array([-1], np.int64),
+                                   temperature=np.float32(1.0))
+    assert "at least one class id" in error(sample, labels=np.zeros([0], np.int64),
+                                            temperature=np.float32(1.0))
+    assert "temperature > 0" in error(sample, labels=np.array([1], np.int64),
+                                      temperature=np.float32(0.0))
 
 
 def test_a_killed_export_leaves_nothing_the_next_export_cannot_clear(tmp_path):

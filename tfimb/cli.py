@@ -165,9 +165,11 @@ def _flow_train(args: argparse.Namespace) -> int:
 
     results = density.run(cfg, workdir, resume=args.resume)
     bpd = results["bits_per_dim"]
+    per_class = (f", per class {workdir / 'samples_per_class.png'}"
+                 if cfg.model.class_conditional else "")
     print(f"{workdir}: bits/dim train {bpd['train']:.4f}, {results['evaluation_split']} "
           f"{bpd['test']:.4f} after {results['epochs_completed']} epochs; samples: "
-          f"{workdir / 'samples.png'}")
+          f"{workdir / 'samples.png'}{per_class}")
     return 0
 
 
@@ -281,10 +283,20 @@ def _flow_evaluate(args: argparse.Namespace) -> int:
     from tfimb.experiments import density
 
     cfg, model = _load_flow(args.run_dir)
-    images = density.test_images(cfg)
-    bpd = density.evaluate_images(model, images, cfg.train.batch_size)
+    images, labels, names = density.test_data(cfg)
+    per_example = density.bits_per_dim_of(model, images, cfg.train.batch_size, labels=labels)
+    bpd = density.mean_bits_per_dim(per_example, cfg.train.batch_size)
     print(f"test bits/dim: {bpd:.4f} ({len(images)} images, uniform dequantisation, "
           "inference mode)")
+    if model.num_classes is not None:  # Of p(x | y): the same pass, averaged per class.
+        from tfimb.flows import conditional
+
+        per_class = conditional.per_class_mean(per_example, labels, model.num_classes)
+        counts = np.bincount(labels, minlength=model.num_classes)
+        print("per-class test bits/dim (class: bits/dim, images):")
+        for c, (value, count) in enumerate(zip(per_class, counts)):
+            name = f" {names[c]}" if c < len(names) and names[c] != str(c) else ""
+            print(f"  {c}{name}: {value:.4f} ({count})")
     return 0
 
 
@@ -292,9 +304,11 @@ def _flow_sample(args: argparse.Namespace) -> int:
     from tfimb.experiments import density
 
     _, model = _load_flow(args.run_dir)
+    # A conditional run: --label K samples class K, else the samples cycle through the classes.
+    labels = density.sample_labels(model, args.n) if args.label is None else args.label
     try:
-        images = model.sample(args.n, args.temperature, seed=args.seed).numpy()
-    except ValueError as error:  # n or temperature out of range: a usage error.
+        images = model.sample(args.n, args.temperature, seed=args.seed, labels=labels).numpy()
+    except ValueError as error:  # n, temperature or label out of range: a usage error.
         raise errors.UsageError(str(error)) from None
     output = args.output or pathlib.Path(args.run_dir) / f"samples_T{args.temperature}.png"
     print(f"{args.n} samples written to {density.write_grid(images, output)}")
@@ -490,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow_train.add_argument("config", help="YAML config, or 'flow_default' (offline digits)")
     _add_run_arguments(flow_train, "runs/flows/<config name>")
     flow_train.set_defaults(handler=_flow_train)
-    evaluate = flow_commands.add_parser("evaluate", help="test bits/dim of a finished run")
+    evaluate = flow_commands.add_parser(
+        "evaluate", help="test bits/dim of a finished run (per class for a conditional one)")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.set_defaults(handler=_flow_evaluate)
     sample = flow_commands.add_parser("sample", help="a PNG grid of samples")
@@ -499,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0,
                         help="latent standard deviation (default 1.0)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--label", type=int, metavar="CLASS",
+                        help="class-conditional runs: sample this class (default: cycle "
+                             "through the classes)")
     sample.add_argument("--output", help="PNG path (default RUN_DIR/samples_T<temperature>.png)")
     sample.set_defaults(handler=_flow_sample)
     interpolate = flow_commands.add_parser(

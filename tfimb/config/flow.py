@@ -1,4 +1,12 @@
-"""`tfimb flow train`: the RealNVP experiment's config (`FlowConfig`)."""
+"""`tfimb flow train`: the RealNVP experiment's config (`FlowConfig`).
+
+    data:      {source: digits | tfds | folder | auto, ...}     # as `tfimb train`'s
+    imbalance: null (the data as it is) | {minority: [1, 4, 6], minority_count: 250}
+               | {long_tail_factor: 100}                       # `tfimb train`'s section
+    model:     {num_scales: 2, num_blocks: 8, num_filters: 64, ..., class_conditional: false}
+    train:     {epochs: 100, batch_size: 64, ..., class_weighting: none | balanced}
+    distribute: {strategy: default | mirrored | multi_worker, ...}
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,12 @@ from typing import Any, Iterable
 
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
+from tfimb.config.classify import ImbalanceConfig
 from tfimb.config.common import DataConfig, DistributeConfig
+
+# The values of `train.class_weighting` (tfimb.flows.conditional.CLASS_WEIGHTINGS, which
+# imports TensorFlow; tests/test_flows_conditional.py checks they agree).
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 
 @dataclasses.dataclass
@@ -19,6 +32,9 @@ class FlowModelConfig:
     momentum: float = 0.9            # running statistics of the batch-norm bijectors
     epsilon: float = 1.0e-4
     alpha: float = 0.05              # logit transform
+    # A latent N(mu_y, diag(sigma_y^2)) per class y (tfimb.flows.conditional); the data's
+    # labels then feed training, evaluation and sampling.
+    class_conditional: bool = False
 
     def validate(self) -> None:
         for key in ("num_scales", "num_blocks", "num_filters"):
@@ -45,6 +61,9 @@ class FlowTrainConfig:
     checkpoint_every: typing.Optional[int] = None  # steps; a checkpoint every epoch regardless
     max_train_images: typing.Optional[int] = None  # a subset, for CPU-sized runs
     max_eval_images: typing.Optional[int] = None
+    # none | balanced: each example's bits/dim in the loss times n / (C n_y) (mean 1 over the
+    # training set); the reported bits/dim stays the unweighted mean.
+    class_weighting: str = "none"
 
     def validate(self) -> None:
         engine.at_least("train.epochs", self.epochs, 1)
@@ -62,18 +81,23 @@ class FlowTrainConfig:
         if self.l2 < 0:
             raise ConfigError("Invalid value for key `train.l2`. Expected a number >= 0. "
                               f"Received: train.l2={self.l2}")
+        engine.one_of("train.class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
 
 
 @dataclasses.dataclass
 class FlowConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # null: the data as it is (flows model the training distribution they are given); a
+    # section cuts the training split as `tfimb train` does (minority classes 1, 4, 6 to 250).
+    imbalance: typing.Optional[ImbalanceConfig] = None
     model: FlowModelConfig = dataclasses.field(default_factory=FlowModelConfig)
     train: FlowTrainConfig = dataclasses.field(default_factory=FlowTrainConfig)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
     def validate(self) -> FlowConfig:
-        for section in (self.data, self.model, self.train, self.distribute):
-            section.validate()
+        for section in (self.data, self.imbalance, self.model, self.train, self.distribute):
+            if section is not None:
+                section.validate()
         if self.data.stream is True:
             raise ConfigError("Invalid value for key `data.stream`. Expected auto or false: "
                               "flows train from images held in memory. Received: "

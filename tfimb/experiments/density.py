@@ -9,6 +9,12 @@ A run directory holds `config.yaml`, `history.csv` (per epoch: training bits/dim
 mode, evaluation bits/dim in inference mode), `logs/` (TensorBoard: bits/dim and samples),
 `checkpoints/` (every epoch; `--resume` continues), `model.weights.h5`, `samples.png` and, written
 atomically once the run has finished, `results.json`.
+
+Imbalanced data (`imbalance`, `tfimb train`'s section) cuts the training split. A
+class-conditional model (`model.class_conditional`) trains on (images, labels) batches and
+adds `samples_per_class.png` (a row per class); `train.class_weighting: balanced` weights each
+example's bits/dim in the loss by n / (C n_y) ((images, labels, weights) batches). results.json
+holds the evaluation images' bits/dim per class and the class counts of every run.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from tfimb._checks import ArrayLike, PathLike
 from tfimb import config as config_lib
 from tfimb import data as data_lib
 from tfimb.config import FlowConfig
-from tfimb.flows import realnvp
+from tfimb.flows import conditional, realnvp
 from tfimb.runtime import rundir
 from tfimb.runtime import run as run_lib
 from tfimb.runtime.loop import TrainingLoop
@@ -43,46 +49,89 @@ DataError = data_lib.DataError  # Data that cannot be used (missing folder, tfds
 _atomic_write = rundir.atomic_write
 
 
-def _subset(split, limit, seed):
+def _subset_examples(split, limit, seed):
+    """(images, labels) of `limit` examples of a split drawn by `seed` (all: None)."""
     if limit is None or limit >= len(split):
-        return split.images
-    index = np.random.default_rng(seed).permutation(len(split))[:limit]
-    return split.images[np.sort(index)]
+        return split.images, split.labels
+    index = np.sort(np.random.default_rng(seed).permutation(len(split))[:limit])
+    return split.images[index], split.labels[index]
+
+
+def _subset(split, limit, seed):
+    """The images of `_subset_examples`."""
+    return _subset_examples(split, limit, seed)[0]
 
 
 def pipeline(images: np.ndarray, batch_size: int, training: bool, seed: int = 0,
              flip: bool = True, drop_remainder: bool = False,
-             epoch: int | None = None) -> tf.data.Dataset:
+             epoch: int | None = None, labels: np.ndarray | None = None,
+             class_weights: ArrayLike | None = None) -> tf.data.Dataset:
     """uint8 images -> batches (shuffled and randomly flipped when training; with `epoch`, that
-    one epoch, its order and flips a function of (seed, epoch), as `tfimb.data.pipeline`)."""
-    ds = tf.data.Dataset.from_tensor_slices(images)
+    one epoch, its order and flips a function of (seed, epoch), as `tfimb.data.pipeline`).
+
+    With `labels`, batches of (images, labels), in the same order with the same flips; with
+    `class_weights` too (a weight per class), (images, labels, class_weights[labels])."""
+    ds = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
     if training:
+        # Shuffling and the flip seeds do not depend on the elements: labels change neither.
         ds, seeds = data_lib.shuffled_with_seeds(ds, min(len(images), 20000), seed, epoch)
-        if flip:
+        if flip and labels is None:
             ds = tf.data.Dataset.zip(ds, seeds).map(
                 tf.image.stateless_random_flip_left_right, num_parallel_calls=tf.data.AUTOTUNE)
+        elif flip:
+            ds = tf.data.Dataset.zip(ds, seeds).map(
+                lambda example, s: (tf.image.stateless_random_flip_left_right(example[0], s),
+                                    example[1]), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder or training)
+    if class_weights is not None:
+        if labels is None:
+            raise _checks.invalid_value("labels", "the class ids that `class_weights` weight",
+                                        None)
+        weights = tf.constant(np.asarray(class_weights, np.float32))
+        ds = ds.map(lambda x, y: (x, y, tf.gather(weights, y)))
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def build_model(cfg: FlowConfig, image_shape: Sequence[int]) -> realnvp.RealNVP:
+def build_model(cfg: FlowConfig, image_shape: Sequence[int],
+                num_classes: int | None = None) -> realnvp.RealNVP:
+    """RealNVP per `cfg.model`; `num_classes` (the data's) is needed, and used, only when
+    `model.class_conditional` is true."""
     m = cfg.model
+    if m.class_conditional and num_classes is None:
+        raise _checks.invalid_value("num_classes", "the number of classes of a "
+                                    "class-conditional flow (model.class_conditional)", None)
     model = realnvp.RealNVP(image_shape, num_scales=m.num_scales, num_blocks=m.num_blocks,
                             num_filters=m.num_filters, momentum=m.momentum, epsilon=m.epsilon,
-                            alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed)
+                            alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed,
+                            num_classes=num_classes if m.class_conditional else None)
     model.build()
     return model
 
 
-def build_compiled_model(cfg: FlowConfig, image_shape: Sequence[int]) -> realnvp.RealNVP:
+def build_compiled_model(cfg: FlowConfig, image_shape: Sequence[int],
+                         num_classes: int | None = None) -> realnvp.RealNVP:
     """`build_model`, compiled with the training optimizer: Adam (default betas) at
     `train.learning_rate`, gradients clipped to global norm `train.clip_norm`."""
-    model = build_model(cfg, image_shape)
+    model = build_model(cfg, image_shape, num_classes)
     model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate,
                                                   global_clipnorm=cfg.train.clip_norm))
     return model
+
+
+def sample_labels(model: realnvp.RealNVP, n: int) -> np.ndarray | None:
+    """Class ids cycling through the classes for n samples of a conditional model (samples.png
+    and TensorBoard show every class); None for an unconditional one."""
+    return None if model.num_classes is None else np.arange(n) % model.num_classes
+
+
+def sample_per_class(model: realnvp.RealNVP, per_class: int = 8, temperature: float = 1.0,
+                     seed: int = 0) -> np.ndarray:
+    """uint8 samples of a conditional model, `per_class` of each class in class order (a grid
+    row per class with `write_grid(..., columns=per_class)`)."""
+    labels = np.repeat(np.arange(model.num_classes or 0), per_class)
+    return model.sample(len(labels), temperature, seed=seed, labels=labels).numpy()
 
 
 def _sample_callback(log_dir, n=16):
@@ -95,7 +144,8 @@ def _sample_callback(log_dir, n=16):
         def on_epoch_end(self, epoch, logs=None):
             with self.writer.as_default():
                 for temperature in (1.0, 0.7):
-                    images = self.model.sample(n, temperature, seed=epoch)
+                    images = self.model.sample(n, temperature, seed=epoch,
+                                               labels=sample_labels(self.model, n))
                     tf.summary.image(f"samples_T{temperature}", images, step=epoch,
                                      max_outputs=n)
             self.writer.flush()
@@ -111,30 +161,39 @@ class FlowExperiment(run_lib.Experiment):
         return config_lib.dump_flow(cfg)
 
     def prepare(self, cfg: FlowConfig) -> None:
-        self.dataset = data_lib.load(cfg.data, None, stream=False)
-        self.train_images = _subset(self.dataset.train, cfg.train.max_train_images,
-                                    cfg.train.seed)
-        self.eval_images = _subset(self.dataset.evaluation, cfg.train.max_eval_images,
-                                   cfg.train.seed + 1)
+        self.dataset = data_lib.load(cfg.data, cfg.imbalance, stream=False)
+        self.train_images, self.train_labels = _subset_examples(
+            self.dataset.train, cfg.train.max_train_images, cfg.train.seed)
+        self.eval_images, self.eval_labels = _subset_examples(
+            self.dataset.evaluation, cfg.train.max_eval_images, cfg.train.seed + 1)
         if len(self.train_images) // cfg.train.batch_size < 1:
             raise data_lib.DataError(
                 f"Invalid value for key `train.batch_size`. Expected at most the "
                 f"{len(self.train_images)} training images. Received: {cfg.train.batch_size}")
+        self.counts = np.bincount(self.train_labels, minlength=self.dataset.num_classes)
+        self.class_weights = (None if cfg.train.class_weighting == "none" else
+                              conditional.class_weights(self.counts, cfg.train.class_weighting))
 
     def build(self, cfg: FlowConfig) -> realnvp.RealNVP:
-        self.model = build_compiled_model(cfg, self.train_images.shape[1:])
+        self.model = build_compiled_model(cfg, self.train_images.shape[1:],
+                                          self.dataset.num_classes)
         return self.model
 
     def steps_per_epoch(self, cfg: FlowConfig, replicas: int) -> int:
         return len(self.train_images) // cfg.train.batch_size
 
     def train_data(self, cfg: FlowConfig, epoch: int, replicas: int) -> tf.data.Dataset:
+        # Labels only where they are used: an unconditional, unweighted run keeps its batches.
+        uses_labels = cfg.model.class_conditional or self.class_weights is not None
         return pipeline(self.train_images, cfg.train.batch_size, True, cfg.train.seed,
-                        cfg.train.flip, drop_remainder=True, epoch=epoch)
+                        cfg.train.flip, drop_remainder=True, epoch=epoch,
+                        labels=self.train_labels if uses_labels else None,
+                        class_weights=self.class_weights)
 
     def eval_data(self, cfg: FlowConfig, replicas: int) -> tf.data.Dataset:
         return pipeline(self.eval_images, cfg.train.batch_size, False,
-                        drop_remainder=replicas > 1)
+                        drop_remainder=replicas > 1,
+                        labels=self.eval_labels if cfg.model.class_conditional else None)
 
     def callbacks(self, cfg: FlowConfig, loop: TrainingLoop, run_dir: pathlib.Path,
                   is_chief: bool) -> list[keras.callbacks.Callback]:
@@ -152,10 +211,23 @@ class FlowExperiment(run_lib.Experiment):
     def results(self, cfg: FlowConfig, rows: list[dict[str, str]],
                 loop: TrainingLoop) -> dict[str, Any]:
         history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
+        per_example = bits_per_dim_of(self.model, self.eval_images, cfg.train.batch_size,
+                                      labels=self.eval_labels)
+        num_classes = self.dataset.num_classes
+        per_class = conditional.per_class_mean(per_example, self.eval_labels, num_classes)
         return {
             "bits_per_dim": {"train": history[-1].get("bits_per_dim") if history else None,
-                             "test": evaluate_images(self.model, self.eval_images,
-                                                     cfg.train.batch_size)},
+                             "test": mean_bits_per_dim(per_example, cfg.train.batch_size)},
+            # The same evaluation images and noise as `test`, averaged per class (of p(x | y)
+            # for a conditional model, else of p(x)); null for a class without images.
+            "bits_per_dim_per_class": [None if np.isnan(v) else float(v) for v in per_class],
+            "class_counts": {"train": self.counts.tolist(),
+                             "evaluation": np.bincount(self.eval_labels,
+                                                       minlength=num_classes).tolist()},
+            "class_names": [str(name) for name in self.dataset.class_names],
+            "num_classes": num_classes,
+            "class_weights": (None if self.class_weights is None
+                              else self.class_weights.tolist()),
             "num_parameters": int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
             # What rebuilding the model needs beyond config.yaml: export, sample and
             # interpolate then never read the dataset.
@@ -168,7 +240,10 @@ class FlowExperiment(run_lib.Experiment):
         tmp = run_dir / f".{WEIGHTS}.tmp.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, run_dir / WEIGHTS)
-        write_grid(self.model.sample(64, 1.0, seed=0).numpy(), run_dir / "samples.png")
+        write_grid(self.model.sample(64, 1.0, seed=0, labels=sample_labels(self.model, 64))
+                   .numpy(), run_dir / "samples.png")
+        if self.model.num_classes is not None:
+            write_grid(sample_per_class(self.model, 8), run_dir / "samples_per_class.png", 8)
 
 
 def run(cfg: FlowConfig, run_dir: PathLike, resume: bool = False,
@@ -182,20 +257,42 @@ def run(cfg: FlowConfig, run_dir: PathLike, resume: bool = False,
     return run_lib.run(FlowExperiment(), cfg, run_dir, resume, verbose, callbacks)
 
 
-def evaluate_images(model: realnvp.RealNVP, images: np.ndarray, batch_size: int,
-                    seed: int = 1234) -> float:
-    """Mean bits/dim of uint8 images (inference mode, uniform dequantisation, fixed seed)."""
+def bits_per_dim_of(model: realnvp.RealNVP, images: np.ndarray, batch_size: int,
+                    seed: int = 1234, labels: np.ndarray | None = None) -> np.ndarray:
+    """Bits/dim of each uint8 image, float32 [N] (inference mode, uniform dequantisation, batch
+    i's noise from the stateless seed (seed, i)); a conditional model scores p(x | y) and needs
+    the class ids `labels` (an unconditional one does not use them)."""
     @tf.function
-    def batch_bpd(batch, seed):
-        return model.bits_per_dim(batch, noise="uniform", seed=seed)
+    def batch_bpd(batch, seed, batch_labels=None):
+        return model.bits_per_dim(batch, noise="uniform", seed=seed, labels=batch_labels)
 
-    total, count = 0.0, 0
+    out = []
     for i, start in enumerate(range(0, len(images), batch_size)):
-        batch = images[start:start + batch_size]
-        bpd = batch_bpd(tf.constant(batch), tf.constant([seed, i], tf.int32)).numpy()
-        total += float(bpd.sum())
-        count += len(batch)
-    return total / count
+        batch = tf.constant(images[start:start + batch_size])
+        batch_seed = tf.constant([seed, i], tf.int32)
+        if model.num_classes is None:
+            out.append(batch_bpd(batch, batch_seed).numpy())
+        else:
+            if labels is None:
+                model._checked_labels(None)  # The model's one-line error.
+            out.append(batch_bpd(batch, batch_seed,
+                                 tf.constant(labels[start:start + batch_size])).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def mean_bits_per_dim(per_example: np.ndarray, batch_size: int) -> float:
+    """The mean of `bits_per_dim_of`'s values as `evaluate_images` always summed them (per
+    batch in float32, then in Python), so the figures of earlier runs reproduce exactly."""
+    total = sum(float(per_example[s:s + batch_size].sum())
+                for s in range(0, len(per_example), batch_size))
+    return total / len(per_example)
+
+
+def evaluate_images(model: realnvp.RealNVP, images: np.ndarray, batch_size: int,
+                    seed: int = 1234, labels: np.ndarray | None = None) -> float:
+    """Mean bits/dim of uint8 images (inference mode, uniform dequantisation, fixed seed);
+    `labels` as `bits_per_dim_of`."""
+    return mean_bits_per_dim(bits_per_dim_of(model, images, batch_size, seed, labels), batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +315,11 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
                            "it with `tfimb flow train CONFIG --workdir DIR` (or --resume).")
     cfg = config_lib.resolve_flow(yaml.safe_load((run_dir / "config.yaml").read_text()))
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).exists() else {}
-    shape = results.get("image_shape")
-    if shape is None:
-        shape = _in_memory(data_lib.load(cfg.data, None, stream=False).train).shape[1:]
-    model = build_model(cfg, tuple(shape))
+    shape, num_classes = results.get("image_shape"), results.get("num_classes")
+    if shape is None or (cfg.model.class_conditional and num_classes is None):
+        dataset = data_lib.load(cfg.data, None, stream=False)
+        shape, num_classes = _in_memory(dataset.train).shape[1:], dataset.num_classes
+    model = build_model(cfg, tuple(shape), num_classes)
     model.load_weights(run_dir / WEIGHTS)
     return cfg, model
 
@@ -229,6 +327,12 @@ def load_run(run_dir: PathLike) -> tuple[FlowConfig, realnvp.RealNVP]:
 def test_images(cfg: FlowConfig) -> np.ndarray:
     """The test split's uint8 images of a flow config's data."""
     return _in_memory(data_lib.load(cfg.data, None, stream=False).test)
+
+
+def test_data(cfg: FlowConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(uint8 images, class ids, class names) of the test split of a flow config's data."""
+    dataset = data_lib.load(cfg.data, None, stream=False)
+    return _in_memory(dataset.test), dataset.test.labels, list(dataset.class_names)
 
 
 def _in_memory(split: data_lib.Split) -> np.ndarray:

@@ -18,11 +18,16 @@ Flow signatures:
   log_prob(images: uint8) -> log_prob float32 [batch]: log P(image) in nats of the discrete
   image, `log p(x) - D log 256`; both dequantise deterministically at mid-bin (x_int + 1/2)/256.
   sample(n: int32 [], temperature: float32 []) -> images uint8 [n, H, W, C].
+  A class-conditional flow's signatures take the class: bits_per_dim / serving_default /
+  log_prob(images: uint8, labels: int64 [batch]) score p(x | y), and
+  sample(labels: int64 [n], temperature: float32 []) draws one image of each class id in
+  `labels` (z = mu_y + temperature * sigma_y * eps).
 
 Every signature checks its inputs in the graph, as the CLI does, and fails with Keras' form of
 message (the input, what is valid, what was received): images must have the model's height,
 width and channels; in a bytes batch, the index of each item that does not decode is named;
-`sample` takes n >= 1 and a finite temperature > 0.
+`sample` takes n >= 1 and a finite temperature > 0; `labels` take one class id per image, each
+0 <= id < the number of classes.
 
 The version is written to a temporary directory and renamed into place, so a server never sees
 a half-written version; an existing version is replaced only with `overwrite=True`. A temporary
@@ -221,6 +226,8 @@ def _flow_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     from tfimb.experiments import density
 
     _, model = density.load_run(run_dir)
+    if model.num_classes is not None:
+        return _conditional_flow_archive(model)
     shape = list(model.image_shape)
     num_dims = model.num_dims
     image_spec = [tf.TensorSpec([None] + shape, tf.uint8, name="images")]
@@ -254,6 +261,69 @@ def _flow_archive(run_dir: PathLike) -> keras.export.ExportArchive:
     archive.add_endpoint("bits_per_dim", bits_per_dim_as("bits_per_dim"), image_spec)
     archive.add_endpoint("log_prob", log_prob, image_spec)
     archive.add_endpoint("sample", sample, [tf.TensorSpec([], tf.int32, name="n"),
+                                            tf.TensorSpec([], tf.float32, name="temperature")])
+    return archive
+
+
+def _temperature_check(temperature, signature: str):
+    """The in-graph check of a finite temperature > 0."""
+    return tf.debugging.Assert(tf.logical_and(tf.math.is_finite(temperature), temperature > 0), [
+        f"Invalid value for input `temperature` of signature `{signature}`. Expected a finite "
+        "temperature > 0. Received: temperature =", temperature])
+
+
+def _checked_labels(labels, num_classes: int, signature: str, images=None):
+    """int32 `labels` after in-graph checks: class ids 0 <= id < num_classes, one per image."""
+    checks = [tf.debugging.Assert(
+        tf.reduce_all((labels >= 0) & (labels < num_classes)),
+        [f"Invalid value for input `labels` of signature `{signature}`. Expected class ids "
+         f"0 <= id < {num_classes}. Received:", labels], summarize=20)]
+    if images is not None:
+        checks.append(tf.debugging.Assert(
+            tf.equal(tf.shape(labels)[0], tf.shape(images)[0]),
+            [f"Invalid value for input `labels` of signature `{signature}`. Expected one class "
+             "id per image. Received: labels, images =", tf.shape(labels)[0],
+             tf.shape(images)[0]]))
+    with tf.control_dependencies(checks):
+        return tf.cast(labels, tf.int32)
+
+
+def _conditional_flow_archive(model: Any) -> keras.export.ExportArchive:
+    """The flow signatures of a class-conditional RealNVP: each takes the class ids."""
+    shape, num_dims, num_classes = list(model.image_shape), model.num_dims, model.num_classes
+    specs = [tf.TensorSpec([None] + shape, tf.uint8, name="images"),
+             tf.TensorSpec([None], tf.int64, name="labels")]
+
+    def checked(images, labels, signature):
+        images = _checked_images(images, shape, signature)
+        return images, _checked_labels(labels, num_classes, signature, images)
+
+    def bits_per_dim_as(signature):
+        def bits_per_dim(images, labels):
+            images, labels = checked(images, labels, signature)
+            return {"bits_per_dim": model.bits_per_dim(images, noise="mid", labels=labels)}
+        return bits_per_dim
+
+    def log_prob(images, labels):
+        images, labels = checked(images, labels, "log_prob")
+        bpd = model.bits_per_dim(images, noise="mid", labels=labels)
+        return {"log_prob": -bpd * num_dims * math.log(2.0)}
+
+    def sample(labels, temperature):
+        checks = [_temperature_check(temperature, "sample"), tf.debugging.Assert(
+            tf.size(labels) >= 1, ["Invalid value for input `labels` of signature `sample`. "
+                                   "Expected at least one class id (one per image). Received "
+                                   "labels of size", tf.size(labels)])]
+        with tf.control_dependencies(checks):
+            labels = _checked_labels(labels, num_classes, "sample")
+        return {"images": model.decode(model.class_prior.sample(labels, temperature))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", bits_per_dim_as("serving_default"), specs)
+    archive.add_endpoint("bits_per_dim", bits_per_dim_as("bits_per_dim"), specs)
+    archive.add_endpoint("log_prob", log_prob, specs)
+    archive.add_endpoint("sample", sample, [tf.TensorSpec([None], tf.int64, name="labels"),
                                             tf.TensorSpec([], tf.float32, name="temperature")])
     return archive
 

@@ -8,7 +8,9 @@ Architecture, data -> latent (the paper's f), for an image [H, W, C]:
     final scale:               4 checkerboard couplings (parities 0, 1, 0, 1).
 
 Every coupling is followed by a `RunningBatchNorm` bijector. The s/t networks of scale k have
-`num_filters * 2**k` feature maps. The latent z has the shape of x and a standard normal prior.
+`num_filters * 2**k` feature maps. The latent z has the shape of x and a standard normal prior,
+or with `num_classes` a class-conditional diagonal Gaussian N(mu_y, diag(sigma_y^2))
+(`tfimb.flows.conditional`; the flow itself is shared by the classes).
 
 `RealNVP` is a Keras model that owns every network and batch-norm statistic (TFP bijectors do
 not track Keras variables). Its layout (`Scale` per scale) is computed once; each call
@@ -25,14 +27,15 @@ import math
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfimb import _checks
-from tfimb._checks import TensorLike
+from tfimb._checks import ArrayLike, TensorLike
 from tfimb.fused_batch_norm import FusedBatchNormalization
 from tfimb.flows import bijectors as flow_bijectors
-from tfimb.flows import preprocessing
+from tfimb.flows import conditional, preprocessing
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -149,16 +152,25 @@ class RealNVP(keras.Model):
         seed: dequantisation noise seed for training.
         validate_args: the bijectors assert finite scales and shifts, positive variances and
             even image sizes as they run (slower; for debugging a diverging flow).
+        num_classes: None (unconditional: z ~ N(0, I)) or the number of classes of a
+            class-conditional model, z ~ N(mu_y, diag(sigma_y^2)) with a mean and log-scale
+            per class and latent dimension, zero-initialised (`tfimb.flows.conditional`).
 
     Methods take uint8 images unless they say otherwise: `bits_per_dim`, `encode` (to z),
     `decode` (z to uint8), `sample(n, temperature)`; `log_prob(l)` is the density of
     preprocessed (logit-space) data. `fit` on batches of uint8 images trains by bits/dim.
+    A conditional model takes int class ids `labels` (one per image) in `log_prob`,
+    `bits_per_dim`, `sample` and `call`, and batches of (images, labels) in `fit`; an
+    unconditional model refuses them (but `fit` ignores the labels of (images, labels)
+    batches, Keras' y). A third batch element (Keras' sample_weight) weights each example's
+    bits/dim in the training loss (the reported bits/dim stays the unweighted mean).
     """
 
     def __init__(self, image_shape: Sequence[int], num_scales: int = 2, num_blocks: int = 8,
                  num_filters: int = 64, momentum: float = 0.9, epsilon: float = 1e-4,
                  alpha: float = preprocessing.ALPHA, l2: float = 5e-5, seed: int = 0,
-                 validate_args: bool = False, **kwargs: Any) -> None:
+                 validate_args: bool = False, num_classes: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -182,6 +194,11 @@ class RealNVP(keras.Model):
         self.validate_args = bool(validate_args)
         self.num_dims = math.prod(image_shape)
         self._layout = self._make_layout()
+        self.num_classes = (None if num_classes is None
+                            else _checks.check_int("num_classes", num_classes, 1))
+        # Only a conditional model owns prior weights: the unconditional one keeps its weights.
+        self.class_prior = (None if self.num_classes is None else conditional.ClassPrior(
+            self.num_classes, image_shape, name="class_prior"))
         self.noise_seed = keras.random.SeedGenerator(seed)
         self.bpd_tracker = keras.metrics.Mean(name="bits_per_dim")
         self._built_flow = False
@@ -247,42 +264,85 @@ class RealNVP(keras.Model):
         TFP (`tfd.TransformedDistribution`, `tfb.Chain`)."""
         return flow_bijectors.chain(self.steps(training)[0], name="realnvp")
 
-    def distribution(self, training: bool = False) -> tfp.distributions.TransformedDistribution:
-        """`tfd.TransformedDistribution`: standard normal latent pushed to logit space."""
-        return tfd.TransformedDistribution(self._prior(), self.bijector(training))
+    def distribution(self, training: bool = False, labels: TensorLike | None = None
+                     ) -> tfp.distributions.TransformedDistribution:
+        """`tfd.TransformedDistribution`: the latent (standard normal, or class-conditional
+        given `labels`, batch [B]) pushed to logit space."""
+        labels = self._checked_labels(labels)
+        prior = self._prior() if labels is None else self.class_prior.distribution(labels)
+        return tfd.TransformedDistribution(prior, self.bijector(training))
 
     def _prior(self):
         return tfd.Sample(tfd.Normal(0.0, 1.0), self.image_shape)
 
+    def _checked_labels(self, labels, batch=None):
+        """int32 class ids [B] of a conditional model (required); None for an unconditional
+        one (which refuses labels)."""
+        return conditional.checked_labels(self.num_classes, labels, batch)
+
     # -- Densities -------------------------------------------------------------------------
 
-    def log_prob(self, l: TensorLike, training: bool = False) -> tf.Tensor:
-        """log density of logit-space data l [B, H, W, C] (nats per example)."""
-        return self._log_pl(tf.convert_to_tensor(l, tf.float32), training)[0]
+    def log_prob(self, l: TensorLike, labels: TensorLike | None = None,
+                 training: bool = False) -> tf.Tensor:
+        """log density of logit-space data l [B, H, W, C] (nats per example); of l given
+        class ids `labels` [B] for a conditional model."""
+        l = tf.convert_to_tensor(l, tf.float32)
+        return self._log_pl(l, training, self._checked_labels(labels, l.shape[0]))[0]
 
-    def _log_pl(self, l, training):
-        """(log p(l) = log N(z; 0, I) + log|det dz/dl|, the batch-norm bijectors used)."""
+    def _log_pl(self, l, training, labels=None):
+        """(log p(l) = log N(z; 0, I) + log|det dz/dl|, or log N(z; mu_y, sigma_y) with
+        checked `labels`; the batch-norm bijectors used)."""
         steps, batch_norms = self.steps(training)
         z, log_det = flow_bijectors.to_latent(steps, l)
-        return self._prior().log_prob(z) + log_det, batch_norms
+        if labels is None:
+            return self._prior().log_prob(z) + log_det, batch_norms
+        return self.class_prior.log_prob(z, labels) + log_det, batch_norms
 
-    def _log_px(self, images, training, noise, seed=None):
+    def _log_px(self, images, training, noise, seed=None, labels=None):
         x = preprocessing.dequantize(images, noise, seed)
         l, log_det = preprocessing.to_logit(x, self.alpha)
-        log_pl, batch_norms = self._log_pl(l, training)
+        log_pl, batch_norms = self._log_pl(l, training, labels)
         return log_pl + log_det, batch_norms
 
     def bits_per_dim(self, images: TensorLike, noise: str = "uniform",
-                     seed: TensorLike | None = None, training: bool = False) -> tf.Tensor:
+                     seed: TensorLike | None = None, training: bool = False,
+                     labels: TensorLike | None = None) -> tf.Tensor:
         """Bits/dim of uint8 images [B, H, W, C], per example (uniform dequantisation noise by
-        default; noise="mid" is deterministic)."""
+        default; noise="mid" is deterministic); of p(x | y) given `labels` for a conditional
+        model."""
         images = tf.convert_to_tensor(images)
-        log_px, _ = self._log_px(images, training, noise, seed)
+        labels = self._checked_labels(labels, images.shape[0])
+        log_px, _ = self._log_px(images, training, noise, seed, labels)
         return preprocessing.bits_per_dim(log_px, self.num_dims)
 
-    def call(self, images: TensorLike, training: bool = False) -> tf.Tensor:
+    def bits_per_dim_per_class(self, images: np.ndarray, labels: ArrayLike,
+                               noise: str = "mid", seed: int | None = None,
+                               batch_size: int = 256) -> np.ndarray:
+        """Mean bits/dim per class, float64 [num_classes] (NaN for a class without images), of
+        uint8 `images` with class ids `labels`, in batches (inference mode). A conditional model
+        scores p(x | y); an unconditional one scores p(x) and `labels` only group the images
+        (into max(labels) + 1 classes). `noise="uniform"` with `seed` draws batch i's noise
+        from the stateless seed (seed, i)."""
+        images, labels = np.asarray(images), np.asarray(labels).astype(np.int64).reshape(-1)
+        if len(images) != len(labels):
+            raise _checks.invalid_value("labels", f"{len(images)} class ids, one per image",
+                                        f"{len(labels)} class ids")
+        batch_size = _checks.check_int("batch_size", batch_size, 1)
+        num_classes = self.num_classes or int(labels.max(initial=-1)) + 1
+        values = []
+        for i, start in enumerate(range(0, len(images), batch_size)):
+            batch = slice(start, start + batch_size)
+            batch_seed = None if seed is None or noise == "mid" else [int(seed), i]
+            values.append(self.bits_per_dim(
+                images[batch], noise, batch_seed,
+                labels=None if self.num_classes is None else labels[batch]).numpy())
+        values = np.concatenate(values) if values else np.zeros(0)
+        return conditional.per_class_mean(values, labels, num_classes)
+
+    def call(self, images: TensorLike, labels: TensorLike | None = None,
+             training: bool = False) -> tf.Tensor:
         """Bits/dim per example with mid-bin dequantisation (deterministic)."""
-        return self.bits_per_dim(images, noise="mid", training=training)
+        return self.bits_per_dim(images, noise="mid", training=training, labels=labels)
 
     # -- Latents and samples (inference mode: running statistics) --------------------------
 
@@ -299,11 +359,19 @@ class RealNVP(keras.Model):
                                    tf.convert_to_tensor(z, tf.float32))
         return preprocessing.to_uint8(preprocessing.from_logit(l, self.alpha))
 
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
-        """n uint8 images from z ~ N(0, temperature^2 I)."""
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None,
+               labels: ArrayLike | None = None) -> tf.Tensor:
+        """n uint8 images from z ~ N(0, temperature^2 I); for a conditional model, of classes
+        `labels` (a class id per sample, or one id for all n) from
+        z = mu_y + temperature * sigma_y * eps."""
         n = _checks.check_int("n", n, 1)
         temperature = _checks.check_range("temperature", temperature, 0.0,
                                           low_inclusive=False)
+        if labels is not None and np.ndim(labels) == 0:
+            labels = np.full([n], labels)
+        labels = self._checked_labels(labels, n)
+        if labels is not None:
+            return self.decode(self.class_prior.sample(labels, temperature, seed))
         shape = (n,) + self.image_shape
         if seed is None:
             z = tf.random.normal(shape)
@@ -319,22 +387,39 @@ class RealNVP(keras.Model):
     def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if not self._built_flow:
             self._built_flow = True
-            self.bits_per_dim(tf.zeros((2,) + self.image_shape, tf.uint8), noise="mid")
+            labels = None if self.num_classes is None else tf.zeros([2], tf.int32)
+            self.bits_per_dim(tf.zeros((2,) + self.image_shape, tf.uint8), noise="mid",
+                              labels=labels)
         super().build(input_shape)
+
+    def _unpack(self, data):
+        """(images, checked labels or None, sample_weight or None) of a batch: images, or
+        Keras' (x, y, sample_weight) with y the class ids (ignored by an unconditional model,
+        as `fit` on (images, labels) always did)."""
+        if not isinstance(data, (tuple, list)):
+            data = (data,)
+        images = data[0]
+        labels = data[1] if len(data) > 1 and self.num_classes is not None else None
+        weights = data[2] if len(data) > 2 else None
+        return images, self._checked_labels(labels, images.shape[0]), weights
 
     # No AutoGraph: the step has no data-dependent Python control flow, and converting TFP's
     # bijector code made tracing take ten times longer.
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data: TensorLike) -> dict[str, tf.Tensor]:
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, labels, example_weights = self._unpack(data)
         seed = tf.cast(self.noise_seed.next(), tf.int32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            log_px, batch_norms = self._log_px(images, True, "uniform", seed)
+            log_px, batch_norms = self._log_px(images, True, "uniform", seed, labels)
             bpd = preprocessing.bits_per_dim(log_px, self.num_dims)
             penalty = self.l2 * tf.add_n([tf.reduce_sum(tf.square(g))
                                           for g in self.weight_norm_scales()])
-            loss = tf.reduce_mean(bpd) + penalty
+            # Class weights scale each example's bits/dim (Keras' sum-over-batch-size mean,
+            # so weights of mean 1 keep the loss's scale); the metric below stays unweighted.
+            weighted = bpd if example_weights is None else bpd * tf.reshape(
+                tf.cast(example_weights, bpd.dtype), [-1])
+            loss = tf.reduce_mean(weighted) + penalty
             loss = tf.debugging.check_numerics(
                 loss, "RealNVP: the training loss (bits/dim) is NaN or infinite; training "
                 "stopped before writing a checkpoint of this step")
@@ -351,9 +436,10 @@ class RealNVP(keras.Model):
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data: TensorLike) -> dict[str, tf.Tensor]:
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, labels, _ = self._unpack(data)  # Evaluation is unweighted.
         seed = tf.cast(self.noise_seed.next(), tf.int32)
-        bpd = self.bits_per_dim(images, noise="uniform", seed=seed, training=False)
+        log_px, _ = self._log_px(images, False, "uniform", seed, labels)
+        bpd = preprocessing.bits_per_dim(log_px, self.num_dims)
         self.bpd_tracker.update_state(bpd)
         return {"bits_per_dim": self.bpd_tracker.result()}
 
@@ -366,4 +452,4 @@ class RealNVP(keras.Model):
                 "num_blocks": self.num_blocks, "num_filters": self.num_filters,
                 "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,
                 "l2": self.l2, "seed": self.seed, "validate_args": self.validate_args,
-                "name": self.name}
+                "num_classes": self.num_classes, "name": self.name}
