@@ -184,8 +184,8 @@ def test_a_sampled_run_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path):
         "data": {"source": "digits", "augment": False, "sampling": "progressive"},
         "imbalance": {"minority": [1, 4, 6], "minority_count": 7, "majority_count": 25},
         "model": {"name": "resnet8"}, "loss": {"name": "softmax_cross_entropy"},
-        "train": {"epochs": 3, "batch_size": 28, "lr_values": [0.05, 0.01],
-                  "lr_boundaries": [2], "checkpoint_every": 2},
+        "train": {"epochs": 2, "batch_size": 28, "lr_values": [0.05, 0.01],
+                  "lr_boundaries": [1], "checkpoint_every": 2},
         "mixed_precision": "float32"})
     whole = classify.run(cfg, tmp_path / "whole", verbose=0)
     with pytest.raises(preemption.Preempted):
@@ -196,7 +196,7 @@ def test_a_sampled_run_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path):
     rows = [list(csv.DictReader((tmp_path / d / "history.csv").open())) for d in ("whole", "cut")]
     for row in rows[0] + rows[1]:
         del row["epoch_seconds"]
-    assert len(rows[0]) == 3 and rows[0] == rows[1]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
     counts = json.loads((tmp_path / "cut" / "counts.json").read_text())["counts"]
     assert counts == json.loads((tmp_path / "whole" / "counts.json").read_text())["counts"]
 
