@@ -203,3 +203,36 @@ def test_refusals_are_one_line(first_run, tmp_path):
     ncm = decouple.ncm_model(cosine, tf.data.Dataset.from_tensor_slices(
         (x, np.arange(6) % 2)).batch(3), np.arange(6) % 2, 2)  # NCM takes any head.
     assert ncm(x).shape == (6, 2)
+
+
+def test_an_interrupted_crt_stage_says_how_to_continue_and_resumes_exactly(
+        first_run, tmp_path, monkeypatch, capsys):
+    import os
+    import shlex
+    import signal
+
+    from tfimb import cli
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.epoch, batch) == (1, 2):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    whole = decouple.run(config.stage_config(first_run, "crt", SHORT_STAGE[1::2]),
+                         tmp_path / "whole", verbose=0)
+    real = decouple.DecoupleExperiment.callbacks
+    monkeypatch.setattr(decouple.DecoupleExperiment, "callbacks",
+                        lambda *a: real(*a) + [Interrupt()])
+    args = ["decouple", str(first_run), "--method", "crt", "--workdir", str(tmp_path / "cut"),
+            *SHORT_STAGE]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip().endswith(shlex.join(args) + " --resume")
+    monkeypatch.setattr(decouple.DecoupleExperiment, "callbacks", real)
+    assert cli.main(args + ["--resume"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert resumed["accuracy"] == whole["accuracy"]
+    assert resumed["confusion_matrix"] == whole["confusion_matrix"]

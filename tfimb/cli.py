@@ -369,8 +369,7 @@ def _decouple(args: argparse.Namespace) -> int:
     from tfimb import config as config_lib
 
     cfg = config_lib.stage_config(args.run_dir, args.method, args.set)
-    source = pathlib.Path(args.run_dir)
-    workdir = pathlib.Path(args.workdir or source.parent / f"{source.name}_{args.method}")
+    source, workdir = pathlib.Path(args.run_dir), _decouple_workdir(args)
     rundir.RunLock(workdir).check_free()
     _load_tensorflow(args)
     from tfimb.experiments import decouple, report
@@ -382,6 +381,12 @@ def _decouple(args: argparse.Namespace) -> int:
     print(report.table([{"dir": workdir, "results": results}]))
     print(f"{workdir}: {args.method} on {source}{chosen}")
     return 0
+
+
+def _decouple_workdir(args: argparse.Namespace) -> pathlib.Path:
+    """A second stage's run directory: --workdir, else RUN_DIR_<method> beside RUN_DIR."""
+    source = pathlib.Path(args.run_dir)
+    return pathlib.Path(args.workdir or source.parent / f"{source.name}_{args.method}")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -632,6 +637,8 @@ _TENSORFLOW_LATER = (_losses, _report, _train, _flow_train, _tune)
 
 def _workdir(args: argparse.Namespace) -> pathlib.Path | None:
     """The directory a training or search command writes (its default if not given)."""
+    if args.handler is _decouple:
+        return _decouple_workdir(args)
     defaults = {_train: "runs", _flow_train: "runs/flows", _tune: "runs/search"}
     if args.handler not in defaults:
         return None
@@ -646,13 +653,13 @@ def _continue_hint(args: argparse.Namespace, argv: Sequence[str]) -> str:
 
     command = "tfimb " + shlex.join(argv)
     workdir = _workdir(args)
-    if args.handler not in (_train, _flow_train) or workdir is None:
+    if args.handler not in (_train, _flow_train, _decouple) or workdir is None:
         return f"Continue with: {command}"
     configs = [workdir / "config.yaml", *workdir.glob("*/config.yaml")]
     unfinished = [c for c in configs if c.is_file() and not (c.parent / rundir.RESULTS).exists()]
     if not unfinished:
         return f"No unfinished run in {workdir}; run {command} to start."
-    resume = "" if args.resume or args.local_workers else " --resume"
+    resume = "" if args.resume or getattr(args, "local_workers", None) else " --resume"
     return f"Continue with: {command}{resume}"
 
 
