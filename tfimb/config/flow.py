@@ -14,6 +14,7 @@ import dataclasses
 import typing
 from typing import Any, Iterable
 
+from tfimb import _checks
 from tfimb.config import engine
 from tfimb.config.engine import ConfigError
 from tfimb.config.classify import ImbalanceConfig
@@ -22,6 +23,9 @@ from tfimb.config.common import DataConfig, DistributeConfig
 # The values of `train.class_weighting` (tfimb.flows.conditional.CLASS_WEIGHTINGS, which
 # imports TensorFlow; tests/test_flows_conditional.py checks they agree).
 CLASS_WEIGHTINGS = ("none", "balanced")
+# The values of `model.scale_parameterisation` (tfimb.flows.realnvp.SCALE_PARAMETERISATIONS;
+# tests/test_flows_options.py checks they agree).
+SCALE_PARAMETERISATIONS = ("zero_tanh", "unit_tanh")
 
 
 @dataclasses.dataclass
@@ -35,8 +39,20 @@ class FlowModelConfig:
     # A latent N(mu_y, diag(sigma_y^2)) per class y (tfimb.flows.conditional); the data's
     # labels then feed training, evaluation and sampling.
     class_conditional: bool = False
+    # Options of the public PyTorch RealNVP (chrischute/real-nvp), off by default (the paper's
+    # network; tfimb.flows.RealNVP documents them): 1x1 skip convolutions summed into the s/t
+    # output, concatenated ReLU, doubled maps for channel couplings, and
+    # s = scale * tanh with the scale starting at 0 (zero_tanh) or 1 (unit_tanh).
+    skip_connections: bool = False
+    concat_relu: bool = False
+    width_doubling: bool = False
+    scale_parameterisation: str = "zero_tanh"
 
     def validate(self) -> None:
+        for key in ("skip_connections", "concat_relu", "width_doubling"):
+            engine.check(_checks.check_bool, f"model.{key}", getattr(self, key))
+        engine.one_of("model.scale_parameterisation", self.scale_parameterisation,
+                      SCALE_PARAMETERISATIONS)
         for key in ("num_scales", "num_blocks", "num_filters"):
             engine.at_least(f"model.{key}", getattr(self, key), 1)
         if not 0 <= self.momentum < 1:

@@ -105,7 +105,10 @@ def build_model(cfg: FlowConfig, image_shape: Sequence[int],
     model = realnvp.RealNVP(image_shape, num_scales=m.num_scales, num_blocks=m.num_blocks,
                             num_filters=m.num_filters, momentum=m.momentum, epsilon=m.epsilon,
                             alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed,
-                            num_classes=num_classes if m.class_conditional else None)
+                            num_classes=num_classes if m.class_conditional else None,
+                            skip_connections=m.skip_connections, concat_relu=m.concat_relu,
+                            width_doubling=m.width_doubling,
+                            scale_parameterisation=m.scale_parameterisation)
     model.build()
     return model
 

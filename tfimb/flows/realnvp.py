@@ -45,6 +45,11 @@ tfd = tfp.distributions
 # channels its inner scale keeps after the squeeze (None at the final scale).
 Scale = collections.namedtuple("Scale", ["couplings", "squeeze_before", "keep"])
 
+# `scale_parameterisation`: s = scale * tanh(raw s), the per-channel scale starting at 0 (the
+# paper's stable start: every coupling starts as a pure shift) or at 1 (chrischute/real-nvp's
+# weight-normalised rescale g).
+SCALE_PARAMETERISATIONS = {"zero_tanh": 0.0, "unit_tanh": 1.0}
+
 
 # ---------------------------------------------------------------------------------------------
 # Networks (Keras layers, owned by the model).
@@ -87,13 +92,26 @@ class CouplingNetwork(keras.layers.Layer):
     `s = scale * tanh(raw s)` with a per-channel scale that starts at zero, so the coupling
     starts as a pure shift by t and log-det 0.
 
+    Options (all off by default, which is the paper's network; on, they follow the public
+    PyTorch RealNVP, chrischute/real-nvp):
+        skip_connections: a weight-normalised 1x1 convolution of the stem's output and of every
+            residual block's output, all summed; the output batch norm, ReLU and convolution
+            read that sum instead of the last block's output.
+        concat_relu: `concat(relu(x), relu(-x))` in place of every ReLU (the convolution after
+            it reads twice the channels).
+        scale_init: the per-channel scale's start, 0 ("zero_tanh") or 1 ("unit_tanh").
+
     The batch norms are Keras' `BatchNormalization` (same arguments, weights and math) run by
     TensorFlow's fused kernel (`tfimb.fused_batch_norm`): the flow is TensorFlow-only anyway,
     and the fused kernel made the training step faster (benchmarks/NOTES.md)."""
 
-    def __init__(self, channels: int, num_blocks: int, num_filters: int, **kwargs: Any) -> None:
+    def __init__(self, channels: int, num_blocks: int, num_filters: int,
+                 skip_connections: bool = False, concat_relu: bool = False,
+                 scale_init: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.channels = channels
+        self.skip_connections, self.concat_relu = skip_connections, concat_relu
+        self.scale_init = scale_init
         self.stem = WeightNormConv2D(num_filters, name="stem")
         self.blocks: list[list[keras.layers.Layer]] = []
         for i in range(num_blocks):
@@ -101,18 +119,32 @@ class CouplingNetwork(keras.layers.Layer):
                                 WeightNormConv2D(num_filters, name=f"block{i}_conv1"),
                                 FusedBatchNormalization(name=f"block{i}_bn2"),
                                 WeightNormConv2D(num_filters, name=f"block{i}_conv2")])
+        if skip_connections:  # Only then: the default network keeps its layers and weights.
+            self.skips = [WeightNormConv2D(num_filters, kernel_size=1, name="stem_skip")] + [
+                WeightNormConv2D(num_filters, kernel_size=1, name=f"block{i}_skip")
+                for i in range(num_blocks)]
         self.out_bn = FusedBatchNormalization(name="out_bn")
         self.out = WeightNormConv2D(2 * channels, name="out")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.scale = self.add_weight(shape=(self.channels,), name="scale", initializer="zeros")
+        self.scale = self.add_weight(shape=(self.channels,), name="scale",
+                                     initializer=keras.initializers.Constant(self.scale_init)
+                                     if self.scale_init else "zeros")
+
+    def _relu(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(tf.concat([x, -x], axis=-1)) if self.concat_relu else tf.nn.relu(x)
 
     def call(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         h = self.stem(x)
-        for bn1, conv1, bn2, conv2 in self.blocks:
-            r = conv1(tf.nn.relu(bn1(h, training=training)))
-            h = h + conv2(tf.nn.relu(bn2(r, training=training)))
-        raw = self.out(tf.nn.relu(self.out_bn(h, training=training)))
+        skip = self.skips[0](h) if self.skip_connections else None
+        for i, (bn1, conv1, bn2, conv2) in enumerate(self.blocks):
+            r = conv1(self._relu(bn1(h, training=training)))
+            h = h + conv2(self._relu(bn2(r, training=training)))
+            if skip is not None:
+                skip = skip + self.skips[i + 1](h)
+        if skip is not None:
+            h = skip
+        raw = self.out(self._relu(self.out_bn(h, training=training)))
         raw_s, t = tf.split(raw, 2, axis=-1)  # Gradient: a concat, not two StridedSliceGrads.
         return self.scale * tf.tanh(raw_s), t
 
@@ -155,6 +187,15 @@ class RealNVP(keras.Model):
         num_classes: None (unconditional: z ~ N(0, I)) or the number of classes of a
             class-conditional model, z ~ N(mu_y, diag(sigma_y^2)) with a mean and log-scale
             per class and latent dimension, zero-initialised (`tfimb.flows.conditional`).
+        skip_connections: the s/t networks sum a 1x1 weight-normalised convolution of the stem's
+            and of every residual block's output, and their output layers read that sum.
+        concat_relu: concat(relu(x), relu(-x)) in place of every ReLU of the s/t networks.
+        width_doubling: the channel couplings of every non-final scale use twice the scale's
+            feature maps.
+        scale_parameterisation: "zero_tanh" (s = scale * tanh(raw s), scale starting at 0) or
+            "unit_tanh" (the same with scale starting at 1).
+        (The last four default to the paper's network; on, they follow the public PyTorch
+        RealNVP, chrischute/real-nvp.)
 
     Methods take uint8 images unless they say otherwise: `bits_per_dim`, `encode` (to z),
     `decode` (z to uint8), `sample(n, temperature)`; `log_prob(l)` is the density of
@@ -170,6 +211,8 @@ class RealNVP(keras.Model):
                  num_filters: int = 64, momentum: float = 0.9, epsilon: float = 1e-4,
                  alpha: float = preprocessing.ALPHA, l2: float = 5e-5, seed: int = 0,
                  validate_args: bool = False, num_classes: int | None = None,
+                 skip_connections: bool = False, concat_relu: bool = False,
+                 width_doubling: bool = False, scale_parameterisation: str = "zero_tanh",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
@@ -192,6 +235,15 @@ class RealNVP(keras.Model):
         self.l2 = _checks.check_range("l2", l2, 0.0)
         self.seed = seed
         self.validate_args = bool(validate_args)
+        self.skip_connections = _checks.check_bool("skip_connections", skip_connections)
+        self.concat_relu = _checks.check_bool("concat_relu", concat_relu)
+        self.width_doubling = _checks.check_bool("width_doubling", width_doubling)
+        if (not isinstance(scale_parameterisation, str)
+                or scale_parameterisation not in SCALE_PARAMETERISATIONS):
+            raise _checks.invalid_value("scale_parameterisation",
+                                        f"one of {list(SCALE_PARAMETERISATIONS)}",
+                                        scale_parameterisation)
+        self.scale_parameterisation = scale_parameterisation
         self.num_dims = math.prod(image_shape)
         self._layout = self._make_layout()
         self.num_classes = (None if num_classes is None
@@ -215,8 +267,13 @@ class RealNVP(keras.Model):
                 steps += [("channel", p, 4 * c) for p in (0, 1, 0)]
             couplings = []
             for i, (mask, parity, channels) in enumerate(steps):
-                network = CouplingNetwork(channels, self.num_blocks, filters,
-                                          name=f"scale{k}_coupling{i}_{mask}")
+                # width_doubling: the channel couplings of a non-final scale use twice its maps.
+                doubled = self.width_doubling and mask == "channel"
+                network = CouplingNetwork(
+                    channels, self.num_blocks, 2 * filters if doubled else filters,
+                    skip_connections=self.skip_connections, concat_relu=self.concat_relu,
+                    scale_init=SCALE_PARAMETERISATIONS[self.scale_parameterisation],
+                    name=f"scale{k}_coupling{i}_{mask}")
                 moments = MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
                 couplings.append((mask, parity, network, moments))
             # Non-final scales squeeze before their channel couplings and keep half of the
@@ -452,4 +509,6 @@ class RealNVP(keras.Model):
                 "num_blocks": self.num_blocks, "num_filters": self.num_filters,
                 "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,
                 "l2": self.l2, "seed": self.seed, "validate_args": self.validate_args,
-                "num_classes": self.num_classes, "name": self.name}
+                "num_classes": self.num_classes, "skip_connections": self.skip_connections,
+                "concat_relu": self.concat_relu, "width_doubling": self.width_doubling,
+                "scale_parameterisation": self.scale_parameterisation, "name": self.name}
