@@ -376,6 +376,10 @@ def _decouple(args: argparse.Namespace) -> int:
 
     results = decouple.run(cfg, workdir, resume=args.resume)
     stage = results["stage"]
+    missing = [c for c, n in enumerate(stage["validation_counts"]) if n == 0]
+    if missing:  # The imbalance kept these classes whole: nothing was left out to validate on.
+        print(f"note: the validation split holds no image of classes {missing} (the imbalance "
+              "kept them whole); its accuracies cover the other classes only")
     where = stage.get("chosen_on") or "nothing: no validation split"
     chosen = f"; tau {stage['tau']} (chosen on {where})" if "tau" in stage else ""
     print(report.table([{"dir": workdir, "results": results}]))

@@ -209,6 +209,14 @@ class DecoupleExperiment(classify.ClassifierExperiment):
         results = super().results(cfg, rows, loop)
         results["stage"] = {"method": cfg.stage.method, "from_run": cfg.stage.from_run,
                             **_validation_record(self.dataset)}
+        best = results["best_evaluated_epoch"]
+        if best is not None:  # A group without validation images has no accuracy there.
+            held = set(np.flatnonzero(results["stage"]["validation_counts"]).tolist())
+            groups = {"majority": [c for c in range(self.dataset.num_classes)
+                                   if c not in self.minority], "minority": self.minority}
+            for group, classes in groups.items():
+                if classes and not held & set(classes):
+                    best["accuracy"][group] = None
         return results
 
 
