@@ -236,3 +236,25 @@ def test_an_interrupted_crt_stage_says_how_to_continue_and_resumes_exactly(
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert resumed["accuracy"] == whole["accuracy"]
     assert resumed["confusion_matrix"] == whole["confusion_matrix"]
+
+
+def test_classes_the_imbalance_kept_whole_have_no_validation_and_say_so(tmp_path, capsys):
+    """The imbalanced-CIFAR-10 layout: majority classes kept whole leave nothing out, so the
+    stage's validation split holds minority classes only; their group records null there."""
+    import yaml
+
+    from tfimb import cli
+
+    raw = yaml.safe_load(TINY_YAML)
+    raw["imbalance"] = {"minority": [1, 4, 6], "minority_count": 7}
+    raw["train"].update(epochs=1, lr_values=[0.05], lr_boundaries=[])
+    classify.run(config.resolve(raw), tmp_path / "first", verbose=0)
+    assert cli.main(["decouple", str(tmp_path / "first"), "--method", "crt",
+                     *SHORT_STAGE]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the validation split holds no image of classes [0, 2, 3, 5, 7, 8, 9] (the "
+            "imbalance kept them whole)") in out
+    results = json.loads((tmp_path / "first_crt" / "results.json").read_text())
+    assert results["stage"]["validation_counts"] == [0, 100, 0, 0, 100, 0, 100, 0, 0, 0]
+    best = results["best_evaluated_epoch"]["accuracy"]
+    assert best["majority"] is None and best["minority"] == best["all"]
