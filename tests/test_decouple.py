@@ -207,25 +207,17 @@ def test_refusals_are_one_line(first_run, tmp_path):
 
 def test_an_interrupted_crt_stage_says_how_to_continue_and_resumes_exactly(
         first_run, tmp_path, monkeypatch, capsys):
-    import os
     import shlex
     import signal
 
+    from test_faults import _Signal
     from tfimb import cli
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            if (self.epoch, batch) == (1, 2):
-                os.kill(os.getpid(), signal.SIGINT)
 
     whole = decouple.run(config.stage_config(first_run, "crt", SHORT_STAGE[1::2]),
                          tmp_path / "whole", verbose=0)
     real = decouple.DecoupleExperiment.callbacks
     monkeypatch.setattr(decouple.DecoupleExperiment, "callbacks",
-                        lambda *a: real(*a) + [Interrupt()])
+                        lambda *a: real(*a) + [_Signal(1, 2, (signal.SIGINT,))])
     args = ["decouple", str(first_run), "--method", "crt", "--workdir", str(tmp_path / "cut"),
             *SHORT_STAGE]
     assert cli.main(args) == 130

@@ -162,19 +162,27 @@ def test_running_batch_norm_training_mode_log_det_and_update(rng):
 # The whole flow.
 
 
+def _move_from_identity(model, seed=0):
+    """Every coupling, batch norm and class prior of a built RealNVP away from its identity
+    start (the tests of exactness need couplings that do something)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if w.path.endswith("/scale"):
+            w.assign(rng.normal(0, 0.5, size=w.shape).astype(np.float32))
+        elif w.path.endswith("moving_mean") or w.path.endswith("class_prior/mean"):
+            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
+        elif w.path.endswith("moving_variance"):
+            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32))
+        elif w.path.endswith("class_prior/log_scale"):
+            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
+    return model
+
+
 def _random_flow(image_shape, num_scales=2, seed=0):
     model = flows.RealNVP(image_shape, num_scales=num_scales, num_blocks=1, num_filters=4,
                           seed=seed)
     model.build()
-    rng = np.random.default_rng(seed)
-    for w in model.weights:  # Move every coupling and batch norm away from the identity.
-        if w.path.endswith("/scale"):
-            w.assign(rng.normal(0, 0.5, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_mean"):
-            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_variance"):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32))
-    return model
+    return _move_from_identity(model, seed)
 
 
 @pytest.mark.parametrize("image_shape, num_scales", [((4, 4, 1), 2), ((4, 4, 3), 2),

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import keras
 
-from test_flows import _brute_force_ildj, _fresh
+from test_flows import _brute_force_ildj, _fresh, _move_from_identity
 from tfimb import config, flows
 from tfimb.config import flow as flow_config
 from tfimb.experiments import density
@@ -24,19 +24,7 @@ def _flow(image_shape=(4, 4, 1), num_classes=None, seed=0, move=True, **kwargs):
     model = flows.RealNVP(image_shape, num_scales=2, num_blocks=1, num_filters=4,
                           num_classes=num_classes, name="flow", **kwargs)
     model.build()
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if not move:
-            break
-        if w.path.endswith("/scale"):
-            w.assign(rng.normal(0, 0.5, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_mean") or w.path.endswith("class_prior/mean"):
-            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_variance"):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32))
-        elif w.path.endswith("class_prior/log_scale"):
-            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
-    return model
+    return _move_from_identity(model, seed) if move else model
 
 
 def _copy_shared_weights(source, target):

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras
 
-from test_flows import _brute_force_ildj, _check_bijector, _fresh
+from test_flows import _brute_force_ildj, _check_bijector, _fresh, _move_from_identity
 from tfimb import config, flows
 from tfimb.config import flow as flow_config
 from tfimb.experiments import density
@@ -29,15 +29,7 @@ def _flow(image_shape=(4, 4, 3), num_blocks=1, num_filters=4, seed=0, **options)
     model = flows.RealNVP(image_shape, num_scales=2, num_blocks=num_blocks,
                           num_filters=num_filters, **options)
     model.build()
-    rng = np.random.default_rng(seed)
-    for w in model.weights:  # Move every coupling and batch norm away from the identity.
-        if w.path.endswith("/scale"):
-            w.assign(rng.normal(0, 0.5, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_mean"):
-            w.assign(rng.normal(0, 0.3, size=w.shape).astype(np.float32))
-        elif w.path.endswith("moving_variance"):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32))
-    return model
+    return _move_from_identity(model, seed)
 
 
 # Every option inside the coupling networks leaves the coupling's algebra alone; all of them at

@@ -5,8 +5,6 @@ tf.data service."""
 
 import csv
 import json
-import os
-import signal
 
 import keras
 import numpy as np
@@ -18,6 +16,7 @@ from tfimb.config import ConfigError
 from tfimb.data import sampling
 from tfimb.data.splits import Split
 from tfimb.experiments import classify
+from test_faults import _Signal
 from tfimb.runtime import preemption
 
 COUNTS = np.array([400, 120, 40, 10])
@@ -164,19 +163,6 @@ def test_a_streamed_tfds_split_repeats_the_records_an_epoch_draws():
     np.testing.assert_array_equal(np.bincount(labels, minlength=10),
                                   np.bincount(picked.labels, minlength=10))
     assert np.bincount(np.bincount(picked.streamed.positions)).size > 2  # Some drawn twice.
-
-
-class _Signal(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.current, batch) == (self.epoch, self.batch):
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_a_sampled_run_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path):
