@@ -100,14 +100,21 @@ def test_squeeze_uses_the_authors_channel_order_and_shapes(rng):
 @pytest.mark.parametrize("mask, parity", [("checkerboard", 0), ("checkerboard", 1),
                                           ("channel", 0), ("channel", 1)])
 def test_affine_coupling_matches_the_formula_and_its_jacobian(rng, mask, parity):
-    x = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
-    network = TinyNetwork(2, seed=parity)
+    x = rng.normal(size=(3, 4, 4, 4)).astype(np.float32)
+    # A channel coupling's network reads the kept half and returns s, t for the other half.
+    network = TinyNetwork(4 if mask == "checkerboard" else 2, seed=parity)
     coupling = flows.AffineCoupling(network, mask=mask, parity=parity)
     z = _check_bijector(coupling, x)
     # Independent formula: y = b x + (1 - b)(x exp(s(bx)) + t(bx)); log-det = sum (1-b) s.
-    b = (flows.checkerboard_mask(4, 4, parity) if mask == "checkerboard"
-         else flows.channel_mask(2, parity)).numpy()
-    s, t = (v.numpy() for v in network(tf.constant(b * x)))
+    if mask == "checkerboard":
+        b = flows.checkerboard_mask(4, 4, parity).numpy()
+        s, t = (v.numpy() for v in network(tf.constant(b * x)))
+    else:  # s and t of the kept half, placed on the changed half (zeros on the kept one).
+        b = flows.channel_mask(4, parity).numpy()
+        kept = x[..., :2] if parity == 0 else x[..., 2:]
+        zeros = np.zeros_like(kept)
+        s, t = ((np.concatenate([zeros, v.numpy()] if parity == 0 else [v.numpy(), zeros], -1))
+                for v in network(tf.constant(kept)))
     np.testing.assert_allclose(z.numpy(), b * x + (1 - b) * (x * np.exp(s) + t), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(coupling.inverse_log_det_jacobian(_fresh(x), event_ndims=3),

@@ -1,5 +1,6 @@
-"""RealNVP's optional s/t network variants (chrischute/real-nvp's): skip connections,
-concatenated ReLU, width doubling of channel couplings, and the scale's start."""
+"""RealNVP's optional variants (chrischute/real-nvp's): skip connections, the input batch norm
+with concatenated ReLU, width doubling of channel couplings, the scale's start, and no
+batch-norm bijector between couplings."""
 
 import math
 
@@ -20,8 +21,9 @@ OPTIONS = {
     "concat_relu": {"concat_relu": True},
     "width_doubling": {"width_doubling": True},
     "unit_tanh": {"scale_parameterisation": "unit_tanh"},
+    "no_batch_norm": {"normalization": "none"},
     "all": {"skip_connections": True, "concat_relu": True, "width_doubling": True,
-            "scale_parameterisation": "unit_tanh"},
+            "scale_parameterisation": "unit_tanh", "normalization": "none"},
 }
 
 
@@ -68,11 +70,13 @@ def _default_log_prob(x):
 
 def _network_parameters(c, f, blocks, skip=False, concat=False):
     """Trainable parameters of one s/t network reading c channels with f feature maps."""
-    m = 2 if concat else 1  # Concatenated ReLU: the convolution after it reads 2f (2c) maps.
     conv = lambda k, cin, cout: k * k * cin * cout + 2 * cout  # v, g, bias
     bn = 2 * f  # gamma, beta
-    total = conv(3, c, f) + blocks * (2 * bn + 2 * conv(3, m * f, f))
-    total += bn + conv(3, m * f, 2 * c) + c  # output batch norm, convolution, scale
+    # Input batch norm and concatenated ReLU: 2c more, and the stem reads 2c maps.
+    total = (2 * c + conv(3, 2 * c, f)) if concat else conv(3, c, f)
+    total += blocks * (2 * bn + 2 * conv(3, f, f) - f)  # The first convolution has no bias.
+    # Output batch norm, convolution (1x1 reading the skip sum), scale.
+    total += bn + conv(1 if skip else 3, f, 2 * c) + c
     if skip:
         total += (blocks + 1) * conv(1, f, f)
     return total
@@ -86,7 +90,8 @@ def _flow_parameters(c, f, blocks, num_scales=2, skip=False, concat=False, doubl
             total += 4 * _network_parameters(c, maps, blocks, skip, concat)
         else:
             total += 3 * _network_parameters(c, maps, blocks, skip, concat)
-            total += 3 * _network_parameters(4 * c, (2 if doubling else 1) * maps, blocks,
+            # Channel couplings: the network reads and scales half of the 4c squeezed channels.
+            total += 3 * _network_parameters(2 * c, (2 if doubling else 1) * maps, blocks,
                                              skip, concat)
         c *= 2
     return total
@@ -94,7 +99,7 @@ def _flow_parameters(c, f, blocks, num_scales=2, skip=False, concat=False, doubl
 
 @pytest.mark.parametrize("options", [{}] + list(OPTIONS.values()),
                          ids=["default"] + list(OPTIONS))
-def test_parameter_counts_grow_as_each_option_says(options):
+def test_parameter_counts_are_as_each_option_says(options):
     model = flows.RealNVP((4, 4, 3), num_scales=2, num_blocks=2, num_filters=4, **options)
     model.build()
     count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -103,29 +108,36 @@ def test_parameter_counts_grow_as_each_option_says(options):
                                 doubling=options.get("width_doubling", False))
     assert count == expected
     default = _flow_parameters(3, 4, 2)
-    if options in ({}, {"scale_parameterisation": "unit_tanh"}):
+    if options in ({}, OPTIONS["unit_tanh"], OPTIONS["no_batch_norm"]):
         assert count == default
-    else:
-        assert count > default
+    else:  # (The skips' 1x1 output layer has fewer weights than the 3x3 one.)
+        assert count != default
 
 
 def test_network_wiring_shapes_and_scale_start():
     model = flows.RealNVP((4, 4, 1), num_scales=2, num_blocks=2, num_filters=4,
                           skip_connections=True, concat_relu=True, width_doubling=True,
-                          scale_parameterisation="unit_tanh")
+                          scale_parameterisation="unit_tanh", normalization="none")
     model.build()
     shapes = {w.path.split("/", 1)[1]: tuple(w.shape) for w in model.weights}
     # Width doubling: only channel couplings (of the non-final scale 0) get 2 x 4 maps.
-    assert shapes["scale0_coupling0_checkerboard/stem/v"] == (3, 3, 1, 4)
+    assert shapes["scale0_coupling0_checkerboard/stem/v"][-1] == 4
+    assert shapes["scale0_coupling3_channel/stem/v"][-1] == 8
+    assert shapes["scale1_coupling0_checkerboard/stem/v"][-1] == 8
+    # Input batch norm and concatenated ReLU: the stem reads twice the input's channels; the
+    # blocks read the maps themselves.
+    # (A channel coupling's network reads half of the 4 squeezed channels.)
+    assert shapes["scale0_coupling3_channel/in_bn/gamma"] == (2,)
     assert shapes["scale0_coupling3_channel/stem/v"] == (3, 3, 4, 8)
-    assert shapes["scale1_coupling0_checkerboard/stem/v"] == (3, 3, 2, 8)
-    # Concatenated ReLU: the convolutions after an activation read twice the maps.
-    assert shapes["scale0_coupling3_channel/block1_conv1/v"] == (3, 3, 16, 8)
-    assert shapes["scale0_coupling3_channel/block1_conv2/v"] == (3, 3, 16, 8)
-    assert shapes["scale0_coupling3_channel/out/v"] == (3, 3, 16, 8)
-    # Skip connections: a 1x1 convolution of the stem and of each block.
+    assert shapes["scale1_coupling0_checkerboard/stem/v"] == (3, 3, 4, 8)
+    assert shapes["scale0_coupling3_channel/block1_conv1/v"] == (3, 3, 8, 8)
+    # Skip connections: a 1x1 convolution of the stem and of each block, a 1x1 output.
     for name in ("stem_skip", "block0_skip", "block1_skip"):
         assert shapes[f"scale0_coupling3_channel/{name}/v"] == (1, 1, 8, 8)
+    assert shapes["scale0_coupling3_channel/out/v"] == (1, 1, 8, 4)
+    assert "scale0_coupling3_channel/block0_conv1/bias" not in shapes
+    # normalization "none": no running statistics at all.
+    assert not any("moments" in w.path for w in model.weights)
     scales = [w for w in model.weights if w.path.endswith("/scale")]
     assert len(scales) == 10 and all(np.all(w.numpy() == 1.0) for w in scales)
     default = flows.RealNVP((4, 4, 1), num_scales=2, num_blocks=2, num_filters=4)
@@ -135,23 +147,29 @@ def test_network_wiring_shapes_and_scale_start():
     assert not any("skip" in w.path for w in default.weights)
 
 
-def test_skip_connections_feed_the_summed_skips_to_the_output(rng):
+def test_peer_network_wiring_input_layer_and_summed_skips(rng):
+    """concat_relu + skip_connections is the peer's s/t network: input batch norm (times the
+    checkerboard gain 2), concat(x, -x), ReLU, stem; 1x1 skips of the stem and every block
+    summed; output batch norm, ReLU, 1x1 convolution."""
     network = realnvp.CouplingNetwork(2, 2, 4, skip_connections=True, concat_relu=True,
-                                      scale_init=1.0)
-    x = tf.constant(rng.normal(size=(2, 4, 4, 2)).astype(np.float32))
-    s, t = network(x)
-
-    def crelu(v):
-        return tf.nn.relu(tf.concat([v, -v], axis=-1))
-
-    h = network.stem(x)
-    total = network.skips[0](h)
-    for i, (bn1, conv1, bn2, conv2) in enumerate(network.blocks):
-        h = h + conv2(crelu(bn2(conv1(crelu(bn1(h))))))
-        total = total + network.skips[i + 1](h)
-    raw = network.out(crelu(network.out_bn(total))).numpy()
-    np.testing.assert_allclose(s.numpy(), np.tanh(raw[..., :2]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(t.numpy(), raw[..., 2:], rtol=1e-5, atol=1e-6)
+                                      scale_init=1.0, input_gain=2.0)
+    x = tf.constant(rng.normal(size=(3, 4, 4, 2)).astype(np.float32))
+    for training in (False, True):
+        s, t = network(x, training=training)
+        # The input batch norm by hand: batch statistics when training, the running ones
+        # (mean 0, variance 1 at the start) in inference.
+        mean = np.mean(x.numpy(), axis=(0, 1, 2)) if training else 0.0
+        var = np.var(x.numpy(), axis=(0, 1, 2)) if training else 1.0
+        v = 2.0 * (x.numpy() - mean) / np.sqrt(var + network.in_bn.epsilon)
+        h = network.stem(np.maximum(np.concatenate([v, -v], axis=-1), 0.0))
+        total = network.skips[0](h)
+        for i, (bn1, conv1, bn2, conv2) in enumerate(network.blocks):
+            r = conv1(tf.nn.relu(bn1(h, training=training)))
+            h = h + conv2(tf.nn.relu(bn2(r, training=training)))
+            total = total + network.skips[i + 1](h)
+        raw = network.out(tf.nn.relu(network.out_bn(total, training=training))).numpy()
+        np.testing.assert_allclose(s.numpy(), np.tanh(raw[..., :2]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(t.numpy(), raw[..., 2:], rtol=1e-4, atol=1e-5)
 
 
 def test_defaults_are_the_old_model_and_options_round_trip_config(tmp_path, rng):
@@ -161,7 +179,7 @@ def test_defaults_are_the_old_model_and_options_round_trip_config(tmp_path, rng)
     keras.utils.set_random_seed(1)
     explicit = flows.RealNVP((4, 4, 1), num_scales=2, num_blocks=1, num_filters=4,
                              skip_connections=False, concat_relu=False, width_doubling=False,
-                             scale_parameterisation="zero_tanh")
+                             scale_parameterisation="zero_tanh", normalization="batch_norm")
     explicit.build()
     assert ([w.path.split("/", 1)[1] for w in implicit.weights]
             == [w.path.split("/", 1)[1] for w in explicit.weights])
@@ -185,6 +203,8 @@ def test_defaults_are_the_old_model_and_options_round_trip_config(tmp_path, rng)
     ({"scale_parameterisation": "exp"}, r"argument `scale_parameterisation`. Expected one of "
                                         r"\['zero_tanh', 'unit_tanh'\]"),
     ({"scale_parameterisation": ["unit_tanh"]}, "argument `scale_parameterisation`"),
+    ({"normalization": "actnorm"}, r"argument `normalization`. Expected one of "
+                                   r"\['batch_norm', 'none'\]. Received: normalization='actnorm'"),
 ])
 def test_realnvp_refuses_bad_option_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -193,17 +213,24 @@ def test_realnvp_refuses_bad_option_values(kwargs, match):
 
 def test_config_keys_build_the_model_and_refuse_bad_values():
     assert flow_config.SCALE_PARAMETERISATIONS == tuple(realnvp.SCALE_PARAMETERISATIONS)
+    assert flow_config.NORMALIZATIONS == realnvp.NORMALIZATIONS
     cfg = config.resolve_flow({}, ["model.num_scales=2", "model.num_blocks=1",
                                    "model.num_filters=4", "model.skip_connections=true",
                                    "model.concat_relu=true", "model.width_doubling=true",
-                                   "model.scale_parameterisation=unit_tanh"])
+                                   "model.scale_parameterisation=unit_tanh",
+                                   "model.normalization=none"])
     model = density.build_model(cfg, (4, 4, 1))
     assert (model.skip_connections, model.concat_relu, model.width_doubling,
-            model.scale_parameterisation) == (True, True, True, "unit_tanh")
+            model.scale_parameterisation, model.normalization) == (
+        True, True, True, "unit_tanh", "none")
     default = config.resolve_flow({})
     assert (default.model.skip_connections, default.model.concat_relu,
-            default.model.width_doubling, default.model.scale_parameterisation) == (
-        False, False, False, "zero_tanh")
+            default.model.width_doubling, default.model.scale_parameterisation,
+            default.model.normalization) == (False, False, False, "zero_tanh", "batch_norm")
+    with pytest.raises(config.ConfigError, match=r"^Invalid value for key "
+                       r"`model.normalization`. Expected one of \['batch_norm', 'none'\]. "
+                       r"Received: model.normalization='actnorm'$"):
+        config.resolve_flow({}, ["model.normalization=actnorm"])
     with pytest.raises(config.ConfigError, match=r"^Invalid value for key "
                        r"`model.scale_parameterisation`. Expected one of \['zero_tanh', "
                        r"'unit_tanh'\]. Received: model.scale_parameterisation='tanh'$"):

@@ -26,6 +26,8 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 # The values of `model.scale_parameterisation` (tfimb.flows.realnvp.SCALE_PARAMETERISATIONS;
 # tests/test_flows_options.py checks they agree).
 SCALE_PARAMETERISATIONS = ("zero_tanh", "unit_tanh")
+# The values of `model.normalization` (tfimb.flows.realnvp.NORMALIZATIONS, checked the same way).
+NORMALIZATIONS = ("batch_norm", "none")
 
 
 @dataclasses.dataclass
@@ -40,19 +42,22 @@ class FlowModelConfig:
     # labels then feed training, evaluation and sampling.
     class_conditional: bool = False
     # Options of the public PyTorch RealNVP (chrischute/real-nvp), off by default (the paper's
-    # network; tfimb.flows.RealNVP documents them): 1x1 skip convolutions summed into the s/t
-    # output, concatenated ReLU, doubled maps for channel couplings, and
-    # s = scale * tanh with the scale starting at 0 (zero_tanh) or 1 (unit_tanh).
+    # network; tfimb.flows.RealNVP documents them): 1x1 skip convolutions summed into a 1x1
+    # s/t output, an input batch norm and concatenated ReLU, doubled maps for channel
+    # couplings, s = scale * tanh with the scale starting at 0 (zero_tanh) or 1 (unit_tanh),
+    # and the bijector after every coupling: batch_norm (running statistics) or none.
     skip_connections: bool = False
     concat_relu: bool = False
     width_doubling: bool = False
     scale_parameterisation: str = "zero_tanh"
+    normalization: str = "batch_norm"
 
     def validate(self) -> None:
         for key in ("skip_connections", "concat_relu", "width_doubling"):
             engine.check(_checks.check_bool, f"model.{key}", getattr(self, key))
         engine.one_of("model.scale_parameterisation", self.scale_parameterisation,
                       SCALE_PARAMETERISATIONS)
+        engine.one_of("model.normalization", self.normalization, NORMALIZATIONS)
         for key in ("num_scales", "num_blocks", "num_filters"):
             engine.at_least(f"model.{key}", getattr(self, key), 1)
         if not 0 <= self.momentum < 1:

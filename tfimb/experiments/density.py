@@ -108,7 +108,8 @@ def build_model(cfg: FlowConfig, image_shape: Sequence[int],
                             num_classes=num_classes if m.class_conditional else None,
                             skip_connections=m.skip_connections, concat_relu=m.concat_relu,
                             width_doubling=m.width_doubling,
-                            scale_parameterisation=m.scale_parameterisation)
+                            scale_parameterisation=m.scale_parameterisation,
+                            normalization=m.normalization)
     model.build()
     return model
 

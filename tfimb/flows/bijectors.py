@@ -82,10 +82,13 @@ class AffineCoupling(tfp.bijectors.Bijector):
         forward (latent -> data):  x = b * y + (1 - b) * (y - t(b * y)) * exp(-s(b * y))
         log|det dy/dx| = sum over the (1 - b) units of s(b * x)
 
-    `network(masked_x, training=...)` returns `(s, t)`, each shaped like x; s should be bounded
-    (RealNVP uses scale * tanh, with a zero-initialised scale so each coupling starts as the
-    identity). `mask`: "checkerboard" (spatial, 1 where row + column + parity is odd) or
-    "channel" (first half of the channels for parity 0, second half for parity 1).
+    `mask`: "checkerboard" (spatial, 1 where row + column + parity is odd) or "channel" (first
+    half of the channels for parity 0, second half for parity 1). Under a checkerboard mask
+    `network(b * x, training=...)` returns `(s, t)`, each shaped like x; under a channel mask the
+    network reads only the kept half of the channels and returns s and t for the other half (as
+    the authors' code: no inputs that are always zero, no outputs that are thrown away). s should
+    be bounded (RealNVP uses scale * tanh, with a zero-initialised scale so each coupling starts
+    as the identity).
     `training` is passed to the network (its batch normalisation).
     """
 
@@ -125,7 +128,15 @@ class AffineCoupling(tfp.bijectors.Bijector):
     def _scale_and_shift(self, x):
         """(b, (1 - b) * s(b * x), (1 - b) * t(b * x)): b * x is the same on both sides."""
         b = self.mask(x)
-        s, t = self._network(b * x, training=self._training)
+        if self._mask == "checkerboard":
+            s, t = self._network(b * x, training=self._training)
+        else:
+            half = x.shape[-1] // 2
+            kept = x[..., :half] if self._parity == 0 else x[..., half:]
+            s, t = self._network(kept, training=self._training)
+            # Zeros on the kept half, which (1 - b) below zeroes anyway.
+            pad = [[0, 0]] * (len(x.shape) - 1) + [[half, 0] if self._parity == 0 else [0, half]]
+            s, t = tf.pad(s, pad), tf.pad(t, pad)
         s, t = tf.cast(s, x.dtype), tf.cast(t, x.dtype)
         if self.validate_args:
             s = tf.debugging.assert_all_finite(s, f"{self.name}: the scale s is not finite")

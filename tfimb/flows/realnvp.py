@@ -7,7 +7,7 @@ Architecture, data -> latent (the paper's f), for an image [H, W, C]:
         the channels (they go straight to the latent), recurse on the first half, unsqueeze;
     final scale:               4 checkerboard couplings (parities 0, 1, 0, 1).
 
-Every coupling is followed by a `RunningBatchNorm` bijector. The s/t networks of scale k have
+Every coupling is followed by a `RunningBatchNorm` bijector (unless `normalization="none"`). The s/t networks of scale k have
 `num_filters * 2**k` feature maps. The latent z has the shape of x and a standard normal prior,
 or with `num_classes` a class-conditional diagonal Gaussian N(mu_y, diag(sigma_y^2))
 (`tfimb.flows.conditional`; the flow itself is shared by the classes).
@@ -41,7 +41,7 @@ tfb = tfp.bijectors
 tfd = tfp.distributions
 
 # One scale of the flow, computed once: its couplings [(mask, parity, network, moments)] in
-# data -> latent order, the coupling before which it squeezes (None: no squeeze), and the
+# data -> latent order (moments: None with normalization "none"), the coupling before which it squeezes (None: no squeeze), and the
 # channels its inner scale keeps after the squeeze (None at the final scale).
 Scale = collections.namedtuple("Scale", ["couplings", "squeeze_before", "keep"])
 
@@ -49,6 +49,10 @@ Scale = collections.namedtuple("Scale", ["couplings", "squeeze_before", "keep"])
 # paper's stable start: every coupling starts as a pure shift) or at 1 (chrischute/real-nvp's
 # weight-normalised rescale g).
 SCALE_PARAMETERISATIONS = {"zero_tanh": 0.0, "unit_tanh": 1.0}
+
+# `normalization`: what follows every coupling: the paper's batch-norm bijector with running
+# statistics, or nothing (chrischute/real-nvp, whose history removed its batch-norm bijector).
+NORMALIZATIONS = ("batch_norm", "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,9 +65,10 @@ class WeightNormConv2D(keras.layers.Layer):
     (Salimans & Kingma 2016). `g` starts at 1 (`scale_init`), so w starts as a unit-norm v."""
 
     def __init__(self, filters: int, kernel_size: int = 3, scale_init: float = 1.0,
-                 **kwargs: Any) -> None:
+                 use_bias: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.scale_init = filters, kernel_size, scale_init
+        self.use_bias = use_bias
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         k = self.kernel_size
@@ -71,19 +76,21 @@ class WeightNormConv2D(keras.layers.Layer):
                                  initializer=keras.initializers.RandomNormal(stddev=0.05))
         self.g = self.add_weight(shape=(self.filters,), name="g",
                                  initializer=keras.initializers.Constant(self.scale_init))
-        self.bias = self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+        self.bias = (self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+                     if self.use_bias else None)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         norm = tf.sqrt(tf.reduce_sum(tf.square(self.v), axis=[0, 1, 2]) + 1e-12)
         kernel = self.v * (self.g / norm)
+        y = tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME")
         # bias_add, not "+": its gradient is one BiasAddGrad instead of a broadcast Sum, and
         # oneDNN fuses it into the convolution.
-        return tf.nn.bias_add(tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME"),
-                              tf.cast(self.bias, x.dtype))
+        return y if self.bias is None else tf.nn.bias_add(y, tf.cast(self.bias, x.dtype))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel_size, "scale_init": self.scale_init}
+                "kernel_size": self.kernel_size, "scale_init": self.scale_init,
+                "use_bias": self.use_bias}
 
 
 class CouplingNetwork(keras.layers.Layer):
@@ -95,10 +102,12 @@ class CouplingNetwork(keras.layers.Layer):
     Options (all off by default, which is the paper's network; on, they follow the public
     PyTorch RealNVP, chrischute/real-nvp):
         skip_connections: a weight-normalised 1x1 convolution of the stem's output and of every
-            residual block's output, all summed; the output batch norm, ReLU and convolution
-            read that sum instead of the last block's output.
-        concat_relu: `concat(relu(x), relu(-x))` in place of every ReLU (the convolution after
-            it reads twice the channels).
+            residual block's output, all summed; the output batch norm and ReLU read that sum,
+            and the output convolution is 1x1 (the peer's output layer; 3x3 without skips).
+        concat_relu: the network's input layer is the peer's: a batch norm of the masked input
+            (times `input_gain`: 2 under a checkerboard mask, where half of the input is the
+            mask's zeros), then `concat(relu(x), relu(-x))`, which the stem reads (2C maps).
+            Without it the stem reads the masked input itself.
         scale_init: the per-channel scale's start, 0 ("zero_tanh") or 1 ("unit_tanh").
 
     The batch norms are Keras' `BatchNormalization` (same arguments, weights and math) run by
@@ -107,44 +116,51 @@ class CouplingNetwork(keras.layers.Layer):
 
     def __init__(self, channels: int, num_blocks: int, num_filters: int,
                  skip_connections: bool = False, concat_relu: bool = False,
-                 scale_init: float = 0.0, **kwargs: Any) -> None:
+                 scale_init: float = 0.0, input_gain: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.channels = channels
         self.skip_connections, self.concat_relu = skip_connections, concat_relu
-        self.scale_init = scale_init
+        self.scale_init, self.input_gain = scale_init, input_gain
+        if concat_relu:  # Only then: the default network keeps its layers and weights.
+            self.in_bn = FusedBatchNormalization(name="in_bn")
         self.stem = WeightNormConv2D(num_filters, name="stem")
         self.blocks: list[list[keras.layers.Layer]] = []
         for i in range(num_blocks):
             self.blocks.append([FusedBatchNormalization(name=f"block{i}_bn1"),
-                                WeightNormConv2D(num_filters, name=f"block{i}_conv1"),
+                                # No bias: the batch norm after it would remove it.
+                                WeightNormConv2D(num_filters, use_bias=False,
+                                                 name=f"block{i}_conv1"),
                                 FusedBatchNormalization(name=f"block{i}_bn2"),
                                 WeightNormConv2D(num_filters, name=f"block{i}_conv2")])
-        if skip_connections:  # Only then: the default network keeps its layers and weights.
+        if skip_connections:
             self.skips = [WeightNormConv2D(num_filters, kernel_size=1, name="stem_skip")] + [
                 WeightNormConv2D(num_filters, kernel_size=1, name=f"block{i}_skip")
                 for i in range(num_blocks)]
         self.out_bn = FusedBatchNormalization(name="out_bn")
-        self.out = WeightNormConv2D(2 * channels, name="out")
+        self.out = WeightNormConv2D(2 * channels, kernel_size=1 if skip_connections else 3,
+                                    name="out")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.scale = self.add_weight(shape=(self.channels,), name="scale",
                                      initializer=keras.initializers.Constant(self.scale_init)
                                      if self.scale_init else "zeros")
 
-    def _relu(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.nn.relu(tf.concat([x, -x], axis=-1)) if self.concat_relu else tf.nn.relu(x)
-
     def call(self, x: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.concat_relu:
+            x = self.in_bn(x, training=training)
+            if self.input_gain != 1.0:
+                x = x * self.input_gain
+            x = tf.nn.relu(tf.concat([x, -x], axis=-1))
         h = self.stem(x)
         skip = self.skips[0](h) if self.skip_connections else None
         for i, (bn1, conv1, bn2, conv2) in enumerate(self.blocks):
-            r = conv1(self._relu(bn1(h, training=training)))
-            h = h + conv2(self._relu(bn2(r, training=training)))
+            r = conv1(tf.nn.relu(bn1(h, training=training)))
+            h = h + conv2(tf.nn.relu(bn2(r, training=training)))
             if skip is not None:
                 skip = skip + self.skips[i + 1](h)
         if skip is not None:
             h = skip
-        raw = self.out(self._relu(self.out_bn(h, training=training)))
+        raw = self.out(tf.nn.relu(self.out_bn(h, training=training)))
         raw_s, t = tf.split(raw, 2, axis=-1)  # Gradient: a concat, not two StridedSliceGrads.
         return self.scale * tf.tanh(raw_s), t
 
@@ -189,13 +205,17 @@ class RealNVP(keras.Model):
             per class and latent dimension, zero-initialised (`tfimb.flows.conditional`).
         skip_connections: the s/t networks sum a 1x1 weight-normalised convolution of the stem's
             and of every residual block's output, and their output layers read that sum.
-        concat_relu: concat(relu(x), relu(-x)) in place of every ReLU of the s/t networks.
+        concat_relu: the s/t networks' input layer is a batch norm (times 2 under a
+            checkerboard mask) and concat(relu(x), relu(-x)).
         width_doubling: the channel couplings of every non-final scale use twice the scale's
             feature maps.
         scale_parameterisation: "zero_tanh" (s = scale * tanh(raw s), scale starting at 0) or
             "unit_tanh" (the same with scale starting at 1).
-        (The last four default to the paper's network; on, they follow the public PyTorch
-        RealNVP, chrischute/real-nvp.)
+        normalization: "batch_norm" (the paper's: a `RunningBatchNorm` bijector after every
+            coupling) or "none" (couplings follow each other directly).
+        (The last five default to the paper's network; skip_connections, concat_relu,
+        width_doubling, "unit_tanh" and "none" are the public PyTorch RealNVP's,
+        chrischute/real-nvp.)
 
     Methods take uint8 images unless they say otherwise: `bits_per_dim`, `encode` (to z),
     `decode` (z to uint8), `sample(n, temperature)`; `log_prob(l)` is the density of
@@ -213,7 +233,7 @@ class RealNVP(keras.Model):
                  validate_args: bool = False, num_classes: int | None = None,
                  skip_connections: bool = False, concat_relu: bool = False,
                  width_doubling: bool = False, scale_parameterisation: str = "zero_tanh",
-                 **kwargs: Any) -> None:
+                 normalization: str = "batch_norm", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -244,6 +264,10 @@ class RealNVP(keras.Model):
                                         f"one of {list(SCALE_PARAMETERISATIONS)}",
                                         scale_parameterisation)
         self.scale_parameterisation = scale_parameterisation
+        if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+            raise _checks.invalid_value("normalization", f"one of {list(NORMALIZATIONS)}",
+                                        normalization)
+        self.normalization = normalization
         self.num_dims = math.prod(image_shape)
         self._layout = self._make_layout()
         self.num_classes = (None if num_classes is None
@@ -267,14 +291,18 @@ class RealNVP(keras.Model):
                 steps += [("channel", p, 4 * c) for p in (0, 1, 0)]
             couplings = []
             for i, (mask, parity, channels) in enumerate(steps):
+                # A channel coupling's network reads the kept half and scales the other half.
+                network_channels = channels if mask == "checkerboard" else channels // 2
                 # width_doubling: the channel couplings of a non-final scale use twice its maps.
                 doubled = self.width_doubling and mask == "channel"
                 network = CouplingNetwork(
-                    channels, self.num_blocks, 2 * filters if doubled else filters,
+                    network_channels, self.num_blocks, 2 * filters if doubled else filters,
                     skip_connections=self.skip_connections, concat_relu=self.concat_relu,
                     scale_init=SCALE_PARAMETERISATIONS[self.scale_parameterisation],
+                    input_gain=2.0 if mask == "checkerboard" else 1.0,
                     name=f"scale{k}_coupling{i}_{mask}")
-                moments = MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
+                moments = (MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
+                           if self.normalization == "batch_norm" else None)
                 couplings.append((mask, parity, network, moments))
             # Non-final scales squeeze before their channel couplings and keep half of the
             # squeezed channels (4C / 2) for the next scale.
@@ -301,6 +329,8 @@ class RealNVP(keras.Model):
                                                           name=f"scale{k}_squeeze"))
                 steps.append(flow_bijectors.AffineCoupling(
                     network, mask, parity, training=training, validate_args=self.validate_args))
+                if moments is None:  # normalization: none
+                    continue
                 bn = flow_bijectors.RunningBatchNorm(
                     moments.moving_mean, moments.moving_variance, momentum=self.momentum,
                     epsilon=self.epsilon, training=training, validate_args=self.validate_args,
@@ -511,4 +541,5 @@ class RealNVP(keras.Model):
                 "l2": self.l2, "seed": self.seed, "validate_args": self.validate_args,
                 "num_classes": self.num_classes, "skip_connections": self.skip_connections,
                 "concat_relu": self.concat_relu, "width_doubling": self.width_doubling,
-                "scale_parameterisation": self.scale_parameterisation, "name": self.name}
+                "scale_parameterisation": self.scale_parameterisation,
+                "normalization": self.normalization, "name": self.name}

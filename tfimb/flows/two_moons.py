@@ -60,7 +60,8 @@ class TwoMoonsFlow(keras.Model):
     def __init__(self, num_couplings: int = 8, hidden: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_couplings = _checks.check_int("num_couplings", num_couplings, 2)
-        self.networks = [MLPNetwork(2, hidden, name=f"coupling{i}") for i in range(num_couplings)]
+        # A channel coupling's network reads the kept coordinate and scales the other one.
+        self.networks = [MLPNetwork(1, hidden, name=f"coupling{i}") for i in range(num_couplings)]
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.log_prob(np.zeros((1, 2), np.float32))  # Build the networks.
 
