@@ -15,8 +15,9 @@ Keras' 0.9), channels-last, the same normalisation as the first op, cross-entrop
 `torch.autocast("cpu")`; batches from tensors in memory.
 
 RealNVP (float32, as `tfimb flow train`): configs/realnvp/cifar10_cpu.yaml's model, batch,
-Adam and gradient clipping; tfimb through `tfimb.experiments.density.build_model` and the same loop,
-PyTorch through `torch_realnvp`, the same architecture written in `torch.nn`.
+Adam and gradient clipping (or `--flow-config` with `--flow-set` overrides); tfimb through `tfimb.experiments.density.build_model` and the same loop,
+PyTorch through `benchmarks/torch_realnvp.py`, the same architecture written in `torch.nn`
+(tests/test_flow_compare.py checks that it gives tfimb's log-densities).
 
 Protocol: tfimb and PyTorch each run in their own worker process (neither's thread pools,
 allocator or prefetching touch the other's timings). For each model, every (framework,
@@ -29,7 +30,6 @@ labels (the step time does not depend on the pixels).
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -48,6 +48,7 @@ ARCHITECTURES = {"resnet20": ((16, 32, 64), 3), "resnet32": ((16, 32, 64), 5),
 # float32) at that config's batch size.
 FLOW_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
                            "realnvp", "cifar10_cpu.yaml")
+FLOW_OVERRIDES: list = []  # `--flow-set KEY=VALUE` (e.g. model.skip_connections=true)
 
 
 def cpu_model():
@@ -198,153 +199,17 @@ class TorchRunner:
         return time.perf_counter() - start
 
 
-def torch_realnvp(image_shape, num_scales, num_blocks, num_filters, momentum, epsilon, alpha,
-                  l2):
-    """tfimb's RealNVP (`tfimb/flows/realnvp.py`) in `torch.nn`, data -> latent, NCHW.
-
-    Couplings: s/t ResNets of weight-normalised 3x3 convolutions (v ~ N(0, 0.05^2), g = 1,
-    zero bias) with pre-activation batch norm (Keras' defaults: eps 1e-3, momentum 0.99) and
-    ReLU, `s = scale * tanh(raw s)`; each coupling followed by the running batch-norm bijector
-    (momentum-blended batch statistics, eps `epsilon`); checkerboard then squeeze (channel
-    4c + 2dy + dx), channel couplings, factor-out of half the channels; logit preprocessing
-    with uniform dequantisation; loss = mean bits/dim + l2 * sum(g^2)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class WeightNormConv(nn.Module):
-        def __init__(self, cin, cout):
-            super().__init__()
-            self.v = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.05)
-            self.g = nn.Parameter(torch.ones(cout))
-            self.bias = nn.Parameter(torch.zeros(cout))
-
-        def forward(self, x):
-            norm = torch.sqrt(self.v.square().sum(dim=(1, 2, 3)) + 1e-12)
-            return F.conv2d(x, self.v * (self.g / norm).view(-1, 1, 1, 1), self.bias,
-                            padding=1)
-
-    def batch_norm(channels):
-        return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
-
-    class CouplingNetwork(nn.Module):
-        def __init__(self, channels, filters):
-            super().__init__()
-            self.channels = channels
-            self.stem = WeightNormConv(channels, filters)
-            self.blocks = nn.ModuleList(
-                nn.ModuleList([batch_norm(filters), WeightNormConv(filters, filters),
-                               batch_norm(filters), WeightNormConv(filters, filters)])
-                for _ in range(num_blocks))
-            self.out_bn = batch_norm(filters)
-            self.out = WeightNormConv(filters, 2 * channels)
-            self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-        def forward(self, x):
-            h = self.stem(x)
-            for bn1, conv1, bn2, conv2 in self.blocks:
-                h = h + conv2(torch.relu(bn2(conv1(torch.relu(bn1(h))))))
-            raw = self.out(torch.relu(self.out_bn(h)))
-            return self.scale * torch.tanh(raw[:, :self.channels]), raw[:, self.channels:]
-
-    class Coupling(nn.Module):
-        """Affine coupling (data -> latent) followed by the running batch-norm bijector."""
-
-        def __init__(self, mask, parity, channels, height, width, filters):
-            super().__init__()
-            if mask == "checkerboard":
-                rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width),
-                                            indexing="ij")
-                b = ((rows + cols + parity) % 2).float().view(1, 1, height, width)
-            else:
-                first = (torch.arange(channels) < channels // 2)
-                b = (first if parity == 0 else ~first).float().view(1, channels, 1, 1)
-            self.register_buffer("b", b)
-            self.network = CouplingNetwork(channels, filters)
-            self.register_buffer("moving_mean", torch.zeros(channels))
-            self.register_buffer("moving_variance", torch.ones(channels))
-
-        def forward(self, x):
-            b = self.b
-            s, t = self.network(b * x)
-            s, t = (1 - b) * s, (1 - b) * t
-            y = b * x + (1 - b) * (x * torch.exp(s) + t)
-            log_det = s.sum(dim=(1, 2, 3))
-            mean = (momentum * self.moving_mean
-                    + (1 - momentum) * y.mean(dim=(0, 2, 3)))
-            variance = (momentum * self.moving_variance
-                        + (1 - momentum) * y.var(dim=(0, 2, 3), unbiased=False))
-            with torch.no_grad():
-                self.moving_mean.copy_(mean)
-                self.moving_variance.copy_(variance)
-            y = (y - mean.view(1, -1, 1, 1)) * torch.rsqrt(variance + epsilon).view(1, -1, 1, 1)
-            log_det = log_det - 0.5 * y.shape[2] * y.shape[3] * torch.log(variance + epsilon).sum()
-            return y, log_det
-
-    def squeeze(x):  # [B, C, H, W] -> [B, 4C, H/2, W/2], channel 4c + 2dy + dx
-        n, c, h, w = x.shape
-        x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-        return x.reshape(n, 4 * c, h // 2, w // 2)
-
-    def unsqueeze(x):
-        n, c4, h, w = x.shape
-        x = x.view(n, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-        return x.reshape(n, c4 // 4, 2 * h, 2 * w)
-
-    class RealNVP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            h, w, c = image_shape
-            self.num_dims = h * w * c
-            self.scales = nn.ModuleList()
-            for k in range(num_scales):
-                filters, final = num_filters * 2 ** k, k == num_scales - 1
-                steps = [Coupling("checkerboard", p, c, h, w, filters)
-                         for p in ((0, 1, 0, 1) if final else (0, 1, 0))]
-                if not final:
-                    steps += [Coupling("channel", p, 4 * c, h // 2, w // 2, filters)
-                              for p in (0, 1, 0)]
-                self.scales.append(nn.ModuleList(steps))
-                h, w, c = h // 2, w // 2, 2 * c
-
-        def to_latent(self, x, k=0):
-            log_det = 0.0
-            for i, coupling in enumerate(self.scales[k]):
-                if i == 3 and k < len(self.scales) - 1:
-                    x = squeeze(x)
-                x, step_log_det = coupling(x)
-                log_det = log_det + step_log_det
-            if k < len(self.scales) - 1:
-                keep = x.shape[1] // 2
-                inner, inner_log_det = self.to_latent(x[:, :keep], k + 1)
-                x = unsqueeze(torch.cat([inner, x[:, keep:]], dim=1))
-                log_det = log_det + inner_log_det
-            return x, log_det
-
-        def loss(self, images):
-            x = (images + torch.rand_like(images)) / 256.0
-            p = alpha + (1 - 2 * alpha) * x
-            log_p, log_1mp = torch.log(p), torch.log1p(-p)
-            logit_log_det = (math.log(1 - 2 * alpha) - log_p - log_1mp).sum(dim=(1, 2, 3))
-            z, log_det = self.to_latent(log_p - log_1mp)
-            log_pz = (-0.5 * z.square() - 0.5 * math.log(2 * math.pi)).sum(dim=(1, 2, 3))
-            log_px = log_pz + log_det + logit_log_det
-            bpd = (-log_px + self.num_dims * math.log(256.0)) / (self.num_dims * math.log(2.0))
-            penalty = sum(m.g.square().sum() for m in self.modules()
-                          if isinstance(m, WeightNormConv))
-            return bpd.mean() + l2 * penalty
-
-    return RealNVP()
-
-
 class TorchFlowRunner:
     def __init__(self, images, batch, cfg, channels_last):
         import torch
 
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import torch_realnvp
+
         torch.manual_seed(0)
-        m = cfg.model
-        self.model = torch_realnvp(images.shape[1:], m.num_scales, m.num_blocks, m.num_filters,
-                                   m.momentum, m.epsilon, m.alpha, cfg.train.l2)
+        self.model = torch_realnvp.from_config(cfg.model, images.shape[1:])
+        self.training_loss = torch_realnvp.training_loss
+        self.l2 = cfg.train.l2
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=memory_format)
         self.model.train()
@@ -367,7 +232,7 @@ class TorchFlowRunner:
             x = self.batches[self.position % len(self.batches)]
             self.position += 1
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.loss(x)
+            loss, _ = self.training_loss(self.model, x, self.l2)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
             self.optimizer.step()
@@ -391,7 +256,20 @@ def _flow_config():
     from tfimb import config  # No TensorFlow: safe in the PyTorch process.
 
     with open(FLOW_CONFIG) as f:
-        return config.resolve_flow(yaml.safe_load(f))
+        return config.resolve_flow(yaml.safe_load(f), FLOW_OVERRIDES)
+
+
+def add_flow_arguments(parser):
+    parser.add_argument("--flow-config", default=FLOW_CONFIG, help="the RealNVP's flow config")
+    parser.add_argument("--flow-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides of the RealNVP's config (model.concat_relu=true, ...)")
+
+
+def use_flow_arguments(args):
+    """Point `_flow_config` at --flow-config / --flow-set; the argv that passes them on."""
+    global FLOW_CONFIG, FLOW_OVERRIDES
+    FLOW_CONFIG, FLOW_OVERRIDES = args.flow_config, list(args.flow_set)
+    return ["--flow-config", args.flow_config] + [f"--flow-set={s}" for s in args.flow_set]
 
 
 def serve(framework, args):
@@ -488,13 +366,15 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per runner first")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per configuration")
+    add_flow_arguments(parser)
     parser.add_argument("--serve", choices=("tfimb", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    flow_argv = use_flow_arguments(args)
     if args.serve:
         return serve(args.serve, args)
 
     worker_argv = ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-                   "--torch-flow-layout", args.torch_flow_layout]
+                   "--torch-flow-layout", args.torch_flow_layout] + flow_argv
     workers = {"tfimb": Worker("tfimb", worker_argv), "torch": Worker("torch", worker_argv)}
     print(workers["tfimb"].machine)
     print(f"{workers['tfimb'].version}; {workers['torch'].version}; one process each")

@@ -119,14 +119,12 @@ def _run_torch(args, cfg, train, test):
     import torch_realnvp
 
     torch.manual_seed(cfg.train.seed)
-    m = cfg.model
-    model = torch_realnvp.RealNVP(
-        train.shape[1:], m.num_scales, m.num_blocks, m.num_filters, m.momentum, m.epsilon,
-        m.alpha, m.skip_connections, m.concat_relu, m.width_doubling,
-        m.scale_parameterisation, m.normalization)
+    model = torch_realnvp.from_config(cfg.model, train.shape[1:])
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     # Keras' Adam: default betas, epsilon 1e-7; L2 on the weight-norm scales in the loss.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate, eps=1e-7)
-    scales = model.weight_norm_scales()
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
     rng = np.random.default_rng(cfg.train.seed)
     batch = cfg.train.batch_size
     clock = _Clock(batch, args.warmup, args.images, args.minutes * 60)
@@ -139,9 +137,9 @@ def _run_torch(args, cfg, train, test):
             if cfg.train.flip:
                 flip = rng.random(batch) < 0.5
                 images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-            bpd = model.bits_per_dim(x).mean()
-            loss = bpd + cfg.train.l2 * sum(g.pow(2).sum() for g in scales)
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(
+                memory_format=layout)
+            loss, bpd = torch_realnvp.training_loss(model, x, cfg.train.l2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
@@ -159,6 +157,7 @@ def _run_torch(args, cfg, train, test):
     result["test_bits_per_dim"] = float(torch.cat(values).mean())
     result["torch"] = torch.__version__
     result["threads"] = torch.get_num_threads()
+    result["channels_last"] = args.channels_last
     return result
 
 
@@ -183,6 +182,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="steps before the steady rate")
     parser.add_argument("--frameworks", nargs="+", default=["tfimb", "torch"],
                         choices=["tfimb", "torch"])
+    parser.add_argument("--channels-last", action="store_true",
+                        help="PyTorch arm in channels-last memory format (default: NCHW "
+                             "contiguous, PyTorch's default and the peer's)")
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--arm", choices=["tfimb", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,7 +199,8 @@ def main(argv=None):
     print(results["platform"], flush=True)
     base = [sys.executable, __file__, "--config", args.config, "--images", str(args.images),
             "--minutes", str(args.minutes), "--eval-images", str(args.eval_images),
-            "--warmup", str(args.warmup)] + [f"--set={s}" for s in args.set]
+            "--warmup", str(args.warmup)] + [f"--set={s}" for s in args.set] + (
+                ["--channels-last"] if args.channels_last else [])
     for framework in args.frameworks:
         out = subprocess.run(base + ["--arm", framework], capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]

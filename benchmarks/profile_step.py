@@ -133,7 +133,9 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=10, help="op types listed per framework")
     parser.add_argument("--framework", choices=("tfimb", "torch"),
                         help="one framework in this process (default: both, one process each)")
+    frameworks.add_flow_arguments(parser)
     args = parser.parse_args(argv)
+    frameworks.use_flow_arguments(args)  # Passed on to the subprocesses with the other args.
     if args.framework:
         return run_one(args)
     precision = "float32" if args.model == "realnvp" else args.precision

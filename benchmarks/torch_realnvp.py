@@ -7,10 +7,11 @@ checkerboard couplings at the final scale), masked affine couplings `y = b x + (
 + t)` with s = scale * tanh(raw s), s/t ResNets of weight-normalised convolutions
 (w = g v / ||v||, v ~ N(0, 0.05), g = 1) with pre-activation blocks, the batch-norm bijector
 with running statistics (momentum 0.9, epsilon 1e-4) after every coupling, and the options
-skip_connections, concat_relu, width_doubling, scale_parameterisation, normalization. Batch norms
-inside the networks use Keras' defaults (epsilon 1e-3, running momentum 0.99). Training: the
-logit transform (alpha 0.05) of uniformly dequantised images, bits/dim plus l2 * sum(g^2) over
-the weight-norm scales, Adam (Keras' epsilon 1e-7), gradients clipped to a global norm.
+skip_connections, concat_relu, width_doubling, scale_parameterisation, normalization,
+weight_init and network_momentum (the networks' batch norms: Keras' epsilon 1e-3, running momentum 0.99 by
+default). Training: the logit transform (alpha 0.05) of uniformly dequantised images, bits/dim
+plus l2 * sum(g^2) over the weight-norm scales, Adam (Keras' epsilon 1e-7), gradients clipped
+to a global norm.
 
 Tensors are NCHW, PyTorch's layout (what a PyTorch user writes); masks and the squeeze follow
 tfimb's channel order, so `load_tfimb_weights` copies a tfimb model's weights in and
@@ -31,11 +32,21 @@ SCALE_INITS = {"zero_tanh": 0.0, "unit_tanh": 1.0}
 
 
 class WeightNormConv2d(nn.Module):
-    def __init__(self, cin, cout, kernel_size=3, bias=True):
+    """w = g v / ||v||. init "unit": v ~ N(0, 0.05^2), g = 1, zero bias; "pytorch": a fresh
+    nn.Conv2d's weight and bias (U(-b, b), b = 1 / sqrt(fan_in)) with g = ||v||, as
+    `torch.nn.utils.weight_norm` leaves it."""
+
+    def __init__(self, cin, cout, kernel_size=3, bias=True, init="unit"):
         super().__init__()
-        self.v = nn.Parameter(torch.randn(cout, cin, kernel_size, kernel_size) * 0.05)
-        self.g = nn.Parameter(torch.ones(cout))
-        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        if init == "unit":
+            v, b = torch.randn(cout, cin, kernel_size, kernel_size) * 0.05, torch.zeros(cout)
+        else:
+            conv = nn.Conv2d(cin, cout, kernel_size)
+            v, b = conv.weight.detach().clone(), conv.bias.detach().clone()
+        self.v = nn.Parameter(v)
+        self.g = nn.Parameter(torch.ones(cout) if init == "unit"
+                              else v.flatten(1).norm(dim=1).clone())
+        self.bias = nn.Parameter(b) if bias else None
         self.padding = kernel_size // 2
 
     def forward(self, x):
@@ -44,29 +55,31 @@ class WeightNormConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, padding=self.padding)
 
 
-def _batch_norm(channels):
-    # Keras' BatchNormalization defaults: epsilon 1e-3, moving = 0.99 moving + 0.01 batch.
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+def _batch_norm(channels, momentum):
+    # Keras' BatchNormalization: epsilon 1e-3, moving = momentum moving + (1 - momentum) batch
+    # (PyTorch's momentum is the batch's share).
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=1.0 - momentum)
 
 
 class CouplingNetwork(nn.Module):
     def __init__(self, channels, num_blocks, filters, skip_connections=False,
-                 concat_relu=False, scale_init=0.0, input_gain=1.0):
+                 concat_relu=False, scale_init=0.0, input_gain=1.0, bn_momentum=0.99,
+                 weight_init="unit"):
         super().__init__()
+        conv = lambda *a, **k: WeightNormConv2d(*a, init=weight_init, **k)  # noqa: E731
         self.skip_connections, self.concat_relu = skip_connections, concat_relu
         self.input_gain = input_gain
         if concat_relu:
-            self.in_bn = _batch_norm(channels)
-        self.stem = WeightNormConv2d(2 * channels if concat_relu else channels, filters)
+            self.in_bn = _batch_norm(channels, bn_momentum)
+        self.stem = conv(2 * channels if concat_relu else channels, filters)
         self.blocks = nn.ModuleList(nn.ModuleList(
-            [_batch_norm(filters), WeightNormConv2d(filters, filters, bias=False),
-             _batch_norm(filters),
-             WeightNormConv2d(filters, filters)]) for _ in range(num_blocks))
+            [_batch_norm(filters, bn_momentum), conv(filters, filters, bias=False),
+             _batch_norm(filters, bn_momentum), conv(filters, filters)]) for _ in range(num_blocks))
         if skip_connections:
-            self.skips = nn.ModuleList(WeightNormConv2d(filters, filters, 1)
+            self.skips = nn.ModuleList(conv(filters, filters, 1)
                                        for _ in range(num_blocks + 1))
-        self.out_bn = _batch_norm(filters)
-        self.out = WeightNormConv2d(filters, 2 * channels, 1 if skip_connections else 3)
+        self.out_bn = _batch_norm(filters, bn_momentum)
+        self.out = conv(filters, 2 * channels, 1 if skip_connections else 3)
         self.scale = nn.Parameter(torch.full((channels,), float(scale_init)))
 
     def forward(self, x):
@@ -159,7 +172,7 @@ class RealNVP(nn.Module):
     def __init__(self, image_shape=(32, 32, 3), num_scales=2, num_blocks=8, num_filters=64,
                  momentum=0.9, epsilon=1e-4, alpha=ALPHA, skip_connections=False,
                  concat_relu=False, width_doubling=False, scale_parameterisation="zero_tanh",
-                 normalization="batch_norm"):
+                 normalization="batch_norm", network_momentum=0.99, weight_init="unit"):
         super().__init__()
         self.image_shape, self.alpha, self.num_scales = tuple(image_shape), alpha, num_scales
         self.num_dims = int(np.prod(image_shape))
@@ -177,7 +190,8 @@ class RealNVP(nn.Module):
                                                   else 1)
                 network = CouplingNetwork(
                     network_channels, num_blocks, filters, skip_connections, concat_relu,
-                    SCALE_INITS[scale_parameterisation], 2.0 if mask == "checkerboard" else 1.0)
+                    SCALE_INITS[scale_parameterisation], 2.0 if mask == "checkerboard" else 1.0,
+                    network_momentum, weight_init)
                 layers.append(Coupling(mask, parity, network))
                 if normalization == "batch_norm":
                     layers.append(RunningBatchNorm(channels, momentum, epsilon))
@@ -255,3 +269,21 @@ def load_tfimb_weights(torch_model: RealNVP, tfimb_model) -> None:
                 running = next(layers)
                 running.moving_mean.data = torch.tensor(moments.moving_mean.numpy())
                 running.moving_variance.data = torch.tensor(moments.moving_variance.numpy())
+
+
+def from_config(model_cfg, image_shape) -> RealNVP:
+    """The PyTorch twin of `tfimb.experiments.density.build_model` for a flow config's `model`
+    section (unconditional)."""
+    m = model_cfg
+    return RealNVP(tuple(image_shape), m.num_scales, m.num_blocks, m.num_filters, m.momentum,
+                   m.epsilon, m.alpha, m.skip_connections, m.concat_relu, m.width_doubling,
+                   m.scale_parameterisation, m.normalization, m.network_momentum,
+                   m.weight_init)
+
+
+def training_loss(model: RealNVP, images: torch.Tensor, l2: float):
+    """(loss, mean bits/dim) of a batch of images [B, C, H, W] (uint8 or integer-valued float):
+    mean bits/dim with fresh uniform dequantisation noise + l2 * sum(g^2) over the weight-norm
+    scales, as tfimb's `RealNVP.train_step`."""
+    bpd = model.bits_per_dim(images).mean()
+    return bpd + l2 * sum(g.pow(2).sum() for g in model.weight_norm_scales()), bpd

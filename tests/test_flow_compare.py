@@ -21,8 +21,10 @@ import torch_realnvp  # noqa: E402
 OPTIONS = {
     "paper": {},
     "peer": {"skip_connections": True, "concat_relu": True, "width_doubling": True,
-             "scale_parameterisation": "unit_tanh", "normalization": "none"},
-    "peer_with_batch_norm": {"skip_connections": True, "concat_relu": True},
+             "scale_parameterisation": "unit_tanh", "normalization": "none",
+             "weight_init": "pytorch"},
+    "peer_with_batch_norm": {"skip_connections": True, "concat_relu": True,
+                             "network_momentum": 0.9},
 }
 
 
@@ -72,3 +74,16 @@ def test_torch_realnvp_equals_tfimb(name, rng):
         expected = other.log_prob_logit(nchw).numpy()
     np.testing.assert_allclose(model._log_pl(tf.constant(l), True)[0].numpy(), expected,
                                rtol=1e-5, atol=2e-2)
+
+
+def test_torch_weight_init_matches_tfimb_s():
+    """Both frameworks start weight_init="pytorch" as torch.nn.utils.weight_norm of a fresh
+    nn.Conv2d (g = ||v||, about 1/sqrt(3) per output channel) and "unit" at unit norm."""
+    torch.manual_seed(0)
+    conv = torch_realnvp.WeightNormConv2d(8, 64, 3, init="pytorch")
+    norms = conv.v.detach().flatten(1).norm(dim=1)
+    np.testing.assert_allclose(conv.g.detach().numpy(), norms.numpy(), rtol=1e-6)
+    assert abs(float(norms.mean()) - 1 / math.sqrt(3)) < 0.05
+    assert float(conv.bias.detach().abs().max()) <= 1 / math.sqrt(72)
+    unit = torch_realnvp.WeightNormConv2d(8, 64, 3)
+    assert bool((unit.g == 1).all()) and bool((unit.bias == 0).all())

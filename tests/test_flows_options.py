@@ -203,6 +203,9 @@ def test_defaults_are_the_old_model_and_options_round_trip_config(tmp_path, rng)
     ({"scale_parameterisation": "exp"}, r"argument `scale_parameterisation`. Expected one of "
                                         r"\['zero_tanh', 'unit_tanh'\]"),
     ({"scale_parameterisation": ["unit_tanh"]}, "argument `scale_parameterisation`"),
+    ({"network_momentum": 1.0}, r"argument `network_momentum`"),
+    ({"weight_init": "glorot"}, r"argument `weight_init`. Expected one of \['unit', "
+                                r"'pytorch'\]. Received: weight_init='glorot'"),
     ({"normalization": "actnorm"}, r"argument `normalization`. Expected one of "
                                    r"\['batch_norm', 'none'\]. Received: normalization='actnorm'"),
 ])
@@ -232,6 +235,17 @@ def test_config_keys_build_the_model_and_refuse_bad_values():
                        r"Received: model.normalization='actnorm'$"):
         config.resolve_flow({}, ["model.normalization=actnorm"])
     with pytest.raises(config.ConfigError, match=r"^Invalid value for key "
+                       r"`model.network_momentum`. Expected 0 <= network_momentum < 1. "
+                       r"Received: model.network_momentum=1.5$"):
+        config.resolve_flow({}, ["model.network_momentum=1.5"])
+    # The networks' batch norms take it (0.99: Keras' default).
+    model = density.build_model(config.resolve_flow({}, [
+        "model.num_scales=1", "model.num_blocks=1", "model.num_filters=4",
+        "model.network_momentum=0.9"]), (4, 4, 1))
+    norms = [layer for layer in model._flatten_layers() if "BatchNormalization" in
+             type(layer).__name__]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+    with pytest.raises(config.ConfigError, match=r"^Invalid value for key "
                        r"`model.scale_parameterisation`. Expected one of \['zero_tanh', "
                        r"'unit_tanh'\]. Received: model.scale_parameterisation='tanh'$"):
         config.resolve_flow({}, ["model.scale_parameterisation=tanh"])
@@ -245,3 +259,34 @@ def test_config_keys_build_the_model_and_refuse_bad_values():
                            match=f"^Invalid value for key `model.{key}`. Expected true or "
                                  f"false. Received: model.{key}=1$"):
             bad.validate()
+
+
+@pytest.mark.parametrize("kernel_size, channels", [(3, 8), (1, 16)])
+def test_weight_init_pytorch_is_weight_norm_of_a_fresh_torch_conv(kernel_size, channels):
+    """init="pytorch": v and bias ~ U(-b, b), b = 1/sqrt(fan_in), g = ||v|| (so w = v at the
+    start, about 1/sqrt(3) per output channel); "unit": unit-norm w, zero bias."""
+    keras.utils.set_random_seed(0)
+    conv = realnvp.WeightNormConv2D(64, kernel_size, init="pytorch")
+    conv.build((None, 4, 4, channels))
+    v, g, bias = conv.v.numpy(), conv.g.numpy(), conv.bias.numpy()
+    bound = 1.0 / math.sqrt(kernel_size * kernel_size * channels)
+    assert np.abs(v).max() <= bound and np.abs(bias).max() <= bound
+    assert np.abs(bias).max() > 0.5 * bound  # Drawn, not zero.
+    norms = np.sqrt((v.reshape(-1, 64) ** 2).sum(axis=0))
+    np.testing.assert_allclose(g, norms, rtol=1e-6)
+    assert abs(norms.mean() - 1 / math.sqrt(3)) < 0.05
+    unit = realnvp.WeightNormConv2D(64, kernel_size)
+    unit.build((None, 4, 4, channels))
+    assert np.all(unit.g.numpy() == 1.0) and np.all(unit.bias.numpy() == 0.0)
+    x = tf.random.normal([2, 4, 4, channels])
+    # The layer computes with w = g v / ||v|| (= v here).
+    expected = tf.nn.conv2d(x, v, 1, "SAME") + bias
+    np.testing.assert_allclose(conv(x).numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+    model = density.build_model(config.resolve_flow({}, [
+        "model.num_scales=1", "model.num_blocks=1", "model.num_filters=4",
+        "model.weight_init=pytorch"]), (4, 4, 1))
+    assert model.weight_init == "pytorch"
+    assert all(layer.init == "pytorch" for layer in model._flatten_layers()
+               if isinstance(layer, realnvp.WeightNormConv2D))
+    with pytest.raises(config.ConfigError, match=r"^Invalid value for key `model.weight_init`"):
+        config.resolve_flow({}, ["model.weight_init=he"])

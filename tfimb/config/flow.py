@@ -28,6 +28,8 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 SCALE_PARAMETERISATIONS = ("zero_tanh", "unit_tanh")
 # The values of `model.normalization` (tfimb.flows.realnvp.NORMALIZATIONS, checked the same way).
 NORMALIZATIONS = ("batch_norm", "none")
+# The values of `model.weight_init` (tfimb.flows.realnvp.WEIGHT_INITS).
+WEIGHT_INITS = ("unit", "pytorch")
 
 
 @dataclasses.dataclass
@@ -36,6 +38,7 @@ class FlowModelConfig:
     num_blocks: int = 8
     num_filters: int = 64
     momentum: float = 0.9            # running statistics of the batch-norm bijectors
+    network_momentum: float = 0.99   # ... of the s/t networks' batch norms (PyTorch's: 0.9)
     epsilon: float = 1.0e-4
     alpha: float = 0.05              # logit transform
     # A latent N(mu_y, diag(sigma_y^2)) per class y (tfimb.flows.conditional); the data's
@@ -51,6 +54,9 @@ class FlowModelConfig:
     width_doubling: bool = False
     scale_parameterisation: str = "zero_tanh"
     normalization: str = "batch_norm"
+    # The weight-normalised convolutions' start: unit (unit-norm, zero bias) or pytorch (the
+    # peer's: torch.nn.utils.weight_norm of a fresh nn.Conv2d).
+    weight_init: str = "unit"
 
     def validate(self) -> None:
         for key in ("skip_connections", "concat_relu", "width_doubling"):
@@ -58,11 +64,13 @@ class FlowModelConfig:
         engine.one_of("model.scale_parameterisation", self.scale_parameterisation,
                       SCALE_PARAMETERISATIONS)
         engine.one_of("model.normalization", self.normalization, NORMALIZATIONS)
+        engine.one_of("model.weight_init", self.weight_init, WEIGHT_INITS)
         for key in ("num_scales", "num_blocks", "num_filters"):
             engine.at_least(f"model.{key}", getattr(self, key), 1)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError("Invalid value for key `model.momentum`. Expected 0 <= momentum "
-                              f"< 1. Received: model.momentum={self.momentum}")
+        for key in ("momentum", "network_momentum"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"Invalid value for key `model.{key}`. Expected 0 <= {key} "
+                                  f"< 1. Received: model.{key}={getattr(self, key)}")
         if not 0 < self.alpha < 0.5 or not self.epsilon > 0:
             raise ConfigError("Invalid value for keys `model.alpha` / `model.epsilon`. Expected "
                               "0 < alpha < 0.5 and epsilon > 0. Received: "

@@ -103,13 +103,14 @@ def build_model(cfg: FlowConfig, image_shape: Sequence[int],
         raise _checks.invalid_value("num_classes", "the number of classes of a "
                                     "class-conditional flow (model.class_conditional)", None)
     model = realnvp.RealNVP(image_shape, num_scales=m.num_scales, num_blocks=m.num_blocks,
-                            num_filters=m.num_filters, momentum=m.momentum, epsilon=m.epsilon,
+                            num_filters=m.num_filters, momentum=m.momentum,
+                            network_momentum=m.network_momentum, epsilon=m.epsilon,
                             alpha=m.alpha, l2=cfg.train.l2, seed=cfg.train.seed,
                             num_classes=num_classes if m.class_conditional else None,
                             skip_connections=m.skip_connections, concat_relu=m.concat_relu,
                             width_doubling=m.width_doubling,
                             scale_parameterisation=m.scale_parameterisation,
-                            normalization=m.normalization)
+                            normalization=m.normalization, weight_init=m.weight_init)
     model.build()
     return model
 

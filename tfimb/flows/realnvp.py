@@ -54,6 +54,9 @@ SCALE_PARAMETERISATIONS = {"zero_tanh": 0.0, "unit_tanh": 1.0}
 # statistics, or nothing (chrischute/real-nvp, whose history removed its batch-norm bijector).
 NORMALIZATIONS = ("batch_norm", "none")
 
+# `weight_init`: the start of the weight-normalised convolutions (`WeightNormConv2D`).
+WEIGHT_INITS = ("unit", "pytorch")
+
 
 # ---------------------------------------------------------------------------------------------
 # Networks (Keras layers, owned by the model).
@@ -62,21 +65,34 @@ NORMALIZATIONS = ("batch_norm", "none")
 @keras.saving.register_keras_serializable(package="tfimb")
 class WeightNormConv2D(keras.layers.Layer):
     """Conv2D with a weight-normalised kernel: `w = g * v / ||v||` per output channel
-    (Salimans & Kingma 2016). `g` starts at 1 (`scale_init`), so w starts as a unit-norm v."""
+    (Salimans & Kingma 2016).
 
-    def __init__(self, filters: int, kernel_size: int = 3, scale_init: float = 1.0,
-                 use_bias: bool = True, **kwargs: Any) -> None:
+    `init="unit"`: v ~ N(0, 0.05^2), g = 1 and a zero bias, so w starts as a unit-norm v.
+    `init="pytorch"`: what `torch.nn.utils.weight_norm` makes of a fresh `nn.Conv2d` (the public
+    PyTorch RealNVP's): v ~ U(-b, b) and bias ~ U(-b, b) with b = 1 / sqrt(fan_in), and g = ||v||
+    (w = v: about 0.58 per output channel, whatever the fan-in)."""
+
+    def __init__(self, filters: int, kernel_size: int = 3, use_bias: bool = True,
+                 init: str = "unit", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.filters, self.kernel_size, self.scale_init = filters, kernel_size, scale_init
-        self.use_bias = use_bias
+        self.filters, self.kernel_size, self.use_bias = filters, kernel_size, use_bias
+        if init not in WEIGHT_INITS:
+            raise _checks.invalid_value("init", f"one of {list(WEIGHT_INITS)}", init)
+        self.init = init
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         k = self.kernel_size
+        bound = 1.0 / math.sqrt(k * k * input_shape[-1])
+        uniform = keras.initializers.RandomUniform(-bound, bound)
+        unit = self.init == "unit"
         self.v = self.add_weight(shape=(k, k, input_shape[-1], self.filters), name="v",
-                                 initializer=keras.initializers.RandomNormal(stddev=0.05))
-        self.g = self.add_weight(shape=(self.filters,), name="g",
-                                 initializer=keras.initializers.Constant(self.scale_init))
-        self.bias = (self.add_weight(shape=(self.filters,), name="bias", initializer="zeros")
+                                 initializer=keras.initializers.RandomNormal(stddev=0.05)
+                                 if unit else uniform)
+        self.g = self.add_weight(shape=(self.filters,), name="g", initializer="ones")
+        if not unit:
+            self.g.assign(tf.norm(tf.reshape(self.v, [-1, self.filters]), axis=0))
+        self.bias = (self.add_weight(shape=(self.filters,), name="bias",
+                                     initializer="zeros" if unit else uniform)
                      if self.use_bias else None)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
@@ -89,8 +105,7 @@ class WeightNormConv2D(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "filters": self.filters,
-                "kernel_size": self.kernel_size, "scale_init": self.scale_init,
-                "use_bias": self.use_bias}
+                "kernel_size": self.kernel_size, "use_bias": self.use_bias, "init": self.init}
 
 
 class CouplingNetwork(keras.layers.Layer):
@@ -116,28 +131,33 @@ class CouplingNetwork(keras.layers.Layer):
 
     def __init__(self, channels: int, num_blocks: int, num_filters: int,
                  skip_connections: bool = False, concat_relu: bool = False,
-                 scale_init: float = 0.0, input_gain: float = 1.0, **kwargs: Any) -> None:
+                 scale_init: float = 0.0, input_gain: float = 1.0,
+                 batch_norm_momentum: float = 0.99, weight_init: str = "unit",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # The running statistics' momentum of the network's batch norms (used in inference).
+        bn = lambda name: FusedBatchNormalization(momentum=batch_norm_momentum,  # noqa: E731
+                                                  name=name)
         self.channels = channels
         self.skip_connections, self.concat_relu = skip_connections, concat_relu
         self.scale_init, self.input_gain = scale_init, input_gain
         if concat_relu:  # Only then: the default network keeps its layers and weights.
-            self.in_bn = FusedBatchNormalization(name="in_bn")
-        self.stem = WeightNormConv2D(num_filters, name="stem")
+            self.in_bn = bn("in_bn")
+        conv = lambda *a, **k: WeightNormConv2D(*a, init=weight_init, **k)  # noqa: E731
+        self.stem = conv(num_filters, name="stem")
         self.blocks: list[list[keras.layers.Layer]] = []
         for i in range(num_blocks):
-            self.blocks.append([FusedBatchNormalization(name=f"block{i}_bn1"),
+            self.blocks.append([bn(f"block{i}_bn1"),
                                 # No bias: the batch norm after it would remove it.
-                                WeightNormConv2D(num_filters, use_bias=False,
-                                                 name=f"block{i}_conv1"),
-                                FusedBatchNormalization(name=f"block{i}_bn2"),
-                                WeightNormConv2D(num_filters, name=f"block{i}_conv2")])
+                                conv(num_filters, use_bias=False, name=f"block{i}_conv1"),
+                                bn(f"block{i}_bn2"),
+                                conv(num_filters, name=f"block{i}_conv2")])
         if skip_connections:
-            self.skips = [WeightNormConv2D(num_filters, kernel_size=1, name="stem_skip")] + [
-                WeightNormConv2D(num_filters, kernel_size=1, name=f"block{i}_skip")
+            self.skips = [conv(num_filters, kernel_size=1, name="stem_skip")] + [
+                conv(num_filters, kernel_size=1, name=f"block{i}_skip")
                 for i in range(num_blocks)]
-        self.out_bn = FusedBatchNormalization(name="out_bn")
-        self.out = WeightNormConv2D(2 * channels, kernel_size=1 if skip_connections else 3,
+        self.out_bn = bn("out_bn")
+        self.out = conv(2 * channels, kernel_size=1 if skip_connections else 3,
                                     name="out")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
@@ -194,6 +214,8 @@ class RealNVP(keras.Model):
         num_filters: feature maps of the first scale's s/t networks (CIFAR-10: 64); doubled at
             each coarser scale.
         momentum: running-average momentum of the batch-norm bijectors.
+        network_momentum: running-average momentum of the batch norms inside the s/t networks
+            (0.99, Keras' default; 0.9 is PyTorch's default, the peer's).
         epsilon: their variance epsilon.
         alpha: the logit transform's alpha (0.05).
         l2: L2 penalty on the weight-norm scales g (paper: 5e-5).
@@ -213,6 +235,9 @@ class RealNVP(keras.Model):
             "unit_tanh" (the same with scale starting at 1).
         normalization: "batch_norm" (the paper's: a `RunningBatchNorm` bijector after every
             coupling) or "none" (couplings follow each other directly).
+        weight_init: "unit" (weight-normalised convolutions start unit-norm, zero bias) or
+            "pytorch" (`torch.nn.utils.weight_norm` of a fresh `nn.Conv2d`, the peer's;
+            `WeightNormConv2D`).
         (The last five default to the paper's network; skip_connections, concat_relu,
         width_doubling, "unit_tanh" and "none" are the public PyTorch RealNVP's,
         chrischute/real-nvp.)
@@ -229,11 +254,12 @@ class RealNVP(keras.Model):
 
     def __init__(self, image_shape: Sequence[int], num_scales: int = 2, num_blocks: int = 8,
                  num_filters: int = 64, momentum: float = 0.9, epsilon: float = 1e-4,
+                 network_momentum: float = 0.99,
                  alpha: float = preprocessing.ALPHA, l2: float = 5e-5, seed: int = 0,
                  validate_args: bool = False, num_classes: int | None = None,
                  skip_connections: bool = False, concat_relu: bool = False,
                  width_doubling: bool = False, scale_parameterisation: str = "zero_tanh",
-                 normalization: str = "batch_norm", **kwargs: Any) -> None:
+                 normalization: str = "batch_norm", weight_init: str = "unit", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -249,6 +275,8 @@ class RealNVP(keras.Model):
         self.num_blocks = _checks.check_int("num_blocks", num_blocks, 1)
         self.num_filters = _checks.check_int("num_filters", num_filters, 1)
         self.momentum = _checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
+        self.network_momentum = _checks.check_range("network_momentum", network_momentum, 0.0,
+                                                    1.0, high_inclusive=False)
         self.epsilon = _checks.check_range("epsilon", epsilon, 0.0, low_inclusive=False)
         self.alpha = _checks.check_range("alpha", alpha, 0.0, 0.5, low_inclusive=False,
                                          high_inclusive=False)
@@ -268,6 +296,10 @@ class RealNVP(keras.Model):
             raise _checks.invalid_value("normalization", f"one of {list(NORMALIZATIONS)}",
                                         normalization)
         self.normalization = normalization
+        if not isinstance(weight_init, str) or weight_init not in WEIGHT_INITS:
+            raise _checks.invalid_value("weight_init", f"one of {list(WEIGHT_INITS)}",
+                                        weight_init)
+        self.weight_init = weight_init
         self.num_dims = math.prod(image_shape)
         self._layout = self._make_layout()
         self.num_classes = (None if num_classes is None
@@ -300,6 +332,7 @@ class RealNVP(keras.Model):
                     skip_connections=self.skip_connections, concat_relu=self.concat_relu,
                     scale_init=SCALE_PARAMETERISATIONS[self.scale_parameterisation],
                     input_gain=2.0 if mask == "checkerboard" else 1.0,
+                    batch_norm_momentum=self.network_momentum, weight_init=self.weight_init,
                     name=f"scale{k}_coupling{i}_{mask}")
                 moments = (MovingMoments(channels, name=f"scale{k}_coupling{i}_moments")
                            if self.normalization == "batch_norm" else None)
@@ -537,9 +570,11 @@ class RealNVP(keras.Model):
     def get_config(self) -> dict[str, Any]:
         return {"image_shape": list(self.image_shape), "num_scales": self.num_scales,
                 "num_blocks": self.num_blocks, "num_filters": self.num_filters,
-                "momentum": self.momentum, "epsilon": self.epsilon, "alpha": self.alpha,
+                "momentum": self.momentum, "network_momentum": self.network_momentum,
+                "epsilon": self.epsilon, "alpha": self.alpha,
                 "l2": self.l2, "seed": self.seed, "validate_args": self.validate_args,
                 "num_classes": self.num_classes, "skip_connections": self.skip_connections,
                 "concat_relu": self.concat_relu, "width_doubling": self.width_doubling,
                 "scale_parameterisation": self.scale_parameterisation,
-                "normalization": self.normalization, "name": self.name}
+                "normalization": self.normalization, "weight_init": self.weight_init,
+                "name": self.name}
