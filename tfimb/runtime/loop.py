@@ -166,6 +166,10 @@ class TrainingLoop:
 
     def restore(self) -> tuple[int, int]:
         """Restore the newest readable checkpoint; return (epoch, step) to continue from."""
+        if not self.is_chief:
+            # This worker's scratch checkpoint, left if it was killed while writing it (each
+            # worker owns its own: no other process writes there).
+            shutil.rmtree(self.directory / f".worker-{self.worker}.tmp", ignore_errors=True)
         paths = checkpoint_paths(self.directory)
         reasons = []
         for i, path in enumerate(paths):
